@@ -1,0 +1,173 @@
+"""The ``hypnos`` command line.
+
+    hypnos run recipes/demo.yaml [--from STAGE] [--only STAGE] [KEY=VALUE ...]
+    hypnos validate recipes/demo.yaml
+    hypnos <stage kind> --config stage.yaml [KEY=VALUE ...]      # one stage on its own
+    hypnos models list | prepare NAME        hypnos serve MODEL
+    hypnos data check|stats|import ...       hypnos tokenizer train|extend|analyze
+    hypnos eval ...
+
+Heavy libraries (torch, transformers) are imported inside commands so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hypnos.common.models_cli import app as models_app
+from hypnos.common.stage import ConfigError
+from hypnos.data.cli import app as data_app
+from hypnos.eval.cli import app as eval_app
+from hypnos.serve.cli import serve
+from hypnos.stages import STAGES
+from hypnos.tokenizer.cli import app as tokenizer_app
+
+app = typer.Typer(help="Hypnos: turn a general LLM into a Chinese medical specialist.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+app.add_typer(models_app, name="models", help="Show and prepare base models.")
+app.add_typer(data_app, name="data", help="Check, import and engineer data.")
+app.add_typer(tokenizer_app, name="tokenizer", help="Train, extend and analyze tokenizers.")
+app.add_typer(eval_app, name="eval", help="Evaluate models on benchmark tasks.")
+app.command("serve", help="Serve models behind an OpenAI-compatible API and a web chat page.")(serve)
+console = Console(stderr=True)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def validate(recipe: Path, overrides: Annotated[Optional[list[str]], typer.Argument()] = None) -> None:
+    """Check a recipe before anything loads: keys, files, references, endpoints, models, output dir."""
+    from hypnos.common.runner import load_recipe, validate_recipe
+
+    try:
+        r = load_recipe(recipe, overrides)
+        problems = validate_recipe(r)
+    except ConfigError as e:
+        _fail(str(e))
+    if problems:
+        _fail(f"{recipe}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+    console.print(f"[green]ok[/green] {recipe}: {len(r.stages)} stages "
+                  f"({', '.join(s.name for s in r.stages)}), {len(r.endpoints)} endpoints")
+
+
+@app.command()
+def run(
+    recipe: Path,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="stage.key=value overrides")] = None,
+    from_stage: Annotated[Optional[str], typer.Option("--from", help="start at this stage")] = None,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="run only this stage (repeatable)")] = None,
+    force: Annotated[bool, typer.Option(help="re-run stages even if unchanged")] = False,
+    output_dir: Annotated[Optional[Path], typer.Option(help="where runs go (default: runs/)")] = None,
+    verbose: bool = False,
+) -> None:
+    """Run a recipe stage by stage into runs/<name>/<stage>/, skipping stages that are up to date."""
+    from hypnos.common.runner import load_recipe, run_recipe
+
+    _setup_logging(verbose)
+    try:
+        r = load_recipe(recipe, overrides, output_dir=output_dir)
+        manifests = run_recipe(r, from_stage=from_stage, only=only, force=force)
+    except ConfigError as e:
+        _fail(str(e))
+    _summary(r, manifests)
+
+
+def _summary(recipe, manifests: list[dict]) -> None:
+    table = Table(title=f"recipe {recipe.name}: {recipe.output_dir / recipe.name}")
+    for col in ("stage", "kind", "status", "in", "kept", "dropped", "seconds", "main output"):
+        table.add_column(col)
+    for m in manifests:
+        c = m.get("counts", {})
+        out = next(iter(m.get("outputs", {}).values()), "")
+        table.add_row(m["stage"], m["kind"], "skipped (unchanged)" if m.get("skipped") else m["status"],
+                      str(c.get("in", "")), str(c.get("kept", "")), str(c.get("dropped", "")),
+                      str(m["timings"].get("seconds", "")), str(out))
+    Console().print(table)
+    for m in manifests:
+        if m["kind"] == "report":
+            out = recipe.stage_dir(m["stage"]) / next(iter(m["outputs"].values()))
+            Console().print(f"[bold green]Report:[/bold green] {out.resolve()}")
+
+
+def _stage_command(kind: str):
+    def command(
+        config: Annotated[Path, typer.Option("--config", "-c", help="YAML with this stage's fields (+ endpoints:)")],
+        overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides")] = None,
+        name: Annotated[Optional[str], typer.Option(help="stage/run name (default: the kind)")] = None,
+        output_dir: Annotated[Path, typer.Option(help="where runs go")] = Path("runs"),
+        force: bool = False,
+    ) -> None:
+        import tempfile
+
+        import yaml
+
+        from hypnos.common.runner import load_recipe, run_recipe
+
+        _setup_logging(False)
+        if not config.exists():
+            _fail(f"{config}: config file not found")
+        fields = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        endpoints = fields.pop("endpoints", {})
+        stage_name = name or kind
+        fields.update({k: v for k, v in (_kv(o) for o in overrides or [])})
+        recipe = {"name": stage_name, "endpoints": endpoints, "stages": [{"name": stage_name, "kind": kind, **fields}]}
+        # Written next to the config so relative paths in it keep meaning the same thing.
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=config.parent, delete=False, encoding="utf-8") as f:
+            yaml.safe_dump(recipe, f, allow_unicode=True)
+        try:
+            r = load_recipe(f.name, output_dir=output_dir)
+            manifests = run_recipe(r, force=force)
+        except ConfigError as e:
+            _fail(str(e).replace(f.name, str(config)))
+        finally:
+            Path(f.name).unlink()
+        _summary(r, manifests)
+        print(json.dumps(manifests[-1].get("metrics", {}), ensure_ascii=False, indent=1, default=str))
+
+    command.__doc__ = f"Run the `{kind}` stage on its own (same config fields as in a recipe)."
+    return command
+
+
+def _kv(o: str):
+    import yaml
+
+    if "=" not in o:
+        _fail(f"override {o!r} is not KEY=VALUE")
+    k, v = o.split("=", 1)
+    return k, yaml.safe_load(v)
+
+
+for _kind in STAGES:
+    if _kind not in ("tokenizer", "eval"):  # those have command groups of their own
+        app.command(_kind)(_stage_command(_kind))
+app.command("stage-tokenizer")(_stage_command("tokenizer"))
+app.command("stage-eval")(_stage_command("eval"))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""`hypnos data ...`: check record files, show category balance, import public formats.
+
+The data-engine commands (generate, crossfilter, dedup, ...) run as stages: `hypnos generate --config ...`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def check(
+    files: list[Path],
+    kind: Annotated[Optional[str], typer.Option(help="qa|dialogue|mcq|ranked|ner|text (default: per row)")] = None,
+    quarantine: Annotated[bool, typer.Option(help="write bad rows to <file>.quarantine.jsonl, don't stop")] = False,
+) -> None:
+    """Validate record files; every bad row is reported as file:line: reason."""
+    from hypnos.common.io import DataError, ReadReport
+    from hypnos.common.records import read_records
+
+    bad = 0
+    for f in files:
+        report = ReadReport()
+        try:
+            recs = read_records(f, kind, on_error="quarantine" if quarantine else "raise", report=report)
+        except DataError as e:
+            console.print(f"[red]{e}[/red]", highlight=False)
+            bad += 1
+            continue
+        for e in report.rejected:
+            console.print(f"[yellow]{e}[/yellow]", highlight=False)
+        bad += len(report.rejected)
+        console.print(f"{f}: {len(recs)} valid, {len(report.rejected)} rejected", highlight=False)
+    raise typer.Exit(1 if bad else 0)
+
+
+@app.command()
+def stats(files: list[Path]) -> None:
+    """Rows, kinds, categories, kinds of question and length of each record file."""
+    from hypnos.data.stats import file_stats
+
+    for f in files:
+        s = file_stats(f)
+        table = Table(title=f"{f}  ({s['rows']} rows, {s['kind']}, mean {s['mean_chars']:.0f} chars)")
+        table.add_column("field")
+        table.add_column("value")
+        table.add_column("count", justify="right")
+        table.add_column("share", justify="right")
+        for field, counts in s["balance"].items():
+            for value, n in counts.items():
+                table.add_row(field, value, str(n), f"{n / s['rows']:.0%}")
+        console.print(table)
+
+
+@app.command("import")
+def import_(
+    fmt: Annotated[str, typer.Argument(help="cmexam|cmmlu|huatuo|medicalgpt_sft|medicalgpt_reward|span_ner|toyhom|sharegpt")],
+    src: Path,
+    out: Path,
+    quarantine: Annotated[bool, typer.Option(help="quarantine bad rows instead of stopping")] = False,
+) -> None:
+    """Convert a public dataset file into Hypnos records (JSONL)."""
+    from hypnos.common.io import DataError, write_jsonl
+    from hypnos.data.importers import IMPORTERS, import_file
+
+    if fmt not in IMPORTERS:
+        console.print(f"[red]unknown format {fmt!r}; known: {', '.join(IMPORTERS)}[/red]")
+        raise typer.Exit(2)
+    try:
+        recs, report = import_file(fmt, src, on_error="quarantine" if quarantine else "raise")
+    except DataError as e:
+        console.print(f"[red]{e}[/red]", highlight=False)
+        raise typer.Exit(1)
+    n = write_jsonl(out, (r.to_dict() for r in recs))
+    console.print(f"{src} -> {out}: {n} records, {len(report.rejected)} quarantined", highlight=False)

@@ -1,0 +1,5 @@
+"""`hypnos eval ...` commands."""
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
