@@ -117,7 +117,7 @@ def cpu_sane_defaults(ctx: StageContext) -> dict[str, Any]:
         "seed": ctx.seed,
         "data_seed": ctx.seed,
         "bf16": cuda and torch.cuda.is_bf16_supported(),
-        "gradient_checkpointing": cuda,
+        "activation_checkpointing": cuda,  # called gradient_checkpointing before transformers 5.2x
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": cuda,
         "remove_unused_columns": False,  # our collators read their own columns
@@ -140,6 +140,8 @@ def training_arguments(ctx: StageContext, user: dict[str, Any], stage_defaults: 
     cls = cls or TrainingArguments
     merged = {**cpu_sane_defaults(ctx), **(stage_defaults or {}), **user}
     known = set(cls.__dataclass_fields__)
+    if "activation_checkpointing" not in known:
+        merged["gradient_checkpointing"] = merged.pop("activation_checkpointing")
     unknown = sorted(k for k in merged if k not in known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
@@ -159,19 +161,21 @@ def load_tokenizer_for_training(ref: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model_for_training(ref: str, kind: str = "causal_lm", **kwargs) -> PreTrainedModel:
+def load_model_for_training(ref: str, seed: int, kind: str = "causal_lm", **kwargs) -> PreTrainedModel:
     """Load fp32 weights for training (bf16 autocast, if any, comes from TrainingArguments).
 
     Args:
         ref: a resolved model reference (``ctx.resolve_model``).
+        seed: seeds torch first, so new weights (a reward head, LoRA matrices added next) are reproducible.
         kind: ``causal_lm`` or ``reward`` (sequence classification with one output).
         **kwargs: passed to ``from_pretrained``.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
     from hypnos.common.models import resolve_model
 
+    set_seed(seed)
     path = resolve_model(ref)
     if kind == "reward":
         return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32, **kwargs)

@@ -159,7 +159,7 @@ def finetune(ctx: StageContext, model_ref: str, tok, examples: list[dict], *, lo
 
     out_dir = out_dir or ctx.out_dir
     args = training_arguments(ctx, training, {**stage_defaults, "output_dir": str(out_dir / "checkpoints")})
-    model = load_model_for_training(model_ref)
+    model = load_model_for_training(model_ref, args.seed)
     if args.gradient_checkpointing:
         model.config.use_cache = False
     model = apply_lora(model, lora, extra_modules=extra_modules)
