@@ -12,6 +12,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+PROMPTS = Path(__file__).parent / "prompts"
 
 # aspect key -> its name in the judge prompt (the score follows "名称：")
 ASPECTS = {"coherence": "连贯性", "professionalism": "专业性", "usefulness": "有用性",
@@ -22,6 +28,21 @@ _Q_KEYS = ("instruction", "question", "问题", "问", "指令", "q")
 _A_KEYS = ("output", "answer", "答案", "回答", "答", "解析", "a")
 _IN_KEYS = ("input", "case", "病例", "病例资料", "输入", "context")
 _KIND_KEYS = ("kind", "type", "类型", "题型")
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(PROMPTS), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=False, autoescape=False)
+
+
+def render_prompt(name: str, **variables) -> str:
+    """Render ``prompts/<name>.jinja`` (e.g. ``generate_v1``); a missing variable is an error."""
+    try:
+        return _env().get_template(f"{name}.jinja").render(**variables).strip()
+    except jinja2.TemplateNotFound:
+        known = sorted(p.stem for p in PROMPTS.glob("*.jinja"))
+        raise ValueError(f"no prompt template {name!r} in {PROMPTS} (have: {', '.join(known)})") from None
 
 
 class ParseError(ValueError):
@@ -187,3 +208,29 @@ def expected_score(top_logprobs: list[dict], min_mass: float = 0.5) -> float | N
     if mass < min_mass or mass == 0:
         return None
     return sum(k * p for k, p in probs.items()) / mass
+
+
+def logprob_scores(logprobs: list[dict] | None, aspects: dict[str, str] = ASPECTS) -> dict[str, float | None]:
+    """Probability-weighted score per aspect from an answer in the fixed "专业性：8" format.
+
+    Walks the answer's tokens; the first token after "<aspect name>：" (or ":") is the score, and its
+    ``top_logprobs`` give the expected value over "0".."10" (``expected_score``).
+
+    Args:
+        logprobs: the answer's tokens, OpenAI chat format ``[{"token", "logprob", "top_logprobs"}]``.
+        aspects: aspect key -> Chinese name.
+
+    Returns:
+        aspect -> expected score, None where the aspect or its score token was not found.
+    """
+    out: dict[str, float | None] = {k: None for k in aspects}
+    text = ""
+    for tok in logprobs or []:
+        stripped = text.rstrip(" *")
+        if stripped.endswith(("：", ":")) and tok["token"].strip(" *"):
+            label = stripped[:-1].rstrip(" *")
+            for key, zh in aspects.items():
+                if out[key] is None and label.endswith(zh):
+                    out[key] = expected_score(tok.get("top_logprobs") or [])
+        text += tok["token"]
+    return out
