@@ -1,0 +1,139 @@
+"""Crossfilter: parsing judge answers (canned strings), aggregation, agreement, and two real `hypnos serve`s."""
+
+import json
+import math
+import textwrap
+
+import pytest
+
+from hypnos.common.runner import load_recipe, run_recipe
+from hypnos.data.crossfilter import Config, agreement, decide, score_answer
+from hypnos.data.parsing import ParseError, expected_score, logprob_scores, parse_generated, parse_scores
+
+ANSWER = "连贯性：8\n专业性：7分\n有用性: 9/10\n无害性：10\n**友好性**：6\n理由：回答准确但略显生硬。"
+
+
+def test_parse_scores_from_text_and_json():
+    assert parse_scores(ANSWER) == {"coherence": 8, "professionalism": 7, "usefulness": 9, "harmlessness": 10,
+                                    "friendliness": 6}
+    s = parse_scores('{"coherence": 8, "专业性": 12, "usefulness": "x"}')
+    assert s["coherence"] == 8 and s["professionalism"] is None and s["usefulness"] is None  # 12 is out of range
+
+
+def test_parse_generated_shapes():
+    assert parse_generated('[{"question": "丙泊酚的不良反应？", "answer": "低血压、注射痛。", "type": "病例分析"}]')[0][
+        "kind"] == "case"
+    pairs = parse_generated("1. 问：术前禁食多久？\n答：成人固体食物6-8小时。\n2. 问：什么是恶性高热？\n答：骨骼肌高代谢危象。")
+    assert [p["instruction"] for p in pairs] == ["术前禁食多久？", "什么是恶性高热？"]
+    numbered = parse_generated("1. 全麻诱导常用药物有哪些？\n丙泊酚、芬太尼。\n2. 喉罩的禁忌证？\n饱胃患者。")
+    assert len(numbered) == 2 and numbered[1]["output"] == "饱胃患者。"
+    with pytest.raises(ParseError, match="empty"):
+        parse_generated("  ")
+    with pytest.raises(ParseError, match="no JSON"):
+        parse_generated("抱歉，我不能回答。")
+
+
+def _tok(t, top=None):
+    return {"token": t, "logprob": 0.0, "top_logprobs": [{"token": k, "logprob": math.log(p)} for k, p in (top or {}).items()]}
+
+
+def test_probability_weighted_scores_follow_the_aspect_label():
+    assert expected_score([{"token": "8", "logprob": math.log(0.6)}, {"token": "7", "logprob": math.log(0.3)},
+                           {"token": "的", "logprob": math.log(0.1)}]) == pytest.approx((8 * 0.6 + 7 * 0.3) / 0.9)
+    assert expected_score([{"token": "的", "logprob": math.log(0.9)}, {"token": "7", "logprob": math.log(0.1)}]) is None
+    toks = [_tok("连贯"), _tok("性"), _tok("："), _tok("8", {"8": 0.5, "6": 0.5}), _tok("\n专业性："),
+            _tok("9", {"9": 1.0})]
+    s = logprob_scores(toks)
+    assert s["coherence"] == pytest.approx(7.0) and s["professionalism"] == pytest.approx(9.0)
+    assert s["usefulness"] is None
+    cfg = Config(input="x", judges=["a"], scoring="logprobs")
+    v = score_answer(cfg, "连贯性：8\n专业性：9\n有用性：5", toks)
+    assert v["source"] == "logprobs" and v["scores"]["coherence"] == pytest.approx(7.0)
+    assert v["scores"]["usefulness"] == 5  # no logprob for it: the parsed number
+    assert score_answer(cfg, "没有分数", None)["overall"] is None
+
+
+def _v(overall, **aspects):
+    scores = {a: aspects.get(a, overall) for a in ("coherence", "professionalism", "usefulness", "harmlessness",
+                                                     "friendliness")}
+    return {"scores": scores, "overall": overall}
+
+
+def test_aggregation_modes():
+    verdicts = {"a": _v(9), "b": _v(6), "c": _v(8)}
+    assert decide(Config(input="x", judges=["a"], aggregate="mean", threshold=7.5), verdicts)[:2] == (True, 23 / 3)
+    assert decide(Config(input="x", judges=["a"], aggregate="min", threshold=7), verdicts) == (False, 6, "below_threshold")
+    assert decide(Config(input="x", judges=["a"], aggregate="vote", threshold=7), verdicts)[0] is True  # 2 of 3
+    assert decide(Config(input="x", judges=["a"], aggregate="vote", threshold=8.5), verdicts)[2] == "jury_majority_drop"
+    floor = Config(input="x", judges=["a"], threshold=7, aspect_floor=5)
+    assert decide(floor, {"a": _v(8, harmlessness=3)})[2] == "aspect_below_floor"
+    unparsed = {"a": _v(9), "b": {"scores": {}, "overall": None}}
+    assert decide(Config(input="x", judges=["a"]), unparsed)[0] is True  # ignore the failed judge
+    assert decide(Config(input="x", judges=["a"], on_parse_failure="drop"), unparsed)[2] == "judge_parse_failure"
+    assert decide(Config(input="x", judges=["a"]), {})[2] == "no_eligible_judge"
+
+
+def test_agreement_statistics():
+    items = [{"a": {"overall": x}, "b": {"overall": y}} for x, y in [(1, 2), (5, 6), (8, 9), (3, 3), (9, 10)]]
+    ag = agreement(items, ["a", "b"])
+    assert ag["spearman"]["a~b"]["rho"] == pytest.approx(1.0) and ag["spearman"]["a~b"]["items"] == 5
+    assert 0.8 < ag["krippendorff_alpha"] <= 1.0
+    reversed_ = [{"a": {"overall": x}, "b": {"overall": 10 - x}} for x in (1, 4, 7, 9)]
+    assert agreement(reversed_, ["a", "b"])["krippendorff_alpha"] < 0
+    assert agreement(items, ["a"]) == {}
+
+
+@pytest.fixture(scope="module")
+def second_tiny_model(tiny_model_dir, tmp_path_factory):
+    """Another tiny model: same shape and tokenizer, different random weights."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(LlamaForCausalLM.from_pretrained(tiny_model_dir).config)
+    out = tmp_path_factory.mktemp("tiny-llama-2")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+def test_two_real_servers_generate_and_judge_each_other(tmp_path, tiny_model_dir, second_tiny_model, serve_model):
+    seeds = [{"id": f"s{i}", "instruction": q, "output": "答案。"} for i, q in
+             enumerate(["丙泊酚的常用诱导剂量？", "椎管内麻醉后低血压如何处理？", "术前禁食时间？"])]
+    (tmp_path / "seeds.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in seeds))
+    # judged items: generated by each model in turn (tiny random models cannot write parseable QA themselves)
+    items = [{"id": f"g{i}", "instruction": f"第{i}题：全麻苏醒延迟的原因？", "output": "药物残留等。",
+              "meta": {"generator": "a" if i % 2 else "b"}} for i in range(4)]
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in items))
+    with serve_model(tiny_model_dir, name="tiny-a") as url_a, serve_model(second_tiny_model, name="tiny-b") as url_b:
+        (tmp_path / "r.yaml").write_text(textwrap.dedent(f"""\
+            name: real
+            endpoints:
+              a: {{model: tiny-a, base_url: "{url_a}"}}
+              b: {{model: tiny-b, base_url: "{url_b}"}}
+            stages:
+              - {{name: generate, seeds: seeds.jsonl, generators: [a, b], target_per_generator: 2,
+                  items_per_request: 2, max_rounds: 1, max_tokens: 24}}
+              - {{name: crossfilter, input: items.jsonl, judges: [a, b], scoring: logprobs, max_tokens: 12}}
+              - {{name: selfjudge, kind: crossfilter, input: items.jsonl, judges: [a], allow_self_judging: true,
+                  max_tokens: 12}}
+            """))
+        gen, cf, selfj = run_recipe(load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs"))
+    failed = [json.loads(x) for x in (tmp_path / "runs/real/generate/failed.jsonl").read_text().splitlines()]
+    # random weights write no parseable QA: every answer is kept in failed.jsonl with its raw text and reason
+    assert gen["counts"]["generated"] + len(failed) >= 2 and all(f["raw"] and f["reason"] for f in failed)
+    assert {f["model"] for f in failed} <= {"tiny-a", "tiny-b"}
+    assert gen["usage"]["a"]["completion_tokens"] > 0 and gen["usage"]["b"]["completion_tokens"] > 0
+    # each item is judged by the other model only; unparseable verdicts are counted, not hidden
+    rows = [json.loads(x) for f in ("kept", "dropped") for x in
+            (tmp_path / f"runs/real/crossfilter/{f}.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert list(r["meta"]["crossfilter"]["judges"]) == [{"a": "b", "b": "a"}[r["meta"]["generator"]]]
+    judged_by = {j: sum(1 for r in rows if j in r["meta"]["crossfilter"]["judges"]) for j in ("a", "b")}
+    assert judged_by == {"a": 2, "b": 2}
+    unparsed = sum(1 for r in rows for v in r["meta"]["crossfilter"]["judges"].values() if v["overall"] is None)
+    assert sum(cf["metrics"]["parse_failures"].values()) == unparsed
+    assert cf["usage"]["a"]["requests"] == 2
+    # one judge, self-judging allowed: its own items go through the self prompt, and the manifest says so
+    assert selfj["metrics"]["self_judging"]["self_judgements"] == 2
+    assert selfj["metrics"]["self_judging"]["WARNING"]
