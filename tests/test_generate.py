@@ -14,12 +14,11 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 from faulty_server import Faults, FaultyServer
 
+from hypnos.common.records import QA
 from hypnos.common.runner import load_recipe, run_recipe
 from hypnos.data.generate import Config, build_request
-from hypnos.common.records import QA
 
 SEEDS = [
     ("全身麻醉诱导时丙泊酚的常用剂量是多少？", "成人1.5-2.5mg/kg，老年人酌情减量。"),

@@ -6,7 +6,7 @@ The data-engine commands (generate, crossfilter, dedup, ...) run as stages: `hyp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -19,7 +19,7 @@ console = Console()
 @app.command()
 def check(
     files: list[Path],
-    kind: Annotated[Optional[str], typer.Option(help="qa|dialogue|mcq|ranked|ner|text (default: per row)")] = None,
+    kind: Annotated[str | None, typer.Option(help="qa|dialogue|mcq|ranked|ner|text (default: per row)")] = None,
     quarantine: Annotated[bool, typer.Option(help="write bad rows to <file>.quarantine.jsonl, don't stop")] = False,
 ) -> None:
     """Validate record files; every bad row is reported as file:line: reason."""

@@ -204,8 +204,8 @@ def find_duplicates(texts: Sequence[str], threshold: float = 0.7, ngram: int = 3
         i = alive[k]
         if i >= protected:
             dup[i], sim[i], reason[i] = alive[root[labels[k]]], best[k], "near"
-    return DedupResult(dup, reason, sim, {"bands": bands, "rows": rows, "candidates": int(len(keep)),
-                                          "verified_pairs": int(len(pairs))})
+    return DedupResult(dup, reason, sim, {"bands": bands, "rows": rows, "candidates": len(keep),
+                                          "verified_pairs": len(pairs)})
 
 
 # ---- the stage ------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def _kind(value: str) -> str:
 
 
 def _json_candidates(text: str) -> list:
-    fenced = re.findall(r"```(?:json)?\s*(.*?)```", text, flags=re.S)
+    fenced = re.findall(r"```(?:json)?\s*(.*?)```", text, flags=re.DOTALL)
     for block in fenced + [text]:
         s = block.strip()
         for start, end in (("[", "]"), ("{", "}")):
@@ -123,8 +123,8 @@ _QA_RE = re.compile(
     r"(?:^|\n)\s*(?:\d+[.、)）]\s*)?(?:\*\*)?(?:问题?|Q|问)(?:\*\*)?\s*\d*\s*[:：](?:\*\*)?\s*(?P<q>.+?)"
     r"\n?\s*(?:\*\*)?(?:答案?|回答|A|解析)(?:\*\*)?\s*\d*\s*[:：](?:\*\*)?\s*(?P<a>.+?)"
     r"(?=\n\s*(?:\d+[.、)）]\s*)?(?:\*\*)?(?:问题?|Q|问)(?:\*\*)?\s*\d*\s*[:：]|\n\s*\d+[.、)）]|\Z)",
-    re.S)
-_NUMBERED_RE = re.compile(r"^\s*\d+[.、)）]\s*(?P<q>[^\n]+)\n(?P<a>(?:(?!\s*\d+[.、)）]).*(?:\n|\Z))+)", re.M)
+    re.DOTALL)
+_NUMBERED_RE = re.compile(r"^\s*\d+[.、)）]\s*(?P<q>[^\n]+)\n(?P<a>(?:(?!\s*\d+[.、)）]).*(?:\n|\Z))+)", re.MULTILINE)
 
 
 def _from_pairs(text: str) -> list[dict]:
@@ -170,7 +170,7 @@ def parse_scores(text: str, aspects: dict[str, str] = ASPECTS) -> dict[str, floa
     for key, zh in aspects.items():
         val = data.get(key, data.get(zh))
         if val is None:
-            m = re.search(rf"(?:{zh}|{key})\s*(?:\*\*)?\s*[:：]?\s*(?:\*\*)?\s*{_NUM}", text or "", re.I)
+            m = re.search(rf"(?:{zh}|{key})\s*(?:\*\*)?\s*[:：]?\s*(?:\*\*)?\s*{_NUM}", text or "", re.IGNORECASE)
             val = m.group(1) if m else None
         try:
             v = float(val) if val is not None else None
@@ -182,7 +182,7 @@ def parse_scores(text: str, aspects: dict[str, str] = ASPECTS) -> dict[str, floa
 
 def parse_rationale(text: str) -> str:
     """The judge's short reason ("理由：…"), or the last line."""
-    m = re.search(r"(?:理由|原因|评价|reason)\s*[:：]\s*(.+)", text or "", re.I)
+    m = re.search(r"(?:理由|原因|评价|reason)\s*[:：]\s*(.+)", text or "", re.IGNORECASE)
     if m:
         return m.group(1).strip()[:300]
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
