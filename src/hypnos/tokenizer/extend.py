@@ -75,7 +75,7 @@ class Plan:
 
 
 def _build_plan(pieces: list[str], vocab: set[str], base_tokenize, to_symbols, max_new: int | None,
-                existing_merges: set[tuple[str, str]] = frozenset()) -> Plan:
+                existing_merges: set[tuple[str, str]] = frozenset(), is_whole=lambda s: True) -> Plan:
     """Choose the new tokens and the merges that build them.
 
     Args:
@@ -85,6 +85,8 @@ def _build_plan(pieces: list[str], vocab: set[str], base_tokenize, to_symbols, m
         to_symbols: text -> the model's alphabet (identity for SentencePiece, byte-level chars for BPE).
         max_new: stop once this many tokens (pieces plus intermediates) were added.
         existing_merges: merges the base already has (not repeated).
+        is_whole: whether a symbol string is whole characters (byte-level: valid UTF-8). New intermediate
+            tokens that split a character are avoided: they would waste vocabulary on byte fragments.
     """
     plan = Plan(requested=len(pieces))
     known = set(vocab)
@@ -98,7 +100,7 @@ def _build_plan(pieces: list[str], vocab: set[str], base_tokenize, to_symbols, m
             plan.skipped_existing += 1
             continue
         leaves = base_tokenize(sym)
-        new_tokens, new_merges = _cheapest_tree(tuple(leaves), known)
+        new_tokens, new_merges = _cheapest_tree(tuple(leaves), known, is_whole)
         if max_new is not None and len(plan.tokens) + len(new_tokens) > max_new:
             break
         for tok in new_tokens:
@@ -111,15 +113,25 @@ def _build_plan(pieces: list[str], vocab: set[str], base_tokenize, to_symbols, m
     return plan
 
 
-def _cheapest_tree(leaves: tuple[str, ...], known: set[str]) -> tuple[list[str], list[tuple[str, str]]]:
+FRAGMENT_COST = 1000  # a new token holding part of a character: only when no whole-character tree exists
+
+
+def _cheapest_tree(leaves: tuple[str, ...], known: set[str], is_whole=lambda s: True
+                   ) -> tuple[list[str], list[tuple[str, str]]]:
     """Binary merge tree over ``leaves`` with the fewest tokens not in ``known``; post-order lists."""
+
+    def cost(s: str) -> int:
+        return 0 if s in known else 1 if is_whole(s) else FRAGMENT_COST
 
     @lru_cache(maxsize=None)
     def best(i: int, j: int) -> tuple[int, int]:  # (cost, split point)
         if j - i == 1:
-            return (0 if leaves[i] in known else 1), -1
-        own = 0 if "".join(leaves[i:j]) in known else 1
-        return min((own + best(i, k)[0] + best(k, j)[0], k) for k in range(i + 1, j))
+            return cost(leaves[i]), -1
+        own = cost("".join(leaves[i:j]))
+        # On ties the longest left part wins: a character's leading bytes are shared by many characters,
+        # so ((a b) c) reuses the fragment "a b" where (a (b c)) would need one fragment per character.
+        cost_k = min((own + best(i, k)[0] + best(k, j)[0], -k) for k in range(i + 1, j))
+        return cost_k[0], -cost_k[1]
 
     tokens: list[str] = []
     merges: list[tuple[str, str]] = []
@@ -265,7 +277,7 @@ def extend_bytelevel(base: str | Path, pieces: list[str], out_dir: str | Path, m
     old_merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     bpe = Tokenizer.from_str(hf.backend_tokenizer.to_str()).model
     plan = _build_plan(pieces, set(vocab), lambda s: [t.value for t in bpe.tokenize(s)], to_bytelevel, max_new,
-                       set(old_merges))
+                       set(old_merges), _is_utf8)
     # Added (special) tokens may sit above the model vocabulary (Qwen2): new ids go after everything.
     base_size = max([*vocab.values(), *(a["id"] for a in tj.get("added_tokens", []))]) + 1
     for k, tok in enumerate(plan.tokens):
@@ -285,6 +297,14 @@ def extend_bytelevel(base: str | Path, pieces: list[str], out_dir: str | Path, m
 def _unbyte(sym: str) -> list[int]:
     inv = {c: b for b, c in bytes_to_unicode().items()}
     return [inv[c] for c in sym]
+
+
+def _is_utf8(sym: str) -> bool:
+    try:
+        bytes(_unbyte(sym)).decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 # ---- both -----------------------------------------------------------------------------------------

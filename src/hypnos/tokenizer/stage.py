@@ -79,7 +79,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     summary = json.loads((tok_dir / NEW_PIECES_FILE).read_text(encoding="utf-8"))
     model_dir = out / "model"
     if not (model_dir / NEW_PIECES_FILE).is_file():
-        _build_model(base_dir, tok_dir, model_dir, cfg.init)
+        build_model(base_dir, tok_dir, model_dir, cfg.init)
     metrics = {k: summary[k] for k in ("family", "base_size", "new_size", "added", "skipped_existing")}
     outputs = {"model": "model"}
     if cfg.heldout:
@@ -94,7 +94,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     return StageResult(outputs=outputs, counts={"added": summary["added"]}, metrics=metrics)
 
 
-def _build_model(base_dir: Path, tok_dir: Path, model_dir: Path, init: str) -> None:
+def build_model(base_dir: Path, tok_dir: Path, model_dir: Path, init: str) -> None:
+    """Resized, initialised copy of the base model plus the extended tokenizer, written atomically to model_dir."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hypnos.tokenizer.init_embeddings import resize_and_init
