@@ -316,7 +316,7 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     run_dir = recipe.output_dir / recipe.name
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
+        probe = run_dir / f".write_test{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -361,7 +361,7 @@ def read_manifest(stage_dir: Path) -> dict | None:
 
 
 def _write_manifest(stage_dir: Path, manifest: dict) -> None:
-    tmp = stage_dir / "manifest.json.tmp"
+    tmp = stage_dir / f"manifest.json.tmp{os.getpid()}"  # under accelerate/torchrun every rank writes it
     tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, stage_dir / "manifest.json")
 
@@ -455,7 +455,8 @@ def run_stage(recipe: Recipe, spec: StageSpec, force: bool = False) -> dict:
         # A different config or input: earlier partial work would be wrong to resume from.
         for child in out_dir.iterdir():
             if child.name not in KEEP_ON_CONFIG_CHANGE:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+                # missing_ok: under accelerate/torchrun every rank cleans the same folder
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     manifest = {

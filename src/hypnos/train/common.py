@@ -121,7 +121,9 @@ def cpu_sane_defaults(ctx: StageContext) -> dict[str, Any]:
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": cuda,
         "remove_unused_columns": False,  # our collators read their own columns
-        # Under torchrun/accelerate on CPU, data parallelism needs gloo (NCCL is GPU-only).
+        # Under torchrun/accelerate on CPU, data parallelism needs gloo (NCCL is GPU-only) AND use_cpu: without it
+        # accelerate sees DistributedType.NO, never wraps the model in DDP, and each rank trains on its own shard.
+        "use_cpu": not cuda,
         "ddp_backend": "gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         "ddp_find_unused_parameters": False,
         "disable_tqdm": os.environ.get("HYPNOS_NO_PROGRESS") == "1",
