@@ -1,0 +1,77 @@
+"""Shared fixtures. Keep each one small and documented; group them by topic.
+
+Models and servers:
+- ``tiny_model_dir``: a random 2-layer LlamaForCausalLM with the real SmolLM2 tokenizer and its ChatML chat
+  template (built once per session, ~5 s, mostly loading the tokenizer from the GGUF).
+- ``smollm2_dir``: the embedded SmolLM2-135M-Instruct checkpoint, prepared in the shared cache
+  (``$HYPNOS_CACHE`` or ``~/.cache/hypnos``): ~20 s the first time on a machine, ~1 s afterwards.
+- ``serve_model``: ``with serve_model(model_dir) as base_url:`` runs the real ``hypnos serve`` app on a free
+  loopback port in a background thread; ``base_url`` ends in ``/v1`` (what ``openai.OpenAI`` wants).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the network; a model that is not local fails fast instead of hanging on a download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HYPNOS_NO_PROGRESS", "1")
+
+
+# ------------------------------------------------------------------------------------ models and servers
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LlamaForCausalLM (hidden 16, 2 layers, context 1024) with SmolLM2's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from hypnos.common.models import builtin_gguf_path
+
+    gguf = builtin_gguf_path("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        # wider than the default 0.02 so the next-token distribution is peaked: greedy choices are then
+        # robust to the float noise of batching, and sampled text is not pure noise
+        initializer_range=0.5,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                               bos_token_id=tok.bos_token_id)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The embedded SmolLM2-135M-Instruct, converted once into the shared cache and reused."""
+    from hypnos.common.models import prepare_builtin
+
+    return prepare_builtin("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def serve_model() -> Callable[..., contextlib.AbstractContextManager[str]]:
+    """``with serve_model(model_dir, name=None, api_key=None, **app_kwargs) as base_url: ...``.
+
+    Serves one model under ``name`` (default: the dir's name); ``app_kwargs`` go to ``create_app``.
+    """
+    from hypnos.serve.app import run_server
+
+    @contextlib.contextmanager
+    def _serve(model_dir: str | Path, name: str | None = None, api_key: str | None = None,
+               **app_kwargs) -> Iterator[str]:
+        with run_server({name or Path(model_dir).name: str(model_dir)}, api_key=api_key, **app_kwargs) as url:
+            yield url
+
+    return _serve
