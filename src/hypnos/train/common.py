@@ -248,10 +248,13 @@ def nonfinite_guard():
 
 
 def last_checkpoint(args: TrainingArguments) -> str | None:
-    """The newest ``checkpoint-N`` folder in the stage's checkpoint dir, to resume from after a kill."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete ``checkpoint-N`` folder in the stage's checkpoint dir, to resume from after a kill.
 
-    return get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    The Trainer writes ``trainer_state.json`` last, so a folder without it was cut off mid-save and is skipped.
+    """
+    root = Path(args.output_dir)
+    done = [p for p in root.glob("checkpoint-*") if (p / "trainer_state.json").exists()] if root.is_dir() else []
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
 def train_and_resume(trainer: Trainer, tokens=None) -> dict[str, Any]:
