@@ -26,6 +26,7 @@ from hypnos.common.models_cli import app as models_app
 from hypnos.common.stage import ConfigError
 from hypnos.data.cli import app as data_app
 from hypnos.eval.cli import app as eval_app
+from hypnos.serve.chat import chat
 from hypnos.serve.cli import serve
 from hypnos.stages import STAGES
 from hypnos.tokenizer.cli import app as tokenizer_app
@@ -37,7 +38,8 @@ app.add_typer(data_app, name="data", help="Check, import and engineer data.")
 app.add_typer(tokenizer_app, name="tokenizer", help="Train, extend and analyze tokenizers.")
 app.add_typer(eval_app, name="eval", help="Evaluate models on benchmark tasks.")
 app.command("serve", help="Serve models behind an OpenAI-compatible API and a web chat page.")(serve)
-console = Console(stderr=True)
+app.command("chat", help="Chat with a model in the terminal (streaming).")(chat)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(msg: str, code: int = 2) -> None:
