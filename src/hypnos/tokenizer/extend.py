@@ -252,10 +252,11 @@ def to_bytelevel(text: str) -> str:
     return "".join(table[b] for b in text.encode("utf-8"))
 
 
-def load_bytelevel(base: Path):
+def load_bytelevel(base: str | Path):
     """The HF fast tokenizer of a byte-level BPE dir; a bare vocab.json+merges.txt is read as Qwen2."""
     from transformers import AutoTokenizer, Qwen2Tokenizer
 
+    base = Path(base)
     if (base / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(base)
     return Qwen2Tokenizer(vocab=str(base / "vocab.json"), merges=str(base / "merges.txt"))
@@ -278,8 +279,12 @@ def extend_bytelevel(base: str | Path, pieces: list[str], out_dir: str | Path, m
     bpe = Tokenizer.from_str(hf.backend_tokenizer.to_str()).model
     plan = _build_plan(pieces, set(vocab), lambda s: [t.value for t in bpe.tokenize(s)], to_bytelevel, max_new,
                        set(old_merges), _is_utf8)
-    # Added (special) tokens may sit above the model vocabulary (Qwen2): new ids go after everything.
-    base_size = max([*vocab.values(), *(a["id"] for a in tj.get("added_tokens", []))]) + 1
+    # Added (special) tokens may sit above the model vocabulary (Qwen2). transformers rebuilds such a tokenizer
+    # from the model vocabulary and re-adds them at the next free id, so they go into the vocabulary at their
+    # own ids first; the new tokens follow everything.
+    for a in tj.get("added_tokens", []):
+        vocab.setdefault(a["content"], a["id"])
+    base_size = max(vocab.values()) + 1
     for k, tok in enumerate(plan.tokens):
         vocab[tok] = base_size + k
     model["merges"] = [list(m) for m in old_merges + plan.merges]
