@@ -1,5 +1,176 @@
-"""`hypnos eval ...` commands."""
+"""``hypnos eval ...`` commands.
+
+    hypnos eval list-tasks [--include-path DIR]
+    hypnos eval run -m base=smollm2-135m-instruct -m sft=runs/demo/sft/model -t anesthesia_mcq --limit 20
+    hypnos eval run --config eval.yaml            # eval stage fields + endpoints:, as in a recipe
+    hypnos eval human-export runs/eval/eval --task anesthesia_cases --out sheets/
+    hypnos eval human-import sheets/key.json sheets/filled_*.csv
+    hypnos eval report runs/demo                  # the report stage on an existing run
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[red]error:[/red] {msg}", highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command("list-tasks")
+def list_tasks(include_path: Annotated[Optional[list[Path]], typer.Option(help="more task folders")] = None) -> None:
+    """List every task found (built-in folder + include paths) and whether its data is present."""
+    from hypnos.eval.tasks import TaskError, discover
+
+    try:
+        tasks = discover(include_path)
+    except TaskError as e:
+        _fail(str(e))
+    table = Table(title="evaluation tasks")
+    for col in ("task", "type", "data", "private", "description"):
+        table.add_column(col)
+    for name, t in sorted(tasks.items()):
+        files = t.data_files()
+        ok = bool(files) and all(f.exists() for f in files)
+        table.add_row(name, t.output_type, f"{len(files)} file(s)" if ok else f"[red]missing[/red] {t.dataset_path}",
+                      "yes" if t.private else "", t.description)
+    Console().print(table)
+
+
+def _pairs(values: list[str] | None) -> list[list[str]]:
+    out = []
+    for v in values or []:
+        a, sep, b = v.partition(",")
+        if not sep:
+            _fail(f"--pair {v!r}: write it as A,B (two model labels)")
+        out.append([a.strip(), b.strip()])
+    return out
+
+
+@app.command("run")
+def run(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML: eval stage fields + endpoints")] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="LABEL=REF (repeatable)")] = None,
+    task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="task name (repeatable)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="first N items per task")] = None,
+    judge: Annotated[Optional[str], typer.Option(help="judge endpoint name (from --config endpoints)")] = None,
+    pair: Annotated[Optional[list[str]], typer.Option(help="A,B labels the judge compares (repeatable)")] = None,
+    include_path: Annotated[Optional[list[str]], typer.Option(help="more task folders")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="prompts per forward")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="generation length of open answers")] = None,
+    name: Annotated[str, typer.Option(help="run name (folder under --output-dir)")] = "eval",
+    output_dir: Annotated[Path, typer.Option(help="where runs go")] = Path("runs"),
+    report: Annotated[bool, typer.Option(help="also write the HTML report")] = True,
+    force: bool = False,
+) -> None:
+    """Evaluate models side by side (a one- or two-stage recipe: eval, then report)."""
+    import yaml
+
+    from hypnos.cli import _setup_logging, _summary
+    from hypnos.common.runner import load_recipe, run_recipe
+    from hypnos.common.stage import ConfigError
+
+    _setup_logging(False)
+    fields: dict = {}
+    base = Path.cwd()
+    if config is not None:
+        if not config.exists():
+            _fail(f"{config}: config file not found")
+        fields = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        base = config.parent
+    endpoints = fields.pop("endpoints", {})
+    notes = fields.pop("notes", [])
+    given = {"models": dict(m.split("=", 1) for m in model or [] if "=" in m) or None, "tasks": task or None,
+             "limit": limit, "judge": judge, "pairs": _pairs(pair) or None, "include_paths": include_path or None,
+             "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    if any("=" not in m for m in model or []):
+        _fail("--model takes LABEL=REF, e.g. -m base=smollm2-135m-instruct")
+    fields.update({k: v for k, v in given.items() if v is not None})
+    stages = [{"name": "eval", "kind": "eval", **fields}]
+    if report:
+        stages.append({"name": "report", "kind": "report", "eval": "@eval", "notes": notes})
+    recipe = {"name": name, "endpoints": endpoints, "stages": stages}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=base, delete=False, encoding="utf-8") as f:
+        yaml.safe_dump(recipe, f, allow_unicode=True)
+    try:
+        r = load_recipe(f.name, output_dir=output_dir)
+        manifests = run_recipe(r, force=force)
+    except ConfigError as e:
+        _fail(str(e).replace(f.name, str(config or "command line")))
+    finally:
+        Path(f.name).unlink()
+    _summary(r, manifests)
+    _print_results(r.stage_dir("eval") / "results.json")
+
+
+def _print_results(path: Path) -> None:
+    from hypnos.eval.report import headline_table
+
+    res = json.loads(path.read_text(encoding="utf-8"))
+    cols, rows = headline_table(res)
+    table = Table(title=f"results ({path})")
+    for c in ["model", *cols]:
+        table.add_column(c)
+    for label, cells in rows.items():
+        table.add_row(label, *cells)
+    Console().print(table)
+
+
+@app.command("human-export")
+def human_export(
+    eval_dir: Annotated[Path, typer.Argument(help="an eval stage folder (holds predictions/)")],
+    task: Annotated[str, typer.Option(help="task whose answers are rated")],
+    out: Annotated[Path, typer.Option(help="folder for the sheets and the key")],
+    models: Annotated[Optional[list[str]], typer.Option("--model", help="labels to include (default: all)")] = None,
+    seed: int = 0,
+) -> None:
+    """Write blinded, shuffled rating sheets (CSV + HTML form) and the unblinding key."""
+    from hypnos.eval.human import export_sheets
+
+    files = export_sheets(eval_dir, task, out, models, seed)
+    for k, v in files.items():
+        console.print(f"{k}: {v}")
+
+
+@app.command("human-import")
+def human_import(
+    key: Annotated[Path, typer.Argument(help="key.json written by human-export")],
+    sheets: Annotated[list[Path], typer.Argument(help="filled CSV sheets, one per rater")],
+    out: Annotated[Optional[Path], typer.Option(help="write the aggregate as JSON here")] = None,
+) -> None:
+    """Unblind filled sheets, aggregate ratings per model, and measure inter-rater agreement."""
+    from hypnos.common.io import DataError
+    from hypnos.eval.human import import_sheets
+
+    try:
+        res = import_sheets(key, sheets)
+    except DataError as e:
+        _fail(str(e))
+    text = json.dumps(res, ensure_ascii=False, indent=1)
+    if out:
+        out.write_text(text, encoding="utf-8")
+    print(text)
+
+
+@app.command("report")
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/demo")],
+           eval_stage: Annotated[str, typer.Option(help="the eval stage's folder name")] = "eval",
+           out: Annotated[Optional[Path], typer.Option(help="HTML file (default: RUN_DIR/report.html)")] = None,
+           note: Annotated[Optional[list[str]], typer.Option(help="a note to print (repeatable)")] = None) -> None:
+    """Write the HTML report of an existing run (same page as the report stage)."""
+    from hypnos.eval.report import build_report
+
+    out = out or run_dir / "report.html"
+    build_report(run_dir, run_dir / eval_stage / "results.json", out, notes=note or [])
+    console.print(f"report: {out.resolve()}")

@@ -1,0 +1,202 @@
+"""The ``eval`` stage: several models side by side on the same tasks.
+
+Run: ``hypnos eval run --model smol=smollm2-135m-instruct --task anesthesia_mcq --limit 20`` or in a recipe::
+
+    - name: eval
+      kind: eval
+      models: {base: smollm2-135m-instruct, sft: "@sft_general", teacher: teacher}  # label -> ref or endpoint
+      tasks: [anesthesia_mcq, anesthesia_openqa, anesthesia_cases]
+      limit: 20
+      judge: teacher                  # an endpoint of the recipe
+      pairs: [[sft, base]]
+
+A model is a recipe endpoint name (called through the stage's cached client), an ``"@stage"`` reference,
+a local dir, or a built-in/hub model, loaded in this process one after another. Each (task, model) writes
+``scores/<task>/<label>.json`` (and ``predictions/<task>/<label>.jsonl`` unless the task is private) as
+soon as it is done; a killed stage resumes from there, and judge calls resume from the client's cache.
+Outputs: ``results`` (results.json: every score with its CI, judge verdicts, contamination) and
+``predictions``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from hypnos.common.io import write_jsonl
+from hypnos.common.stage import StageConfig, StageContext, StageResult, is_ref
+from hypnos.eval.tasks import Task, TaskError, get_tasks
+
+log = logging.getLogger("hypnos")
+PER_ITEM = ("rougeL_items",)  # per-item lists dropped from the scores of private tasks
+
+
+class Config(StageConfig):
+    """Evaluation of several models on the same tasks."""
+
+    models: dict[str, str] = Field(min_length=1)
+    """Row label -> model: a recipe endpoint name, ``"@stage"``, a local dir, or a built-in/hub model."""
+    tasks: list[str] = Field(min_length=1)
+    """Task names (``hypnos eval list-tasks``)."""
+    include_paths: list[str] = Field(default_factory=list)
+    """Extra folders scanned for task YAMLs."""
+    limit: int | None = Field(None, ge=1)
+    """First N items of every task (None: all)."""
+    judge: str | None = None
+    """Endpoint that judges answer pairs of ``judge`` tasks."""
+    pairs: list[list[str]] = Field(default_factory=list)
+    """Model label pairs ``[a, b]`` the judge compares (a's win rate is reported)."""
+    batch_size: int = Field(8, ge=1)
+    """Prompts per forward/generate call for local models."""
+    max_new_tokens: int = Field(128, ge=1)
+    """Greedy generation length for open answers (a task's ``generation_kwargs.max_gen_toks`` wins)."""
+    tokenization: Literal["char", "zh", "jieba"] = "char"
+    """Tokens for BLEU/ROUGE/GLEU/Distinct."""
+    chat_template: bool = True
+    """Wrap prompts of local models in their chat template (when they have one)."""
+    contamination: bool = True
+    """Check every training set of the run (and ``train_files``) against every benchmark."""
+    train_files: list[str] = Field(default_factory=list)
+    """More training files for the contamination check."""
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs(cls, v: list[list[str]]) -> list[list[str]]:
+        for p in v:
+            if len(p) != 2 or p[0] == p[1]:
+                raise ValueError(f"a pair is two different model labels, got {p}")
+        return v
+
+    def check(self, ctx: StageContext) -> list[str]:
+        """Tasks exist, pair labels are models, the judge is an endpoint, stage references are earlier."""
+        problems = []
+        try:
+            get_tasks(self.tasks, self.include_paths)
+        except TaskError as e:
+            problems.append(f"stage {ctx.name!r}: {e}")
+        for p in self.pairs:
+            problems += [f"stage {ctx.name!r}: pair label {x!r} is not in models" for x in p if x not in self.models]
+        if self.pairs and not self.judge:
+            problems.append(f"stage {ctx.name!r}: pairs given but no judge endpoint")
+        if self.judge and self.judge not in ctx.recipe.endpoints:
+            problems.append(f"stage {ctx.name!r}: judge {self.judge!r} is not an endpoint of the recipe")
+        for ref in self.models.values():
+            if is_ref(ref):
+                problems += ctx.check_ref(ref, "model")
+        return problems
+
+
+def _load_model(cfg: Config, ctx: StageContext, label: str):
+    from hypnos.eval.backends import EndpointLM, LocalLM
+
+    ref = cfg.models[label]
+    if ref in ctx.recipe.endpoints:
+        return EndpointLM(ctx.client(ref), ref)
+    log.info("[eval] loading %s = %s", label, ref)
+    return LocalLM(ctx.resolve_model(ref), batch_size=cfg.batch_size, chat_template=cfg.chat_template)
+
+
+def _evaluate(cfg: Config, ctx: StageContext, task: Task, docs: list[dict], model) -> tuple[dict, list[dict]]:
+    from hypnos.eval import bias, mcq, ner, openqa
+
+    if task.output_type == "multiple_choice":
+        return mcq.evaluate(task, docs, model, seed=ctx.seed)
+    if task.output_type in ("generate_until", "judge"):
+        return openqa.evaluate(task, docs, model, cfg.max_new_tokens, cfg.tokenization, ctx.seed)
+    if task.output_type == "ner":
+        return ner.evaluate(task, docs, model, cfg.max_new_tokens, ctx.seed)
+    return bias.evaluate(task, docs, model)
+
+
+def _load_docs(cfg: Config, ctx: StageContext, tasks: list[Task]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    from hypnos.eval import bias
+
+    docs, info = {}, {}
+    for t in tasks:
+        if t.output_type == "likert":
+            docs[t.task], rejected = bias.load_scale(t.data_files()[0])["items"], {}
+        else:
+            docs[t.task], report = t.load(cfg.limit, quarantine_dir=ctx.out_dir / "quarantine")
+            rejected = report.reasons
+        info[t.task] = {"output_type": t.output_type, "n": len(docs[t.task]), "private": t.private,
+                        "rejected_rows": rejected, "description": t.description,
+                        "data": [str(f) for f in t.data_files()]}
+    return docs, info
+
+
+def _paths(ctx: StageContext, task: str, label: str) -> tuple[Path, Path]:
+    return (ctx.out_dir / "scores" / task / f"{label}.json", ctx.out_dir / "predictions" / task / f"{label}.jsonl")
+
+
+def run(cfg: Config, ctx: StageContext) -> StageResult:
+    """Evaluate every model on every task, judge the pairs, check contamination; write results.json."""
+    tasks = get_tasks(cfg.tasks, cfg.include_paths)
+    docs, info = _load_docs(cfg, ctx, tasks)
+    scores: dict[str, dict[str, dict]] = {t.task: {} for t in tasks}
+    for label in cfg.models:
+        todo = [t for t in tasks if not _paths(ctx, t.task, label)[0].exists()]
+        model = _load_model(cfg, ctx, label) if todo else None
+        for t in todo:
+            log.info("[eval] %s on %s (%d items)", label, t.task, len(docs[t.task]))
+            s, rows = _evaluate(cfg, ctx, t, docs[t.task], model)
+            score_path, pred_path = _paths(ctx, t.task, label)
+            if t.private:
+                s = {k: v for k, v in s.items() if k not in PER_ITEM}
+            else:
+                write_jsonl(pred_path, rows)
+            score_path.parent.mkdir(parents=True, exist_ok=True)
+            score_path.write_text(json.dumps(s, ensure_ascii=False, indent=1), encoding="utf-8")
+        if model is not None:
+            model.close()
+        for t in tasks:
+            scores[t.task][label] = json.loads(_paths(ctx, t.task, label)[0].read_text(encoding="utf-8"))
+
+    results = {"models": {k: v for k, v in cfg.models.items()}, "tasks": info, "scores": scores,
+               "settings": {"limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens, "decoding": "greedy",
+                            "tokenization": cfg.tokenization, "judge": cfg.judge, "chat_template": cfg.chat_template,
+                            "seed": ctx.seed, "ci": "95% percentile bootstrap over items, 1000 resamples"}}
+    results["judge"] = _judge(cfg, ctx, tasks)
+    if cfg.contamination:
+        from hypnos.eval.contamination import check
+
+        results["contamination"] = check(ctx, cfg.train_files, tasks, docs)
+    (ctx.out_dir / "results.json").write_text(json.dumps(results, ensure_ascii=False, indent=1, default=str),
+                                              encoding="utf-8")
+    return StageResult(outputs={"results": "results.json", "predictions": "predictions"},
+                       counts={"models": len(cfg.models), "tasks": len(tasks),
+                               "items": sum(len(v) for v in docs.values())},
+                       metrics=_headline(tasks, scores), usage=ctx.usage())
+
+
+def _judge(cfg: Config, ctx: StageContext, tasks: list[Task]) -> dict:
+    from hypnos.eval import judge
+
+    out: dict = {}
+    if not cfg.judge:
+        return out
+    for t in tasks:
+        if t.output_type != "judge":
+            continue
+        if t.private:
+            log.warning("[eval] %s is private: its answers are not kept, so it cannot be judged", t.task)
+            continue
+        rows = {label: _read_rows(_paths(ctx, t.task, label)[1]) for label in cfg.models}
+        out[t.task] = {f"{a} vs {b}": judge.compare(t, rows[a], rows[b], ctx.client(cfg.judge), ctx.seed)
+                       for a, b in cfg.pairs}
+    return out
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _headline(tasks: list[Task], scores: dict) -> dict:
+    """One number per (task, model) for the manifest: accuracy, ROUGE-L, F1 or the scale mean."""
+    key = {"multiple_choice": "accuracy", "generate_until": "rougeL", "judge": "rougeL", "ner": "f1",
+           "likert": "total"}
+    return {f"{t.task}/{label}": round(s.get(key[t.output_type], float("nan")), 4)
+            for t in tasks for label, s in scores[t.task].items()}
