@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -89,6 +90,7 @@ def test_reward_augmentation_asks_real_endpoints(tmp_path, tiny_model_dir, serve
     assert (out / "llm_cache" / "strong.jsonl").exists() and m["usage"]["strong"]["requests"] == len(original)
 
 
+@pytest.mark.slow
 def test_dpo_lora_and_rejection_sampling(tmp_path, tiny_model_dir):
     r, (dpo, reward, rs) = _run(tmp_path, [
         {"name": "dpo", "kind": "dpo", "model": str(tiny_model_dir), "data": [str(FIX / "ranked.jsonl")],
@@ -96,16 +98,16 @@ def test_dpo_lora_and_rejection_sampling(tmp_path, tiny_model_dir):
         {"name": "reward", "kind": "reward", "model": str(tiny_model_dir), "data": [str(FIX / "ranked.jsonl")],
          "training": {"max_steps": 1, **FAST}},
         {"name": "rs", "kind": "rejection_sampling", "model": "@dpo", "reward_model": "@reward",
-         "prompts": [str(FIX / "qa.jsonl"), str(FIX / "dialogue.jsonl")], "k": 3, "iterations": 2,
+         "prompts": [str(FIX / "dialogue.jsonl")], "k": 3, "iterations": 2, "generate_batch_size": 4,
          "max_new_tokens": 8, "training": {"max_steps": 1, **FAST}}])
     assert dpo["counts"]["pairs"] == 11 and dpo["outputs"] == {"model": "model", "adapter": "adapter"}
     adapter = load_file(r.stage_dir("dpo") / "adapter" / "adapter_model.safetensors")
     assert all("lora_" in k for k in adapter)
     met = rs["metrics"]
-    assert len(met["iterations"]) == 2 and met["iterations"][0]["kept"] == 16
+    assert len(met["iterations"]) == 2 and met["iterations"][0]["kept"] == 4
     assert met["mean_reward_before"] is not None and met["mean_reward_after"] is not None
     assert met["iterations"][0]["mean_reward_kept"] >= met["iterations"][0]["mean_reward_sampled"]
     rs_dir = r.stage_dir("rs")
     samples = [json.loads(x) for x in (rs_dir / "iter0" / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(samples) == 16 and all(len(s["answers"]) == 3 for s in samples)
+    assert len(samples) == 4 and all(len(s["answers"]) == 3 for s in samples)
     assert (rs_dir / "iter1" / "model" / "config.json").exists() and rs["outputs"]["model"] == "iter1/model"
