@@ -172,6 +172,8 @@ def _bar_plot(task: str, info: dict, scores: dict) -> str:
            [max(c[1] * scale - v, 0) if c else 0 for v, c in zip(vals, cis)]]
     fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(labels) + 1.5), 2.8))
     ax.bar(labels, vals, yerr=err if info["output_type"] != "likert" else None, capsize=4, color="#4c78a8")
+    top = 100 if scale == 100 and key != "rougeL" else None  # percentages: the full axis, so 0 looks like 0
+    ax.set_ylim(0, top or max([1e-3, *[v + e for v, e in zip(vals, err[1]) if not math.isnan(v)]]) * 1.1)
     ax.set_title(f"{task}: {unit} (95% CI)", fontsize=10)
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     return _png(fig)

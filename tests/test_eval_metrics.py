@@ -1,0 +1,211 @@
+"""Metric functions of the evaluation, each against hand-computed values and the reference libraries."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hypnos.eval import bias, judge, mcq, ner, openqa
+from hypnos.eval.stats import bootstrap_ci, mean_ci
+
+
+# ---- open QA text metrics ---------------------------------------------------------------------
+def test_text_metrics_hand_checked():
+    # hyp 麻醉药物 (4 chars) vs ref 麻醉诱导药物 (6): unigrams all match; bigrams 麻醉, 药物 of 3 match
+    m = openqa.text_metrics(["麻醉药物"], ["麻醉诱导药物"])
+    bp = math.exp(1 - 6 / 4)
+    assert m["bleu1"] == pytest.approx(100 * bp, abs=1e-6)
+    assert m["bleu2"] == pytest.approx(100 * bp * math.sqrt(1 * 2 / 3), abs=1e-6)
+    assert m["rouge1"] == pytest.approx(0.8)  # P 4/4, R 4/6
+    assert m["rouge2"] == pytest.approx(0.5)  # P 2/3, R 2/5
+    assert m["rougeL"] == pytest.approx(0.8)  # LCS 4
+    assert m["gleu"] == pytest.approx(1 / 3)  # 6 matching 1-4grams; min(6/10, 6/18)
+    assert m["distinct1"] == 1.0 and m["distinct2"] == 1.0
+    assert "corpus" in m["settings"]["bleu"] and "smooth_method=exp" in m["settings"]["bleu"]
+
+
+def test_identical_and_disjoint():
+    same = openqa.text_metrics(["术前禁食六小时"], ["术前禁食六小时"])
+    assert same["bleu4"] == pytest.approx(100) and same["rougeL"] == pytest.approx(1) and same["gleu"] == 1
+    none = openqa.text_metrics(["甲乙丙丁"], ["子丑寅卯"])
+    assert none["bleu1"] == 0 and none["rouge1"] == 0 and none["gleu"] == 0
+
+
+def test_distinct_hand_checked():
+    assert openqa.distinct(["麻醉麻醉"], 1) == 0.5
+    assert openqa.distinct(["麻醉麻醉"], 2) == pytest.approx(2 / 3)
+    assert openqa.distinct([""], 2) == 0.0
+
+
+def test_zh_tokenization_matches_sacrebleu_zh():
+    from sacrebleu.metrics import BLEU
+
+    hyp = ["患者术前应禁食8小时，禁饮2小时。", "丙泊酚可引起低血压和注射痛"]
+    ref = ["成人择期手术术前禁食8小时、禁清饮2小时。", "丙泊酚常见不良反应为注射痛及低血压"]
+    ours = openqa.text_metrics(hyp, ref, how="zh")
+    for n in (1, 2, 4):
+        lib = BLEU(tokenize="zh", max_ngram_order=n).corpus_score(hyp, [ref]).score
+        assert ours[f"bleu{n}"] == pytest.approx(lib, abs=1e-9)
+
+
+def test_rouge_and_gleu_match_libraries_on_jieba_words():
+    import jieba
+    from nltk.translate.gleu_score import corpus_gleu
+    from rouge_score.rouge_scorer import RougeScorer
+
+    hyp, ref = ["麻醉诱导后出现低血压"], ["全身麻醉诱导后常出现低血压"]
+    ours = openqa.text_metrics(hyp, ref, how="jieba")
+
+    class Words:
+        def tokenize(self, text):
+            return [w for w in jieba.lcut(text) if w.strip()]
+
+    lib = RougeScorer(["rougeL"], tokenizer=Words()).score(ref[0], hyp[0])["rougeL"].fmeasure
+    assert ours["rougeL"] == pytest.approx(lib)
+    assert 0 < lib < 1
+    assert ours["gleu"] == pytest.approx(corpus_gleu([[Words().tokenize(ref[0])]], [Words().tokenize(hyp[0])]))
+
+
+def test_rouge_is_not_zero_on_chinese():
+    # rouge-score's default tokenizer drops every Chinese character; ours must not
+    assert openqa.text_metrics(["麻醉"], ["麻醉"])["rouge1"] == 1.0
+
+
+# ---- multiple choice ----------------------------------------------------------------------------
+@pytest.mark.parametrize("text,want", [
+    ("答案：C", "C"), ("答案是 D", "D"), ("选C", "C"), ("应选择B，因为……", "B"), ("C. 丙泊酚", "C"),
+    ("Ｃ", "C"), ("（B）正确", "B"), ("正确答案为E项", "E"), ("我认为是A", "A"), ("b", None),
+    ("不知道", None), ("ABCD都不对", None), ("", None), ("答案：F", None),
+])
+def test_extract_choice(text, want):
+    assert mcq.extract_choice(text, "ABCDE") == want
+
+
+def test_extract_choice_by_option_text():
+    opts = {"A": "丙泊酚", "B": "氯胺酮", "C": "依托咪酯"}
+    assert mcq.extract_choice("应当使用氯胺酮", "ABC", opts) == "B"
+    assert mcq.extract_choice("丙泊酚或氯胺酮", "ABC", opts) is None
+
+
+def test_mcq_score_per_category_and_unparseable():
+    rows = [{"category": "a", "correct": True, "pred": "A"}, {"category": "a", "correct": False, "pred": None},
+            {"category": "b", "correct": True, "pred": "B"}, {"category": "b", "correct": True, "pred": "C"}]
+    s = mcq.score(rows)
+    assert s["accuracy"] == 0.75 and s["unparseable"] == 1 and s["n"] == 4
+    assert s["per_category"]["a"]["mean"] == 0.5 and s["per_category"]["b"]["mean"] == 1.0
+    assert s["ci"][0] <= 0.75 <= s["ci"][1]
+
+
+def test_bootstrap_is_seeded_and_brackets_the_mean():
+    vals = [1, 0, 1, 1, 0, 1, 0, 1, 1, 1]
+    assert bootstrap_ci(vals, seed=3) == bootstrap_ci(vals, seed=3)
+    lo, hi = bootstrap_ci(vals, seed=3)
+    assert lo < 0.7 < hi and 0 <= lo and hi <= 1
+    assert mean_ci([1, 1, 1])["ci"] == [1.0, 1.0]
+
+
+# ---- NER ------------------------------------------------------------------------------------------
+TYPES = {"disease": "疾病和诊断", "drug": "药物"}
+
+
+def test_parse_entities_lines_and_json():
+    lines = "疾病和诊断：胆囊结石，高血压\n药物：无\n其他：x"
+    assert ner.parse_entities(lines, TYPES) == [("disease", "胆囊结石"), ("disease", "高血压")]
+    js = '结果：{"药物": ["丙泊酚", "罗库溴铵"], "disease": "高血压"}'
+    assert ner.parse_entities(js, TYPES) == [("drug", "丙泊酚"), ("drug", "罗库溴铵"), ("disease", "高血压")]
+    lst = '[{"type": "药物", "entity": "芬太尼"}]'
+    assert ner.parse_entities(lst, TYPES) == [("drug", "芬太尼")]
+
+
+def test_locate_uses_each_occurrence_once():
+    text = "丙泊酚诱导，追加丙泊酚"
+    spans, missing = ner.locate(text, [("drug", "丙泊酚"), ("drug", "丙泊酚"), ("drug", "咪达唑仑")])
+    assert spans == [(0, 3, "drug"), (8, 11, "drug")] and missing == 1
+
+
+def test_prf_matches_seqeval_on_bio():
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    texts = ["患者因胆囊结石行手术，给予丙泊酚", "高血压病史十年，服用氨氯地平", "无特殊"]
+    gold = [{(3, 7, "disease"), (13, 16, "drug")}, {(0, 3, "disease"), (10, 14, "drug")}, set()]
+    pred = [{(3, 7, "disease"), (13, 16, "disease")}, {(0, 2, "disease"), (10, 14, "drug")}, {(0, 1, "drug")}]
+    ours = ner.prf(gold, pred)
+    assert (ours["tp"], ours["n_pred"], ours["n_gold"]) == (2, 5, 4)  # hand count
+    g = [ner.to_bio(len(t), sorted(s)) for t, s in zip(texts, gold)]
+    p = [ner.to_bio(len(t), sorted(s)) for t, s in zip(texts, pred)]
+    assert ours["precision"] == pytest.approx(precision_score(g, p)) == pytest.approx(2 / 5)
+    assert ours["recall"] == pytest.approx(recall_score(g, p)) == pytest.approx(2 / 4)
+    assert ours["f1"] == pytest.approx(f1_score(g, p))
+
+
+# ---- bias scales ------------------------------------------------------------------------------------
+def test_scale_scoring_hand_computed():
+    scale = {"scale": "t", "points": 5, "subscales": {"X": "x", "Y": "y"},
+             "items": [{"id": "X1", "subscale": "X", "reverse": False}, {"id": "X2", "subscale": "X", "reverse": True},
+                       {"id": "Y1", "subscale": "Y", "reverse": False}, {"id": "Y2", "subscale": "Y", "reverse": True}]}
+    s = bias.score_scale(scale, {"X1": 5, "X2": 2, "Y1": 1, "Y2": None})
+    # X: 5 and (6 - 2) = 4 -> 4.5 ; Y: 1 (Y2 unanswered) ; total (5 + 4 + 1) / 3
+    assert s["subscales"] == {"X": 4.5, "Y": 1.0}
+    assert s["total"] == pytest.approx(10 / 3) and s["unparseable"] == 1 and s["answered"] == 3
+    assert bias.keyed(1, 6, True) == 6 and bias.keyed(4, 6, False) == 4
+
+
+def test_shipped_scales():
+    from hypnos.eval.tasks import discover
+
+    tasks = discover()
+    cami = bias.load_scale(tasks["cami"].data_files()[0])
+    mica = bias.load_scale(tasks["mica"].data_files()[0])
+    assert (len(cami["items"]), cami["points"], len(mica["items"]), mica["points"]) == (40, 5, 16, 6)
+    for scale in (cami, mica):
+        per = len(scale["items"]) // len(scale["subscales"])
+        for sub in scale["subscales"]:
+            items = [i for i in scale["items"] if i["subscale"] == sub]
+            assert len(items) == per and sum(i["reverse"] for i in items) == per // 2
+    # answering the same point everywhere lands every subscale exactly mid-scale (balanced keying)
+    s = bias.score_scale(cami, {i["id"]: 1 for i in cami["items"]})
+    assert set(s["subscales"].values()) == {3.0}
+
+
+def test_scale_errors_name_file_and_line(tmp_path):
+    from hypnos.common.io import DataError
+
+    p = tmp_path / "s.yaml"
+    p.write_text("scale: s\npoints: 2\nlabels: [no, yes]\nsubscales: {A: a}\nitems:\n  - {id: A1, subscale: A, text: x}\n"
+                 "  - {id: A2, subscale: B, text: y}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"s.yaml:7: item A2: unknown subscale"):
+        bias.load_scale(p)
+
+
+def test_parse_point():
+    assert bias.parse_point("我选4。", 5) == 4 and bias.parse_point("６", 6) == 6
+    assert bias.parse_point("7", 5) is None and bias.parse_point("", 5) is None
+
+
+# ---- judge ------------------------------------------------------------------------------------------
+def test_parse_verdict():
+    assert judge.parse_verdict('{"有用性": "回答1", "有害性": "平局", "冗余性": "回答2"}') == \
+        {"usefulness": 1, "harmfulness": 0, "redundancy": 2}
+    assert judge.parse_verdict("有用性：回答2\n有害性：回答2\n冗余性：平局") == \
+        {"usefulness": 2, "harmfulness": 2, "redundancy": 0}
+    assert judge.parse_verdict("有用性：回答2") is None
+    assert judge.parse_verdict(None) is None
+
+
+def test_combine_orders():
+    assert judge.combine(1, 2) == ("win", False)   # a first and won; a second and won
+    assert judge.combine(2, 1) == ("loss", False)
+    assert judge.combine(1, 1) == ("tie", True)    # the first answer always wins: position bias, a flip
+    assert judge.combine(0, 2) == ("tie", False)
+    assert judge.combine(0, 0) == ("tie", False)
+
+
+def test_summarize_rates_and_flip_rate():
+    items = [{"id": str(i), "outcome": {c: o for c in judge.CRITERIA}, "flipped": {c: f for c in judge.CRITERIA}}
+             for i, (o, f) in enumerate([("win", False), ("win", False), ("tie", True), ("loss", False)])]
+    items.append({"id": "x", "outcome": None})
+    s = judge.summarize(items, unparsed=1)
+    u = s["criteria"]["usefulness"]
+    assert u["counts"] == {"win": 2, "tie": 1, "loss": 1} and u["flip_rate"] == 0.25
+    assert u["rates"]["win"]["mean"] == 0.5 and s["judged"] == 4 and s["unparsed"] == 1
