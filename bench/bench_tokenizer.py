@@ -157,15 +157,17 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--skip-bits", action="store_true", help="only the tokenizer part")
+    p.add_argument("--skip-tokenizers", action="store_true", help="only the bits part (reuses --out from a run)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     logging.basicConfig(level=logging.WARNING)
     from hypnos.tokenizer.analyze import write_report
 
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = tokenizer_part(args.out, args)
-    paths = write_report(rows, args.out / "tokenizers", "Tokens per character on held-out medical answers")
-    print("report:", paths["md"], paths["png"])
+    if not args.skip_tokenizers:
+        rows = tokenizer_part(args.out, args)
+        paths = write_report(rows, args.out / "tokenizers", "Tokens per character on held-out medical answers")
+        print("report:", paths["md"], paths["png"])
     if not args.skip_bits:
         rows = bits_part(args.out, args)
         paths = write_report(rows, args.out / "bits", "Bits per character: initialisations of new rows")
