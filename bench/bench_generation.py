@@ -79,7 +79,7 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(1)
-        _measure(url, "m", _requests(1, 4, 4, 10_000), 1)  # warm-up
+        _measure(url, "m", _requests(1, 16, 16, 10_000), 1)  # warm-up
         n = args.requests
         seq_s, seq_tok = _measure(url, "m", _requests(n, args.gen_tokens, args.judge_tokens, 0), 1)
         con_s, con_tok = _measure(url, "m", _requests(n, args.gen_tokens, args.judge_tokens, 1000), args.concurrency)

@@ -29,7 +29,9 @@ def load_chats(path: str, tok) -> list[list[dict]]:
     """Single-turn chats whose rendered length is 40–90 tokens."""
     role = {"human": "user", "gpt": "assistant", "system": "system"}
     out = []
-    for line in open(path, encoding="utf-8"):
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for line in lines:
         conv = json.loads(line)["conversations"]
         if len(conv) != 2:
             continue
@@ -125,7 +127,7 @@ def main() -> None:
     results = {}
     for v in VARIANTS:
         proc = subprocess.run([sys.executable, __file__, "--variant", v, "--steps", str(a.steps), "--data", a.data],
-                              capture_output=True, text=True, env={**os.environ, "HYPNOS_NO_PROGRESS": "1"})
+                              capture_output=True, text=True, env={**os.environ, "HYPNOS_NO_PROGRESS": "1"}, check=False)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
             sys.exit(f"{v} failed:\n{proc.stderr[-3000:]}")

@@ -44,3 +44,17 @@ def test_stage_mixes_and_splits_reproducibly(tmp_path):
     assert (out / "train.jsonl").read_text() == (tmp_path / "runs0/m/mix/train.jsonl").read_text()
     run_recipe(_recipe(tmp_path, 1))
     assert (tmp_path / "runs1/m/mix/train.jsonl").read_text() != (out / "train.jsonl").read_text()
+
+
+def test_file_stats_counts_balance_and_length(tmp_path):
+    from hypnos.data.stats import file_stats
+
+    rows = [{"id": "1", "instruction": "问题一", "output": "答案", "category": "airway", "kind": "knowledge"},
+            {"id": "2", "instruction": "问题二", "output": "答", "category": "airway", "kind": "case"},
+            {"id": "3", "question": "选哪个", "responses": ["好", "差"], "labels": ["good", "bad"]}]
+    (tmp_path / "f.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    s = file_stats(tmp_path / "f.jsonl")
+    assert s["rows"] == 3 and s["kind"] == "mixed"
+    assert s["balance"] == {"category": {"airway": 2}, "kind": {"knowledge": 1, "case": 1},
+                            "labels": {"good": 1, "bad": 1}}
+    assert s["mean_chars"] == (len("问题一\n答案") + len("问题二\n答") + len("选哪个\n好")) / 3

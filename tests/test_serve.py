@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hypnos.serve.app import parse_model_specs, run_server
+from hypnos.serve.engine import Engine, SamplingParams
 
 MSGS = [{"role": "user", "content": "术后恶心呕吐如何预防？"}]
 LIMIT = 256
@@ -158,6 +159,8 @@ def test_other_4xx(server):
     assert httpx.post(server + "/completions", json={"model": "tiny", "prompt": 3}).status_code == 400
     assert httpx.get(server + "/nowhere").json()["error"]["type"] == "not_found_error"
     assert httpx.get(server + "/chat/completions").status_code == 405
+    chunked = (b"x" * 1024 for _ in range(70))  # no content-length: counted while read
+    assert httpx.post(server + "/chat/completions", content=chunked).status_code == 413
 
 
 def test_api_key(tiny_model_dir, serve_model):
@@ -172,8 +175,9 @@ def test_api_key(tiny_model_dir, serve_model):
 
 
 def test_concurrent_requests_are_batched_and_match_sequential(tiny_model_dir):
-    prompts = [f"问题{i}：麻醉前评估包括哪些内容？" * (1 + i % 3) for i in range(6)]
-    with run_server({"tiny": str(tiny_model_dir)}) as url:
+    prompts = [f"问题{i}：麻醉前评估包括哪些内容？" * (1 + i % 3) for i in range(6)]  # different lengths: padding
+    engine = Engine(tiny_model_dir)
+    with run_server({"tiny": engine}) as url:
         client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0)
 
         async def ask(p):
@@ -183,11 +187,43 @@ def test_concurrent_requests_are_batched_and_match_sequential(tiny_model_dir):
 
         async def main():
             sequential = [await ask(p) for p in prompts]
+            steps, tokens = engine.stats["steps"], engine.stats["tokens"]
             concurrent = await asyncio.gather(*(ask(p) for p in prompts))
-            return sequential, concurrent
+            return sequential, concurrent, engine.stats["steps"] - steps, engine.stats["tokens"] - tokens
 
-        sequential, concurrent = asyncio.run(main())
+        sequential, concurrent, steps, tokens = asyncio.run(main())
+    engine.close()
     assert concurrent == sequential
+    assert steps < tokens  # several rows per forward pass
+
+
+def test_requests_join_a_running_batch(tiny_model_dir):
+    """Requests arriving mid-generation join the running batch and answer exactly as they would alone."""
+    engine = Engine(tiny_model_dir)
+    jobs = [("长回答", 60, None), ("短问题一", 5, None), ("另一个稍长一点的问题？", 12, 3), ("q", 20, 11)]
+
+    async def run(prompt, max_tokens, seed, started=None):
+        params = SamplingParams(max_tokens=max_tokens, temperature=0 if seed is None else 1.0, seed=seed)
+        text = ""
+        async for deltas in engine.generate(engine.encode_chat([{"role": "user", "content": prompt}]), params):
+            text += "".join(d.text for d in deltas)
+            if started is not None:
+                started.set()
+        return text
+
+    async def main():
+        alone = [await run(*job) for job in jobs]
+        before = dict(engine.stats)
+        started = asyncio.Event()
+        first = asyncio.create_task(run(*jobs[0], started))
+        await started.wait()
+        rest = await asyncio.gather(*(run(*job) for job in jobs[1:]))
+        return alone, [await first, *rest], {k: engine.stats[k] - before[k] for k in before}
+
+    alone, joined, stats = asyncio.run(main())
+    engine.close()
+    assert joined == alone
+    assert stats["tokens"] == 97 and stats["steps"] <= 60 + stats["prefills"]  # the others rode along
 
 
 def test_stream_disconnect_frees_the_engine(server, sdk):

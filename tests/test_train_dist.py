@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -51,7 +50,7 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, tiny_model_dir)
     # torchrun, not `accelerate launch --cpu` (which silently runs one process; see STACK.md)
     proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "hypnos.cli",
                            "sft", "--config", str(two), "--output-dir", str(tmp_path / "r2")],
-                          env=_env(), capture_output=True, text=True)
+                          env=_env(), capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     w1, w2, base = _weights(tmp_path / "r1"), _weights(tmp_path / "r2"), load_file(tiny_model_dir / "model.safetensors")
     assert _max_diff(w1, base) > 1e-3  # training moved the weights...

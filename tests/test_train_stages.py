@@ -92,7 +92,7 @@ def test_reward_augmentation_asks_real_endpoints(tmp_path, tiny_model_dir, serve
 
 @pytest.mark.slow
 def test_dpo_lora_and_rejection_sampling(tmp_path, tiny_model_dir):
-    r, (dpo, reward, rs) = _run(tmp_path, [
+    r, (dpo, _reward, rs) = _run(tmp_path, [
         {"name": "dpo", "kind": "dpo", "model": str(tiny_model_dir), "data": [str(FIX / "ranked.jsonl")],
          "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "training": {"max_steps": 2, "max_length": 96, **FAST}},
         {"name": "reward", "kind": "reward", "model": str(tiny_model_dir), "data": [str(FIX / "ranked.jsonl")],

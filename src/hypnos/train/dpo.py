@@ -24,8 +24,14 @@ from pydantic import Field
 
 from hypnos.common.io import DataError
 from hypnos.common.stage import StageContext, StageResult
-from hypnos.train.common import (TrainStageConfig, load_model_for_training, load_tokenizer_for_training, save_model,
-                                 train_and_resume, training_arguments)
+from hypnos.train.common import (
+    TrainStageConfig,
+    load_model_for_training,
+    load_tokenizer_for_training,
+    save_model,
+    train_and_resume,
+    training_arguments,
+)
 from hypnos.train.reward import read_ranked, record_pairs
 
 

@@ -32,8 +32,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from hypnos.common.io import DataError, ReadReport, write_jsonl
 from hypnos.common.records import Ranked, read_records
 from hypnos.common.stage import StageContext, StageResult, log
-from hypnos.train.common import (TrainStageConfig, apply_lora, load_model_for_training, load_tokenizer_for_training,
-                                 save_model, train_and_resume, training_arguments)
+from hypnos.train.common import (
+    TrainStageConfig,
+    apply_lora,
+    load_model_for_training,
+    load_tokenizer_for_training,
+    save_model,
+    train_and_resume,
+    training_arguments,
+)
 
 
 class AugmentSpec(BaseModel):
@@ -84,8 +91,7 @@ def read_ranked(paths: list[Path]) -> list[Ranked]:
     """Read Ranked records from every file; any other record kind is an error naming the file."""
     out = []
     for path in paths:
-        for rec in read_records(path, kind="ranked", report=ReadReport()):
-            out.append(rec)
+        out += read_records(path, kind="ranked", report=ReadReport())
     return out
 
 

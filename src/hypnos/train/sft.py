@@ -26,8 +26,16 @@ from pydantic import Field
 from hypnos.common.io import DataError, ReadReport
 from hypnos.common.records import QA, Dialogue, read_records
 from hypnos.common.stage import StageContext, StageResult, log
-from hypnos.train.common import (LoraSpec, TrainStageConfig, apply_lora, load_model_for_training,
-                                 load_tokenizer_for_training, save_model, train_and_resume, training_arguments)
+from hypnos.train.common import (
+    LoraSpec,
+    TrainStageConfig,
+    apply_lora,
+    load_model_for_training,
+    load_tokenizer_for_training,
+    save_model,
+    train_and_resume,
+    training_arguments,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
