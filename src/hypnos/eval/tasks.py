@@ -153,7 +153,9 @@ def expand(path: str, base: Path) -> Path:
 
 # ---- YAML with !function ----------------------------------------------------------------------
 
-def _loader(folder: Path) -> type[yaml.SafeLoader]:
+def _loader(path: Path) -> type[yaml.SafeLoader]:
+    folder = path.parent
+
     class Loader(yaml.SafeLoader):
         pass
 
@@ -161,13 +163,13 @@ def _loader(folder: Path) -> type[yaml.SafeLoader]:
         module_name, _, fn = loader.construct_scalar(node).rpartition(".")
         file = folder / f"{module_name.replace('.', '/')}.py"
         if not file.is_file():
-            raise TaskError(f"{node.start_mark.name}:{node.start_mark.line + 1}: !function {module_name}.{fn}: "
+            raise TaskError(f"{path}:{node.start_mark.line + 1}: !function {module_name}.{fn}: "
                             f"{file} not found")
         spec = importlib.util.spec_from_file_location(f"hypnos_task_{folder.name}_{module_name}", file)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)  # type: ignore[union-attr]
         if not hasattr(module, fn):
-            raise TaskError(f"{node.start_mark.name}:{node.start_mark.line + 1}: {file} has no function {fn!r}")
+            raise TaskError(f"{path}:{node.start_mark.line + 1}: {file} has no function {fn!r}")
         return getattr(module, fn)
 
     Loader.add_constructor("!function", function)
@@ -179,7 +181,7 @@ def load_task(path: str | Path) -> Task:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.load(text, Loader=_loader(path.parent))  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(text, Loader=_loader(path))  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as e:
         raise TaskError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(data, dict) or "task" not in data:
