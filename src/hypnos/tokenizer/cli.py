@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error naming file:line stays on one line
 
 
 def _fail(msg: str) -> None:
