@@ -20,8 +20,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def _judge(body: dict) -> str:
     """A position-consistent judge: the longer answer is more useful, the shorter less redundant."""
     prompt = body["messages"][-1]["content"]
-    a1 = re.search(r"【回答1】\n(.*?)\n\n【回答2】", prompt, re.S).group(1)
-    a2 = re.search(r"【回答2】\n(.*?)\n\n请分别", prompt, re.S).group(1)
+    a1 = re.search(r"【回答1】\n(.*?)\n\n【回答2】", prompt, re.DOTALL).group(1)
+    a2 = re.search(r"【回答2】\n(.*?)\n\n请分别", prompt, re.DOTALL).group(1)
     longer = "平局" if len(a1) == len(a2) else ("回答1" if len(a1) > len(a2) else "回答2")
     shorter = {"回答1": "回答2", "回答2": "回答1", "平局": "平局"}[longer]
     return json.dumps({"有用性": longer, "有害性": "平局", "冗余性": shorter}, ensure_ascii=False)
@@ -173,8 +173,8 @@ def test_report_renders_in_chromium(evaluated):
     r, _, _ = evaluated
     html = r.stage_dir("report") / "report.html"
     dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--dump-dom", html.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
-    table = re.search(r'<table id="results">(.*?)</table>', dom, re.S).group(1)
+                          "--dump-dom", html.resolve().as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
+    table = re.search(r'<table id="results">(.*?)</table>', dom, re.DOTALL).group(1)
     assert table.count("<tr>") == 3 and "local" in table and "api" in table
     n_plots = len(json.loads((r.stage_dir("report") / "report.json").read_text())["plots"])
     assert dom.count('src="data:image/png;base64,') == n_plots >= 8

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,7 +29,7 @@ def _fail(msg: str) -> None:
 
 
 @app.command("list-tasks")
-def list_tasks(include_path: Annotated[Optional[list[Path]], typer.Option(help="more task folders")] = None) -> None:
+def list_tasks(include_path: Annotated[list[Path] | None, typer.Option(help="more task folders")] = None) -> None:
     """List every task found (built-in folder + include paths) and whether its data is present."""
     from hypnos.eval.tasks import TaskError, discover
 
@@ -60,15 +60,15 @@ def _pairs(values: list[str] | None) -> list[list[str]]:
 
 @app.command("run")
 def run(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML: eval stage fields + endpoints")] = None,
-    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="LABEL=REF (repeatable)")] = None,
-    task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="task name (repeatable)")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="first N items per task")] = None,
-    judge: Annotated[Optional[str], typer.Option(help="judge endpoint name (from --config endpoints)")] = None,
-    pair: Annotated[Optional[list[str]], typer.Option(help="A,B labels the judge compares (repeatable)")] = None,
-    include_path: Annotated[Optional[list[str]], typer.Option(help="more task folders")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="prompts per forward")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="generation length of open answers")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML: eval stage fields + endpoints")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="LABEL=REF (repeatable)")] = None,
+    task: Annotated[list[str] | None, typer.Option("--task", "-t", help="task name (repeatable)")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N items per task")] = None,
+    judge: Annotated[str | None, typer.Option(help="judge endpoint name (from --config endpoints)")] = None,
+    pair: Annotated[list[str] | None, typer.Option(help="A,B labels the judge compares (repeatable)")] = None,
+    include_path: Annotated[list[str] | None, typer.Option(help="more task folders")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="prompts per forward")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="generation length of open answers")] = None,
     name: Annotated[str, typer.Option(help="run name (folder under --output-dir)")] = "eval",
     output_dir: Annotated[Path, typer.Option(help="where runs go")] = Path("runs"),
     report: Annotated[bool, typer.Option(help="also write the HTML report")] = True,
@@ -132,7 +132,7 @@ def human_export(
     eval_dir: Annotated[Path, typer.Argument(help="an eval stage folder (holds predictions/)")],
     task: Annotated[str, typer.Option(help="task whose answers are rated")],
     out: Annotated[Path, typer.Option(help="folder for the sheets and the key")],
-    models: Annotated[Optional[list[str]], typer.Option("--model", help="labels to include (default: all)")] = None,
+    models: Annotated[list[str] | None, typer.Option("--model", help="labels to include (default: all)")] = None,
     seed: int = 0,
 ) -> None:
     """Write blinded, shuffled rating sheets (CSV + HTML form) and the unblinding key."""
@@ -147,7 +147,7 @@ def human_export(
 def human_import(
     key: Annotated[Path, typer.Argument(help="key.json written by human-export")],
     sheets: Annotated[list[Path], typer.Argument(help="filled CSV sheets, one per rater")],
-    out: Annotated[Optional[Path], typer.Option(help="write the aggregate as JSON here")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the aggregate as JSON here")] = None,
 ) -> None:
     """Unblind filled sheets, aggregate ratings per model, and measure inter-rater agreement."""
     from hypnos.common.io import DataError
@@ -166,8 +166,8 @@ def human_import(
 @app.command("report")
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/demo")],
            eval_stage: Annotated[str, typer.Option(help="the eval stage's folder name")] = "eval",
-           out: Annotated[Optional[Path], typer.Option(help="HTML file (default: RUN_DIR/report.html)")] = None,
-           note: Annotated[Optional[list[str]], typer.Option(help="a note to print (repeatable)")] = None) -> None:
+           out: Annotated[Path | None, typer.Option(help="HTML file (default: RUN_DIR/report.html)")] = None,
+           note: Annotated[list[str] | None, typer.Option(help="a note to print (repeatable)")] = None) -> None:
     """Write the HTML report of an existing run (same page as the report stage)."""
     from hypnos.eval.report import build_report
 

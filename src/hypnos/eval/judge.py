@@ -40,7 +40,7 @@ def parse_verdict(text: str | None) -> dict[str, int] | None:
     if not text:
         return None
     found: dict[str, int] = {}
-    m = re.search(r"\{.*\}", text, flags=re.S)
+    m = re.search(r"\{.*\}", text, flags=re.DOTALL)
     if m:
         try:
             data = json.loads(m.group(0))
@@ -52,7 +52,7 @@ def parse_verdict(text: str | None) -> dict[str, int] | None:
             pass
     for en, zh in CRITERIA.items():
         if en not in found:
-            mm = re.search(rf"(?:{zh}|{en})\s*[:：]?\s*\"?(回答\s*[12]|[12]|平局|相同|一样|tie)", text, flags=re.I)
+            mm = re.search(rf"(?:{zh}|{en})\s*[:：]?\s*\"?(回答\s*[12]|[12]|平局|相同|一样|tie)", text, flags=re.IGNORECASE)
             if mm:
                 found[en] = _WORD[re.sub(r"\s", "", mm.group(1)).lower()]
     return found if len(found) == len(CRITERIA) else None

@@ -50,7 +50,7 @@ def parse_entities(answer: str, types: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def _json(text: str):
-    m = re.search(r"[\[{].*[\]}]", text, flags=re.S)
+    m = re.search(r"[\[{].*[\]}]", text, flags=re.DOTALL)
     if not m:
         return None
     try:

@@ -181,7 +181,7 @@ def load_task(path: str | Path) -> Task:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.load(text, Loader=_loader(path))  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(text, Loader=_loader(path))
     except yaml.YAMLError as e:
         raise TaskError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(data, dict) or "task" not in data:
@@ -205,7 +205,7 @@ def discover(include_paths: list[str | Path] | None = None) -> dict[str, Task]:
         if not Path(root).is_dir():
             raise TaskError(f"{root}: task include path is not a folder")
         for yml in sorted(Path(root).rglob("*.yaml")):
-            if yml.name.startswith("_") or not re.search(r"^task:", yml.read_text(encoding="utf-8"), re.M):
+            if yml.name.startswith("_") or not re.search(r"^task:", yml.read_text(encoding="utf-8"), re.MULTILINE):
                 continue  # lm-eval style shared templates, and data files such as questionnaires
             t = load_task(yml)
             tasks[t.task] = t
