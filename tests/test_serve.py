@@ -69,6 +69,28 @@ def test_n_choices_and_seed_reproducibility(sdk):
     c = chat(sdk, n=3, temperature=1.0, seed=8)
     assert [x.message.content for x in a.choices] != [x.message.content for x in c.choices]
     assert len({x.message.content for x in a.choices}) > 1  # each choice samples on its own
+    greedy = chat(sdk, temperature=0).choices[0].message.content
+    assert chat(sdk, temperature=1.0, top_p=1e-6, seed=7).choices[0].message.content == greedy
+
+
+def test_sampling_follows_temperature_and_top_p():
+    from types import SimpleNamespace
+
+    def rows(temperature, top_p, n=4000):
+        gen = torch.Generator().manual_seed(0)
+        params = SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p)
+        return [SimpleNamespace(job=SimpleNamespace(params=params), generator=gen) for _ in range(n)]
+
+    logits = torch.tensor([0.1, 0.2, 0.7]).log().expand(4000, 3)
+    freq = lambda tokens: torch.bincount(torch.tensor(tokens), minlength=3).float() / len(tokens)
+    assert torch.allclose(freq(Engine._sample(None, logits, rows(1.0, 1.0))), torch.tensor([0.1, 0.2, 0.7]), atol=0.03)
+    # top_p=0.75 keeps the 0.7 and 0.2 tokens, renormalised
+    assert torch.allclose(freq(Engine._sample(None, logits, rows(1.0, 0.75))), torch.tensor([0, 2 / 9, 7 / 9]),
+                          atol=0.03)
+    # temperature 0.5 squares the odds: 1:4:49
+    assert torch.allclose(freq(Engine._sample(None, logits, rows(0.5, 1.0))), torch.tensor([1, 4, 49]) / 54,
+                          atol=0.03)
+    assert set(Engine._sample(None, logits, rows(0.0, 1.0, n=10))) == {2}
 
 
 def test_stop_strings_are_trimmed(sdk):

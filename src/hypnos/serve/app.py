@@ -248,12 +248,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(P.error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class _BodyLimit:
-    """ASGI middleware: refuse request bodies over ``max_bytes`` with 413 (by header, or while reading)."""
+    """ASGI middleware: refuse request bodies over ``max_bytes`` with 413 (by header, or by counting)."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -261,23 +257,31 @@ class _BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_bytes:
-            return await _send_error(send, 413, f"request body over {self.max_bytes} bytes")
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await _send_error(send, 413, f"request body over {self.max_bytes} bytes")
+            return await self.app(scope, receive, send)
+        # chunked upload: read it here (bounded), then replay it to the app
+        body, more = b"", True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _BodyTooLarge
-            return message
+            if message["type"] != "http.request":
+                return await self.app(scope, receive, send)  # client went away: let the app see it
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await _send_error(send, 413, f"request body over {self.max_bytes} bytes")
+        replayed = False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await _send_error(send, 413, f"request body over {self.max_bytes} bytes")
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 async def _send_error(send, status: int, message: str) -> None:
