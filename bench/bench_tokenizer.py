@@ -134,14 +134,17 @@ def bits_part(out: Path, args) -> list[dict]:
             tok = new_tok
         row = {"name": name, "tokens_per_char": sum(len(i) for i in tok(held)["input_ids"]) / sum(map(len, held)),
                "bits_per_char": bits_per_char(model, tok, held)}
-        row["train_loss"] = short_train(model, tok, train_texts, out / "trainer", args.steps, args.seq_len,
-                                        args.batch, args.lr)
-        row["bits_per_char_trained"] = bits_per_char(model, tok, held)
+        trained = ""
+        if args.steps > 0:  # --steps 0: bits/char right after extension only
+            row["train_loss"] = short_train(model, tok, train_texts, out / "trainer", args.steps, args.seq_len,
+                                            args.batch, args.lr)
+            row["bits_per_char_trained"] = bits_per_char(model, tok, held)
+            trained = (f"  after {args.steps} steps {row['bits_per_char_trained']:.4f} "
+                       f"(train loss {row['train_loss']:.3f})")
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         print(f"{name:22} tok/char {row['tokens_per_char']:.4f}  bits/char after extension "
-              f"{row['bits_per_char']:.4f}  after {args.steps} steps {row['bits_per_char_trained']:.4f}  "
-              f"(train loss {row['train_loss']:.3f}, {row['seconds']:.0f} s)", flush=True)
+              f"{row['bits_per_char']:.4f}{trained}  {row['seconds']:.0f} s", flush=True)
     return rows
 
 
