@@ -58,14 +58,38 @@ def _measure(url: str, model: str, reqs: list[dict], concurrency: int) -> tuple[
     return secs, sum(r.usage.get("completion_tokens", 0) for r in results)
 
 
+def tiny_model(out: str) -> str:
+    """A random 2-layer Llama (hidden 64) with SmolLM2's tokenizer: model time ~0, so client and server
+    overheads and batching decide the throughput."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from hypnos.common.models import builtin_gguf_path
+
+    gguf = builtin_gguf_path("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
+                                         eos_token_id=None, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--model", default="smollm2-135m-instruct", help='a model reference, or "tiny"')
     ap.add_argument("--requests", type=int, default=8, help="generation requests (plus as many judge requests)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--judge-tokens", type=int, default=32)
     args = ap.parse_args()
+    if args.model == "tiny":
+        import tempfile
+
+        args.model = tiny_model(tempfile.mkdtemp(prefix="hypnos-bench-tiny-"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -79,6 +103,8 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(1)
+        if server.poll() is not None:
+            raise SystemExit(f"hypnos serve {args.model} exited with {server.returncode}")
         _measure(url, "m", _requests(1, 16, 16, 10_000), 1)  # warm-up
         n = args.requests
         seq_s, seq_tok = _measure(url, "m", _requests(n, args.gen_tokens, args.judge_tokens, 0), 1)

@@ -192,5 +192,5 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         key = "request_failed" if f["raw"] is None else "unparseable"
         reasons[key] = reasons.get(key, 0) + 1
     return StageResult(outputs={"generated": "generated.jsonl", "failed": "failed.jsonl"},
-                       counts={"seeds": len(seeds), "generated": len(generated), "failed_requests": len(failed)},
-                       metrics=metrics, usage=ctx.usage())
+                       counts={"seeds": len(seeds), "generated": len(generated), "dropped": len(failed)},
+                       dropped=reasons, metrics=metrics, usage=ctx.usage())
