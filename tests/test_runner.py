@@ -158,3 +158,14 @@ def test_cli_validate_reports_problems(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hypnos.cli", "validate", str(p)], capture_output=True, text=True)
     assert r.returncode == 2
     assert "bogus_key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_env_vars_expand_with_defaults_and_fail_clearly(tmp_path, monkeypatch):
+    _rows(tmp_path / "rows.jsonl", 2)
+    body = "name: t\nstages:\n  # ${NOT_EXPANDED_IN_COMMENTS}\n  - {name: a, kind: copy, source: '${ROWS_DIR:-.}/rows.jsonl'}\n"
+    r = load_recipe(_recipe(tmp_path, body))
+    assert r.stages[0].config.source == "./rows.jsonl"
+    monkeypatch.setenv("ROWS_DIR", str(tmp_path))
+    assert load_recipe(_recipe(tmp_path, body)).stages[0].config.source == f"{tmp_path}/rows.jsonl"
+    with pytest.raises(ConfigError, match=r"recipe.yaml:2: environment variable NOPE_X is not set"):
+        load_recipe(_recipe(tmp_path, "name: t\nstages: ${NOPE_X}\n"))

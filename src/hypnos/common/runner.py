@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import time
 from importlib import metadata
@@ -139,7 +140,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, output_dir
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: recipe file not found")
-    text = path.read_text(encoding="utf-8")
+    text = _expand_env(path, path.read_text(encoding="utf-8"))
     try:
         tree = yaml.compose(text)
         data = yaml.safe_load(text) or {}
@@ -189,6 +190,28 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, output_dir
     return Recipe(name=str(data["name"]), path=path, base_dir=path.parent.resolve(), output_dir=out,
                   seed=int(data.get("seed", 0)), endpoints=endpoints, stages=stages,
                   description=str(data.get("description", "")))
+
+
+_ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def _expand_env(path: Path, text: str) -> str:
+    """``${VAR}`` / ``${VAR:-default}`` in a recipe: data locations and hosts differ per machine."""
+    out = []
+    for i, line in enumerate(text.splitlines(keepends=True), 1):
+        if line.lstrip().startswith("#"):
+            out.append(line)
+            continue
+
+        def sub(m: re.Match) -> str:
+            if m.group(1) in os.environ:
+                return os.environ[m.group(1)]
+            if m.group(2) is not None:
+                return m.group(2)
+            raise ConfigError(f"{path}:{i}: environment variable {m.group(1)} is not set (and has no :-default)")
+
+        out.append(_ENV.sub(sub, line))
+    return "".join(out)
 
 
 def _apply_override(path: Path, data: dict, keys: list[str], value: Any) -> None:
