@@ -62,20 +62,24 @@ class LocalLM:
         """
         import torch
 
-        out: list[list[float]] = []
+        out: dict[int, list[float]] = {}
         progress = bar(len(prompts), desc=desc or f"loglik {self.ref}", unit="q")
-        for i in range(0, len(prompts), self.batch_size):
-            batch = self._encode(prompts[i : i + self.batch_size])
-            with torch.inference_mode():
-                logits = self.model(**batch).logits[:, -1, :].float()
-            logp = torch.log_softmax(logits, dim=-1)
-            for row, opts in zip(logp, choices[i : i + self.batch_size]):
-                ids = [self.choice_token(c) for c in opts]
-                scores = row[ids]
-                out.append(torch.log_softmax(scores, dim=-1).tolist())
-            progress.update(len(batch["input_ids"]))
+        for idx in self._batches(prompts):
+            batch = self._encode([prompts[i] for i in idx])
+            with torch.inference_mode():  # logits of the last position only: the LM head is a third of the cost
+                logits = self.model(**batch, logits_to_keep=1).logits[:, -1, :].float()
+            for row, i in zip(logits, idx):
+                scores = row[[self.choice_token(c) for c in choices[i]]]
+                out[i] = torch.log_softmax(scores, dim=-1).tolist()
+            progress.update(len(idx))
         progress.close()
-        return out
+        return [out[i] for i in range(len(prompts))]
+
+    def _batches(self, prompts: list[str]) -> list[list[int]]:
+        """Prompt indices in batches of similar length, so little compute goes to padding."""
+        lengths = [len(self.tok(self.format(p), add_special_tokens=False)["input_ids"]) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def choice_token(self, choice: str) -> int:
         """The token id a choice label starts with (``"A"``, ``"1"``)."""
@@ -86,18 +90,19 @@ class LocalLM:
         """Greedy continuations of ``prompts`` (batched), without the prompt and special tokens."""
         import torch
 
-        out: list[str] = []
+        out: dict[int, str] = {}
         progress = bar(len(prompts), desc=desc or f"generate {self.ref}", unit="prompt")
-        for i in range(0, len(prompts), self.batch_size):
-            batch = self._encode(prompts[i : i + self.batch_size])
+        for idx in self._batches(prompts):
+            batch = self._encode([prompts[i] for i in idx])
             with torch.inference_mode():
                 ids = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                           pad_token_id=self.tok.pad_token_id)
             new = ids[:, batch["input_ids"].shape[1]:]
-            out += [t.strip() for t in self.tok.batch_decode(new, skip_special_tokens=True)]
-            progress.update(len(new))
+            for i, text in zip(idx, self.tok.batch_decode(new, skip_special_tokens=True)):
+                out[i] = text.strip()
+            progress.update(len(idx))
         progress.close()
-        return out
+        return [out[i] for i in range(len(prompts))]
 
     def close(self) -> None:
         """Free the weights (models are evaluated one after another)."""
