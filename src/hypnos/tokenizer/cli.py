@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -54,8 +54,8 @@ def extend(
     base: Annotated[str, typer.Argument(help="base model ref, tokenizer dir or SentencePiece .model file")],
     pieces: Annotated[Path, typer.Argument(help="trained spm.model, or a text file with one piece per line")],
     out: Annotated[Path, typer.Option(help="output dir for the extended tokenizer (and model)")],
-    max_new: Annotated[Optional[int], typer.Option(help="most tokens to add")] = None,
-    init: Annotated[Optional[str], typer.Option(help="also resize the model: fused|mean|random")] = None,
+    max_new: Annotated[int | None, typer.Option(help="most tokens to add")] = None,
+    init: Annotated[str | None, typer.Option(help="also resize the model: fused|mean|random")] = None,
 ) -> None:
     """Add new pieces to a base tokenizer (ids of existing tokens never change); optionally resize the model."""
     from hypnos.common.io import read_text

@@ -28,7 +28,7 @@ import json
 import re
 import shutil
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from hypnos.common.progress import track
@@ -123,7 +123,7 @@ def _cheapest_tree(leaves: tuple[str, ...], known: set[str], is_whole=lambda s: 
     def cost(s: str) -> int:
         return 0 if s in known else 1 if is_whole(s) else FRAGMENT_COST
 
-    @lru_cache(maxsize=None)
+    @cache
     def best(i: int, j: int) -> tuple[int, int]:  # (cost, split point)
         if j - i == 1:
             return cost(leaves[i]), -1
