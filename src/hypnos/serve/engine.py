@@ -227,8 +227,8 @@ class Engine:
         while (job := self._next_job(block=True)) is not None:
             jobs = [job]
             deadline = time.monotonic() + self.batch_window_s
-            while sum(j.n for j in jobs) < self.max_batch_rows and (
-                    more := self._next_job(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+            while (room := self.max_batch_rows - sum(j.n for j in jobs)) > 0 and (
+                    more := self._next_job(timeout=max(0.0, deadline - time.monotonic()), room=room)) is not None:
                 jobs.append(more)
             self._batch_jobs = list(jobs)
             try:
