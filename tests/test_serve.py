@@ -272,3 +272,20 @@ def test_smollm2_answers_through_the_sdk(smollm2_dir, serve_model):
                                            messages=[{"role": "user", "content": "What is anesthesia?"}])
     text = r.choices[0].message.content
     assert len(text.split()) >= 3 and json.dumps(text)  # fluent-ish English, not byte soup
+
+
+def test_timed_out_plain_request_stops_decoding(tiny_model_dir):
+    """A client that times out and hangs up (then retries) must not leave the engine decoding its answer."""
+    engine = Engine(str(tiny_model_dir))
+    with run_server({"tiny": engine}, max_tokens_limit=4096) as url:
+        body = {"model": "tiny", "messages": MSGS, "max_tokens": 900, "temperature": 1.0, "seed": 1}
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(url + "/chat/completions", json=body, timeout=0.3)
+        import time
+
+        time.sleep(1.5)
+        steps = engine.stats["steps"]
+        time.sleep(1.0)
+        assert engine.stats["steps"] == steps  # nothing is being decoded any more
+        assert steps < 800, f"{steps} steps: the abandoned answer was decoded to the end"
+    engine.close()

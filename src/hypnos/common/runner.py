@@ -17,6 +17,8 @@ import os
 import platform
 import re
 import shutil
+import signal
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -302,7 +304,8 @@ def _local_server(recipe: Recipe, model: str) -> str:
     ref = str(resolve_ref(recipe, model)) if is_ref(model) else model
     logf = (recipe.output_dir / recipe.name / "servers.log").open("a")
     proc = subprocess.Popen([sys.executable, "-m", "hypnos.cli", "serve", ref, "--name", model,
-                             "--host", "127.0.0.1", "--port", str(port)], stdout=logf, stderr=logf)
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=logf, stderr=logf,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 600
     log.info("starting local server for %s on %s", model, url)
@@ -318,6 +321,14 @@ def _local_server(recipe: Recipe, model: str) -> str:
         time.sleep(1)
     proc.kill()
     raise RuntimeError(f"hypnos serve {model} did not come up in 10 minutes; see {logf.name}")
+
+
+def _die_with_parent() -> None:
+    """In the server child: get SIGTERM when the runner dies, even by SIGKILL (no orphaned servers)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def stop_servers() -> None:
@@ -520,6 +531,10 @@ def _set_seed(seed: int) -> None:
         pass
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_recipe(recipe: Recipe, from_stage: str | None = None, only: list[str] | None = None,
                force: bool = False) -> list[dict]:
     """Validate, then run the selected stages in order; returns their manifests."""
@@ -532,6 +547,10 @@ def run_recipe(recipe: Recipe, from_stage: str | None = None, only: list[str] | 
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     manifests = []
+    # SIGTERM (e.g. `kill`, a job scheduler) unwinds like Ctrl-C, so manifests say "failed" and
+    # local servers are stopped.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for spec in _select(recipe, from_stage, only):
             log.info("[stage] %s (%s)", spec.name, spec.kind)

@@ -96,7 +96,7 @@ def create_app(engines: Mapping[str, Engine], api_key: str | None = None, max_to
             for name, e in engines.items()]}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
-    async def chat_completions(req: P.ChatCompletionRequest):
+    async def chat_completions(req: P.ChatCompletionRequest, request: Request):
         engine = engine_for(req.model)
         try:
             prompt = engine.encode_chat([m.as_template_dict() for m in req.messages])
@@ -107,13 +107,13 @@ def create_app(engines: Mapping[str, Engine], api_key: str | None = None, max_to
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _sse(_chat_events(generation, req, len(prompt), include_usage))
-        choices, completion_tokens = await _collect(generation, req.n)
+        choices, completion_tokens = await _unless_gone(request, _collect(generation, req.n))
         for c in choices:
             c["tokens"] = c["tokens"] if req.logprobs else None
         return P.chat_response(P.new_id("chatcmpl"), req.model, choices, len(prompt), completion_tokens)
 
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
-    async def completions(req: P.CompletionRequest):
+    async def completions(req: P.CompletionRequest, request: Request):
         engine = engine_for(req.model)
         prompts = [engine.encode_text(p) for p in ([req.prompt] if isinstance(req.prompt, str) else req.prompt)]
         params = [sampling(req, engine, len(p), req.logprobs or 0) for p in prompts]
@@ -121,7 +121,7 @@ def create_app(engines: Mapping[str, Engine], api_key: str | None = None, max_to
         prompt_tokens = sum(map(len, prompts))
         if req.stream:
             return _sse(_completion_events(generations, req, prompt_tokens))
-        results = await asyncio.gather(*(_collect(g, req.n) for g in generations))
+        results = await _unless_gone(request, asyncio.gather(*(_collect(g, req.n) for g in generations)))
         choices = []
         for choice in (c for cs, _ in results for c in cs):
             lp = P.completion_logprobs(choice["tokens"], 0) if req.logprobs is not None else None
@@ -130,6 +130,21 @@ def create_app(engines: Mapping[str, Engine], api_key: str | None = None, max_to
         return P.completion_response(P.new_id("cmpl"), req.model, int(time.time()), choices, usage)
 
     return app
+
+
+async def _unless_gone(request: Request, work):
+    """Await ``work``, cancelling it if the client goes away (a timed-out client retries: without this the
+    engine would keep decoding answers nobody reads, and fall further behind with every retry)."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.1)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise APIError(499, "client closed the request")
 
 
 async def _collect(generation: AsyncIterator[list[Delta]], n: int) -> tuple[list[dict], int]:

@@ -56,4 +56,4 @@ def serve(
         engines[served] = Engine(ref, device=device, max_batch_rows=max_batch_rows)
     typer.echo(f"serving {', '.join(engines)} at http://{host}:{port}/v1 (chat page: http://{host}:{port}/)", err=True)
     uvicorn.run(create_app(engines, api_key=api_key, max_tokens_limit=max_tokens_limit), host=host, port=port,
-                log_level="info")
+                log_level="info", timeout_graceful_shutdown=3)  # don't wait on answers nobody will read
