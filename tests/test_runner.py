@@ -169,3 +169,12 @@ def test_env_vars_expand_with_defaults_and_fail_clearly(tmp_path, monkeypatch):
     assert load_recipe(_recipe(tmp_path, body)).stages[0].config.source == f"{tmp_path}/rows.jsonl"
     with pytest.raises(ConfigError, match=r"recipe.yaml:2: environment variable NOPE_X is not set"):
         load_recipe(_recipe(tmp_path, "name: t\nstages: ${NOPE_X}\n"))
+
+
+def test_files_a_stage_reads_beyond_its_config_are_fingerprinted(tmp_path):
+    """Eval tasks name their data in task YAMLs, not in the stage config: editing it must re-run eval."""
+    from hypnos.common.runner import stage_inputs
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/demo.yaml", output_dir=tmp_path)
+    inputs = stage_inputs(recipe, recipe.stage("eval"))
+    assert any(k.startswith("file:") and k.endswith("anesthesia_mcq.jsonl") for k in inputs)

@@ -442,6 +442,11 @@ def stage_inputs(recipe: Recipe, spec: StageSpec) -> dict[str, str]:
                     inputs[s] = _fingerprint_file(p)
             except OSError:
                 pass
+    ctx = StageContext(name=spec.name, kind=spec.kind, out_dir=recipe.stage_dir(spec.name),
+                       run_dir=recipe.output_dir / recipe.name, recipe=recipe)
+    for f in spec.config.input_files(ctx):
+        if Path(f).exists():
+            inputs[f"file:{f}"] = _fingerprint_file(Path(f))
     return inputs
 
 

@@ -36,6 +36,13 @@ class StageConfig(BaseModel):
         """
         return []
 
+    def input_files(self, ctx: StageContext) -> list[Path]:
+        """Files the stage reads that its config does not name (e.g. an eval task's data file).
+
+        The runner fingerprints them with the config's own paths, so editing one re-runs the stage.
+        """
+        return []
+
 
 def is_ref(value: Any) -> bool:
     """True for a reference to an earlier stage's output, e.g. ``"@sft_general"``."""

@@ -71,6 +71,13 @@ class Config(StageConfig):
                 raise ValueError(f"a pair is two different model labels, got {p}")
         return v
 
+    def input_files(self, ctx: StageContext) -> list[Path]:
+        """The tasks' data files: editing a benchmark re-runs the evaluation."""
+        try:
+            return [f for t in get_tasks(self.tasks, self.include_paths) for f in t.data_files()]
+        except TaskError:
+            return []  # `check` reports it
+
     def check(self, ctx: StageContext) -> list[str]:
         """Tasks exist, pair labels are models, the judge is an endpoint, stage references are earlier."""
         problems = []
