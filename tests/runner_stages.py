@@ -4,10 +4,8 @@ appending as it goes (so it can be killed midway and resumed), and drops rows ma
 Registered into hypnos.stages.STAGES by the tests as kind "copy".
 """
 
-import json
 import os
 import time
-from pathlib import Path
 
 from hypnos.common.io import append_jsonl, read_jsonl_tolerant
 from hypnos.common.records import read_records

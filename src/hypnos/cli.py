@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -54,7 +54,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @app.command()
-def validate(recipe: Path, overrides: Annotated[Optional[list[str]], typer.Argument()] = None) -> None:
+def validate(recipe: Path, overrides: Annotated[list[str] | None, typer.Argument()] = None) -> None:
     """Check a recipe before anything loads: keys, files, references, endpoints, models, output dir."""
     from hypnos.common.runner import load_recipe, validate_recipe
 
@@ -72,11 +72,11 @@ def validate(recipe: Path, overrides: Annotated[Optional[list[str]], typer.Argum
 @app.command()
 def run(
     recipe: Path,
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="stage.key=value overrides")] = None,
-    from_stage: Annotated[Optional[str], typer.Option("--from", help="start at this stage")] = None,
-    only: Annotated[Optional[list[str]], typer.Option("--only", help="run only this stage (repeatable)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="stage.key=value overrides")] = None,
+    from_stage: Annotated[str | None, typer.Option("--from", help="start at this stage")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="run only this stage (repeatable)")] = None,
     force: Annotated[bool, typer.Option(help="re-run stages even if unchanged")] = False,
-    output_dir: Annotated[Optional[Path], typer.Option(help="where runs go (default: runs/)")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="where runs go (default: runs/)")] = None,
     verbose: bool = False,
 ) -> None:
     """Run a recipe stage by stage into runs/<name>/<stage>/, skipping stages that are up to date."""
@@ -111,8 +111,8 @@ def _summary(recipe, manifests: list[dict]) -> None:
 def _stage_command(kind: str):
     def command(
         config: Annotated[Path, typer.Option("--config", "-c", help="YAML with this stage's fields (+ endpoints:)")],
-        overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides")] = None,
-        name: Annotated[Optional[str], typer.Option(help="stage/run name (default: the kind)")] = None,
+        overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+        name: Annotated[str | None, typer.Option(help="stage/run name (default: the kind)")] = None,
         output_dir: Annotated[Path, typer.Option(help="where runs go")] = Path("runs"),
         force: bool = False,
     ) -> None:

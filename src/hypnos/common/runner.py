@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hypnos.common.stage import ConfigError, StageConfig, StageContext, StageResult, is_ref, log
+from hypnos.common.stage import ConfigError, StageContext, StageResult, is_ref, log
 from hypnos.stages import STAGES, load_stage
 
 KEEP_ON_CONFIG_CHANGE = ("llm_cache",)  # answers keyed by request hash stay valid whatever changed

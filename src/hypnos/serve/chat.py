@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from threading import Thread
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -57,9 +57,9 @@ def _remote_stream(model: str, base_url: str, api_key_env: str | None, max_new_t
 
 def chat(
     model: Annotated[str, typer.Argument(help="model ref (dir, built-in name) or, with --base-url, a model name")],
-    base_url: Annotated[Optional[str], typer.Option(help="chat with an OpenAI-compatible endpoint instead")] = None,
-    api_key_env: Annotated[Optional[str], typer.Option(help="env var holding the endpoint's API key")] = None,
-    system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
+    base_url: Annotated[str | None, typer.Option(help="chat with an OpenAI-compatible endpoint instead")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="env var holding the endpoint's API key")] = None,
+    system: Annotated[str | None, typer.Option(help="system prompt")] = None,
     max_new_tokens: int = 512,
     temperature: float = 0.0,
 ) -> None:
