@@ -101,11 +101,12 @@ def _summary(recipe, manifests: list[dict]) -> None:
         table.add_row(m["stage"], m["kind"], "skipped (unchanged)" if m.get("skipped") else m["status"],
                       str(c.get("in", "")), str(c.get("kept", "")), str(c.get("dropped", "")),
                       str(m["timings"].get("seconds", "")), str(out))
-    Console().print(table)
+    out = Console(width=None if sys.stdout.isatty() else 140)  # logs and CI: don't squeeze into 80 columns
+    out.print(table)
     for m in manifests:
         if m["kind"] == "report":
-            out = recipe.stage_dir(m["stage"]) / next(iter(m["outputs"].values()))
-            Console().print(f"[bold green]Report:[/bold green] {out.resolve()}")
+            path = recipe.stage_dir(m["stage"]) / next(iter(m["outputs"].values()))
+            out.print(f"[bold green]Report:[/bold green] {path.resolve()}")
 
 
 def _stage_command(kind: str):

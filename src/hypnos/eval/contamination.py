@@ -37,10 +37,12 @@ def record_kind(path: Path) -> str | None:
     return None
 
 
-def training_sets(run_dir: Path, skip: set[str] = frozenset()) -> dict[str, Path]:
+def training_sets(run_dir: Path, skip: set[str] = frozenset(), stages: set[str] | None = None) -> dict[str, Path]:
     """``stage.output`` -> file for every finished stage output of qa/dialogue/text records in a run."""
     out: dict[str, Path] = {}
     for manifest in sorted(run_dir.glob("*/manifest.json")):
+        if stages is not None and manifest.parent.name not in stages:
+            continue  # left over from an earlier version of the recipe
         m = json.loads(manifest.read_text(encoding="utf-8"))
         if m.get("status") != "done" or m.get("stage") in skip:
             continue
@@ -55,7 +57,7 @@ def check(ctx: StageContext, train_files: list[str], tasks: list[Task], docs: di
     """Overlap of every training set with every benchmark (one report per training set)."""
     from hypnos.data.decontaminate import overlap_report
 
-    sets = training_sets(ctx.run_dir, skip={ctx.name})
+    sets = training_sets(ctx.run_dir, skip={ctx.name}, stages={s.name for s in ctx.recipe.stages})
     sets.update({f: ctx.resolve(f) for f in train_files})
     bench_tasks = [t for t in tasks if t.output_type != "likert" and docs.get(t.task)]
     if not sets or not bench_tasks:

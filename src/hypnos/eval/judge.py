@@ -88,7 +88,7 @@ def compare(task: Task, rows_a: list[dict], rows_b: list[dict], client, seed: in
         for first, second in ((ra["prediction"], rb["prediction"]), (rb["prediction"], ra["prediction"])):
             reqs.append({"messages": [{"role": "user", "content": render(question, ra.get("reference", ""),
                                                                          first, second)}],
-                         "temperature": 0.0, "seed": 0, "max_tokens": 256})
+                         "temperature": 0.0, "seed": 0, "max_tokens": 128})  # the verdict is a short JSON
     answers = client.chat_many_sync(reqs, progress=True)
     per_item, unparsed = [], 0
     for k, (ra, _) in enumerate(items):

@@ -50,7 +50,8 @@ class Config(StageConfig):
 def run(cfg: Config, ctx: StageContext) -> StageResult:
     """Write report.html and report.json into the stage folder."""
     results = ctx.resolve(cfg.eval)
-    data = build_report(ctx.run_dir, results, ctx.out_dir / "report.html", cfg.notes, cfg.title)
+    data = build_report(ctx.run_dir, results, ctx.out_dir / "report.html", cfg.notes, cfg.title,
+                        stages=[s.name for s in ctx.recipe.stages])
     return StageResult(outputs={"report": "report.html", "json": "report.json"},
                        counts={"models": len(data["models"]), "tasks": len(data["tasks"]),
                                "plots": len(data["plots"])})
@@ -79,9 +80,11 @@ def headline_table(results: dict) -> tuple[list[str], dict[str, list[str]]]:
     return cols, rows
 
 
-def _manifests(run_dir: Path) -> list[dict]:
+def _manifests(run_dir: Path, stages: list[str] | None = None) -> list[dict]:
     out = []
     for p in sorted(Path(run_dir).glob("*/manifest.json")):
+        if stages is not None and p.parent.name not in stages:
+            continue  # a stage the recipe no longer has: its old folder is not part of this run
         m = json.loads(p.read_text(encoding="utf-8"))
         m["_dir"] = str(p.parent)
         out.append(m)
@@ -266,12 +269,12 @@ def make_plots(results: dict, steps: list[dict], curves: dict) -> list[dict]:
 # ---- page -------------------------------------------------------------------------------------
 
 def build_report(run_dir: Path, results_path: Path, out: Path, notes: list[str] | None = None,
-                 title: str | None = None) -> dict:
+                 title: str | None = None, stages: list[str] | None = None) -> dict:
     """Write ``out`` (HTML) and ``out`` with .json next to it; return the data the page shows."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     results = json.loads(Path(results_path).read_text(encoding="utf-8"))
-    manifests = _manifests(run_dir)
+    manifests = _manifests(run_dir, stages)
     steps, curves = funnel(manifests), training_curves(manifests)
     cols, rows = headline_table(results)
     data = {
