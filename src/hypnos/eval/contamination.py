@@ -57,7 +57,7 @@ def check(ctx: StageContext, train_files: list[str], tasks: list[Task], docs: di
     """Overlap of every training set with every benchmark (one report per training set)."""
     from hypnos.data.decontaminate import overlap_report
 
-    sets = training_sets(ctx.run_dir, skip={ctx.name}, stages={s.name for s in ctx.recipe.stages})
+    sets = training_sets(ctx.run_dir, skip={ctx.name})
     sets.update({f: ctx.resolve(f) for f in train_files})
     bench_tasks = [t for t in tasks if t.output_type != "likert" and docs.get(t.task)]
     if not sets or not bench_tasks:

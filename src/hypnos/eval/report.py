@@ -50,8 +50,7 @@ class Config(StageConfig):
 def run(cfg: Config, ctx: StageContext) -> StageResult:
     """Write report.html and report.json into the stage folder."""
     results = ctx.resolve(cfg.eval)
-    data = build_report(ctx.run_dir, results, ctx.out_dir / "report.html", cfg.notes, cfg.title,
-                        stages=[s.name for s in ctx.recipe.stages])
+    data = build_report(ctx.run_dir, results, ctx.out_dir / "report.html", cfg.notes, cfg.title)
     return StageResult(outputs={"report": "report.html", "json": "report.json"},
                        counts={"models": len(data["models"]), "tasks": len(data["tasks"]),
                                "plots": len(data["plots"])})
