@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 from hypnos.common.models import load_causal_lm, load_tokenizer, resolve_model
+from hypnos.tokenizer.extend import bytes_to_unicode
 
 log = logging.getLogger(__name__)
 
@@ -413,12 +414,4 @@ class Engine:
 
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte-level BPE alphabet: printable character -> byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {c: b for b, c in bytes_to_unicode().items()}
