@@ -178,3 +178,12 @@ def test_files_a_stage_reads_beyond_its_config_are_fingerprinted(tmp_path):
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/demo.yaml", output_dir=tmp_path)
     inputs = stage_inputs(recipe, recipe.stage("eval"))
     assert any(k.startswith("file:") and k.endswith("anesthesia_mcq.jsonl") for k in inputs)
+
+
+def test_single_stage_command_points_errors_at_the_users_config(tmp_path):
+    cfg = tmp_path / "dedup.yaml"
+    cfg.write_text("input: x.jsonl\nreferences: []\nthreshhold: 3\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "hypnos.cli", "dedup", "--config", str(cfg), "--output-dir",
+                        str(tmp_path / "runs")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert f"{cfg}:3: threshhold: unknown key" in r.stderr and "Traceback" not in r.stderr

@@ -138,7 +138,7 @@ def _stage_command(kind: str):
             r = load_recipe(f.name, output_dir=output_dir)
             manifests = run_recipe(r, force=force)
         except ConfigError as e:
-            _fail(str(e).replace(f.name, str(config)))
+            _fail(_map_lines(str(e), f.name, config))
         finally:
             Path(f.name).unlink()
         _summary(r, manifests)
@@ -146,6 +146,23 @@ def _stage_command(kind: str):
 
     command.__doc__ = f"Run the `{kind}` stage on its own (same config fields as in a recipe)."
     return command
+
+
+def _map_lines(msg: str, tmp: str, config: Path) -> str:
+    """Point errors about the generated one-stage recipe at the user's config file and line."""
+    import re
+
+    import yaml
+
+    from hypnos.common.runner import _key_lines
+
+    lines = _key_lines(yaml.compose(config.read_text(encoding="utf-8")) or yaml.MappingNode("", []))
+
+    def sub(m: re.Match) -> str:
+        key = (m.group(2).split(".")[0],)
+        return f"{config}:{lines[key]}: {m.group(2)}" if key in lines else f"{config}: {m.group(2)}"
+
+    return re.sub(rf"{re.escape(tmp)}:(\d+): stage '[^']*': ([\w.]+)", sub, msg).replace(tmp, str(config))
 
 
 def _kv(o: str):
