@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +49,8 @@ class ReadReport:
 
     @property
     def reasons(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for err in self.rejected:
-            out[err.reason.split(":")[0]] = out.get(err.reason.split(":")[0], 0) + 1
-        return out
+        # The part before the first ":" names the kind of problem; the rest is row detail.
+        return dict(Counter(err.reason.split(":")[0] for err in self.rejected))
 
 
 def read_text(path: str | Path) -> str:

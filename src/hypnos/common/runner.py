@@ -18,6 +18,7 @@ import platform
 import re
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from importlib import metadata
@@ -205,7 +206,7 @@ def _expand_env(path: Path, text: str) -> str:
             out.append(line)
             continue
 
-        def sub(m: re.Match) -> str:
+        def sub(m: re.Match, i: int = i) -> str:
             if m.group(1) in os.environ:
                 return os.environ[m.group(1)]
             if m.group(2) is not None:
@@ -293,7 +294,6 @@ def _local_server(recipe: Recipe, model: str) -> str:
     if model in _SERVERS:
         return _SERVERS[model][1]
     import socket
-    import subprocess
     import sys
 
     import httpx
@@ -302,16 +302,17 @@ def _local_server(recipe: Recipe, model: str) -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ref = str(resolve_ref(recipe, model)) if is_ref(model) else model
-    logf = (recipe.output_dir / recipe.name / "servers.log").open("a")
-    proc = subprocess.Popen([sys.executable, "-m", "hypnos.cli", "serve", ref, "--name", model,
-                             "--host", "127.0.0.1", "--port", str(port)], stdout=logf, stderr=logf,
-                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    log_path = recipe.output_dir / recipe.name / "servers.log"
+    with log_path.open("a") as logf:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "hypnos.cli", "serve", ref, "--name", model,
+                                 "--host", "127.0.0.1", "--port", str(port)], stdout=logf, stderr=logf,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 600
     log.info("starting local server for %s on %s", model, url)
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"hypnos serve {model} exited with {proc.returncode}; see {logf.name}")
+            raise RuntimeError(f"hypnos serve {model} exited with {proc.returncode}; see {log_path}")
         try:
             if httpx.get(url + "/models", timeout=2).status_code == 200:
                 _SERVERS[model] = (proc, url)
@@ -320,7 +321,7 @@ def _local_server(recipe: Recipe, model: str) -> str:
             pass
         time.sleep(1)
     proc.kill()
-    raise RuntimeError(f"hypnos serve {model} did not come up in 10 minutes; see {logf.name}")
+    raise RuntimeError(f"hypnos serve {model} did not come up in 10 minutes; see {log_path}")
 
 
 def _die_with_parent() -> None:
@@ -337,7 +338,7 @@ def stop_servers() -> None:
         proc.terminate()
         try:
             proc.wait(timeout=15)
-        except Exception:
+        except subprocess.TimeoutExpired:
             proc.kill()
     _SERVERS.clear()
 
@@ -485,11 +486,11 @@ def run_stage(recipe: Recipe, spec: StageSpec, force: bool = False) -> dict:
     inputs = stage_inputs(recipe, spec)
     fp = _fingerprint(spec, inputs, recipe.seed)
     old = read_manifest(out_dir)
-    if not force and old and old.get("status") == "done" and old.get("fingerprint") == fp:
-        if all((out_dir / p).exists() for p in old["outputs"].values()):
-            log.info("[skip] %s: unchanged since %s", spec.name, old["timings"]["finished"])
-            old["skipped"] = True
-            return old
+    if (not force and old and old.get("status") == "done" and old.get("fingerprint") == fp
+            and all((out_dir / p).exists() for p in old["outputs"].values())):
+        log.info("[skip] %s: unchanged since %s", spec.name, old["timings"]["finished"])
+        old["skipped"] = True
+        return old
     if old and (force or old.get("fingerprint") != fp) and out_dir.exists():
         # A different config or input: earlier partial work would be wrong to resume from.
         for child in out_dir.iterdir():

@@ -37,12 +37,10 @@ def record_kind(path: Path) -> str | None:
     return None
 
 
-def training_sets(run_dir: Path, skip: set[str] = frozenset(), stages: set[str] | None = None) -> dict[str, Path]:
+def training_sets(run_dir: Path, skip: set[str] = frozenset()) -> dict[str, Path]:
     """``stage.output`` -> file for every finished stage output of qa/dialogue/text records in a run."""
     out: dict[str, Path] = {}
     for manifest in sorted(run_dir.glob("*/manifest.json")):
-        if stages is not None and manifest.parent.name not in stages:
-            continue  # left over from an earlier version of the recipe
         m = json.loads(manifest.read_text(encoding="utf-8"))
         if m.get("status") != "done" or m.get("stage") in skip:
             continue

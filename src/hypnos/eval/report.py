@@ -79,11 +79,9 @@ def headline_table(results: dict) -> tuple[list[str], dict[str, list[str]]]:
     return cols, rows
 
 
-def _manifests(run_dir: Path, stages: list[str] | None = None) -> list[dict]:
+def _manifests(run_dir: Path) -> list[dict]:
     out = []
     for p in sorted(Path(run_dir).glob("*/manifest.json")):
-        if stages is not None and p.parent.name not in stages:
-            continue  # a stage the recipe no longer has: its old folder is not part of this run
         m = json.loads(p.read_text(encoding="utf-8"))
         m["_dir"] = str(p.parent)
         out.append(m)
@@ -268,12 +266,12 @@ def make_plots(results: dict, steps: list[dict], curves: dict) -> list[dict]:
 # ---- page -------------------------------------------------------------------------------------
 
 def build_report(run_dir: Path, results_path: Path, out: Path, notes: list[str] | None = None,
-                 title: str | None = None, stages: list[str] | None = None) -> dict:
+                 title: str | None = None) -> dict:
     """Write ``out`` (HTML) and ``out`` with .json next to it; return the data the page shows."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     results = json.loads(Path(results_path).read_text(encoding="utf-8"))
-    manifests = _manifests(run_dir, stages)
+    manifests = _manifests(run_dir)
     steps, curves = funnel(manifests), training_curves(manifests)
     cols, rows = headline_table(results)
     data = {
