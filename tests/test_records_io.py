@@ -1,5 +1,6 @@
 """Readers and typed records: file:line errors, quarantine, BOM and GB18030, every record kind."""
 
+import base64
 import json
 
 import pytest
@@ -79,3 +80,113 @@ def test_tolerant_log_reader_ignores_only_a_torn_last_line(tmp_path):
     p.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
     with pytest.raises(DataError, match="log.jsonl:2"):
         read_jsonl_tolerant(p)
+
+
+# ---- decoding line by line (issue 15, findings 1 and 2) ------------------------------------------------
+ROWS = [{"id": f"q{i}", "instruction": f"第{i}题：镇痛泵的常用药物有哪些？", "output": "舒芬太尼、氢吗啡酮。"} for i in range(6)]
+
+
+def _jsonl_bytes(rows, encoding="utf-8") -> list[bytes]:
+    return [json.dumps(r, ensure_ascii=False).encode(encoding) for r in rows]
+
+
+def test_one_bad_byte_quarantines_one_line_and_keeps_the_rest_utf8(tmp_path):
+    lines = _jsonl_bytes(ROWS)
+    lines[2] = lines[2].replace("镇痛".encode(), b"\xff\xfe")  # one corrupted character, mid-file
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    report = ReadReport()
+    recs = read_records(p, on_error="quarantine", quarantine_dir=tmp_path / "q", report=report)
+    assert [r.id for r in recs] == ["q0", "q1", "q3", "q4", "q5"]
+    assert all("镇痛泵" in r.instruction for r in recs)  # never re-decoded as GB18030 mojibake
+    assert [e.line for e in report.rejected] == [3] and "UTF-8" in report.rejected[0].reason
+    q = json.loads((tmp_path / "q/a.jsonl.quarantine.jsonl").read_text(encoding="utf-8"))
+    assert q["line"] == 3 and base64.b64decode(q["raw_b64"]) == lines[2]
+    with pytest.raises(DataError, match=r"a\.jsonl:3: .*UTF-8"):
+        read_records(p)
+
+
+def test_line_separators_inside_json_strings_do_not_split_rows(tmp_path):
+    rows = [{**ROWS[0], "output": "第一段\u2028第二段\u0085第三段\u2029完"}, ROWS[1]]
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(b"\n".join(_jsonl_bytes(rows)) + b"\n" + b'{"id": "bad"\n')
+    report = ReadReport()
+    recs = read_records(p, on_error="quarantine", quarantine_dir=tmp_path, report=report)
+    assert [r.output for r in recs] == [rows[0]["output"], rows[1]["output"]]
+    assert [e.line for e in report.rejected] == [3]
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b"\n".join(_jsonl_bytes(rows)) + b"\n")
+    assert read_jsonl_tolerant(log) == rows
+
+
+def test_gbk_file_is_detected_and_a_bad_line_in_it_is_quarantined_alone(tmp_path):
+    lines = _jsonl_bytes(ROWS, "gbk")
+    lines[4] = lines[4].replace("镇痛".encode("gbk"), b"\x81\x20")  # an invalid GBK pair in line 5
+    p = tmp_path / "g.jsonl"
+    p.write_bytes(b"\r\n".join(lines) + b"\r\n")  # Windows line ends too
+    report = ReadReport()
+    recs = read_records(p, on_error="quarantine", quarantine_dir=tmp_path, report=report)
+    assert [r.id for r in recs] == ["q0", "q1", "q2", "q3", "q5"]
+    assert recs[0].instruction == ROWS[0]["instruction"] and recs[-1].output == ROWS[5]["output"]
+    assert [e.line for e in report.rejected] == [5]
+
+
+def test_declared_encoding_wins_and_unknown_encoding_is_a_clear_error(tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_bytes(b"\n".join(_jsonl_bytes(ROWS[:2], "gb18030")) + b"\n")
+    assert read_records(p, encoding="gb18030")[1].instruction == ROWS[1]["instruction"]
+    with pytest.raises(DataError, match=r"a\.jsonl:1: not valid UTF-8"):
+        read_records(p, encoding="utf-8")
+    with pytest.raises(DataError, match="unknown encoding 'klingon'"):
+        read_records(p, encoding="klingon")
+
+
+def test_a_huge_row_is_rejected_by_size_without_reading_it_whole(tmp_path):
+    from hypnos.common.io import iter_rows
+
+    p = tmp_path / "a.jsonl"
+    big = {**ROWS[1], "output": "麻" * 400_000}  # 1.2 MB
+    p.write_bytes(b"\n".join(_jsonl_bytes([ROWS[0], big, ROWS[2]])) + b"\n")
+    items = list(iter_rows(p, max_row_bytes=1 << 20))
+    assert [getattr(i, "line") for i in items] == [1, 2, 3]
+    assert isinstance(items[1], DataError) and "over the 1 MiB row limit" in items[1].reason
+    assert len(items[1].raw) <= 4096  # only a preview is kept
+    assert [i.data["id"] for i in items if not isinstance(i, DataError)] == ["q0", "q2"]
+
+
+def test_csv_with_a_field_over_128_kib_and_a_bad_line(tmp_path):
+    long = "麻醉" * 70_000
+    p = tmp_path / "a.csv"
+    p.write_bytes("id,instruction,output\n".encode() + f'a,"{long}",答\n'.encode()
+                  + b"b,\xff\xfe,x\n" + "c,\"多行\n问题\",答\nd,问,答\n".encode())
+    report = ReadReport()
+    recs = read_records(p, "qa", on_error="quarantine", quarantine_dir=tmp_path, report=report)
+    assert [r.id for r in recs] == ["a", "c", "d"] and recs[0].instruction == long
+    assert recs[1].instruction == "多行\n问题"
+    assert [e.line for e in report.rejected] == [3]
+    from hypnos.common.io import iter_rows
+
+    assert [r.line for r in iter_rows(p) if not isinstance(r, DataError)] == [2, 4, 6]
+
+
+def test_binary_garbage_and_utf16_are_file_errors(tmp_path):
+    p = tmp_path / "junk.jsonl"
+    p.write_bytes(bytes(range(256)) * 64)
+    with pytest.raises(DataError, match=r"junk\.jsonl: binary data"):
+        read_records(p, on_error="quarantine", quarantine_dir=tmp_path)
+    u = tmp_path / "u.jsonl"
+    u.write_bytes(QA_ROW.encode("utf-16"))
+    with pytest.raises(DataError, match=r"u\.jsonl: UTF-16"):
+        read_records(u)
+
+
+def test_wrong_field_types_are_file_line_errors(tmp_path):
+    from hypnos.common.io import iter_rows
+
+    p = tmp_path / "a.jsonl"
+    p.write_text("\n".join([QA_ROW, json.dumps({"id": "x", "instruction": 5}), json.dumps({"id": "y", "text": "t", "meta": "m"})]) + "\n")
+    items = list(iter_rows(p, check_types=True))
+    assert [str(i) for i in items if isinstance(i, DataError)] == [
+        f"{p}:2: instruction: expected text, got int", f"{p}:3: meta: expected an object, got str"]
+    with pytest.raises(DataError, match=r"a\.jsonl:2: instruction"):
+        read_records(p)

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hypnos.common.io import DataError, OnError, ReadReport, Row, iter_rows, quarantine_path, write_quarantine
+from hypnos.common.io import (DataError, OnError, ReadReport, Row, current_policy, iter_rows, quarantine_path,
+                              write_quarantine)
 
 
 class Record(BaseModel):
@@ -195,9 +196,10 @@ def parse_row(row: Row, kind: str | None = None) -> Record:
 def read_records(
     path: str | Path,
     kind: str | None = None,
-    on_error: OnError = "raise",
+    on_error: OnError | None = None,
     quarantine_dir: str | Path | None = None,
     report: ReadReport | None = None,
+    encoding: str | None = None,
 ) -> list[Record]:
     """Read and validate every row of a file.
 
@@ -206,16 +208,21 @@ def read_records(
         kind: the record kind (qa, dialogue, mcq, ranked, ner, text); guessed per row if None.
         on_error: "raise" stops at the first bad row; "quarantine" writes bad rows to
             ``<name>.quarantine.jsonl`` (in ``quarantine_dir`` or next to the file) and goes on.
-        quarantine_dir: where quarantine files go.
+            Default: the running stage's ``on_error`` (inside a recipe), else "raise".
+        quarantine_dir: where quarantine files go (inside a recipe stage without one: the stage's
+            quarantine folder, written by the runner).
         report: filled with counts of rows read and rejected.
+        encoding: the file's text encoding (default: the stage's ``encoding:``, else detected).
 
     Returns:
         The valid records, in file order.
     """
     report = report if report is not None else ReadReport()
+    policy = current_policy()
+    on_error = on_error or (policy.on_error if policy else "raise")
     out: list[Record] = []
     bad: list[DataError] = []
-    for item in iter_rows(path):
+    for item in iter_rows(path, encoding=encoding, on_error="raise"):
         try:
             if isinstance(item, DataError):
                 raise item
@@ -226,6 +233,9 @@ def read_records(
             bad.append(e)
     report.read += len(out) + len(bad)
     report.rejected.extend(bad)
-    if bad:
+    if bad and policy is not None and quarantine_dir is None:
+        for e in bad:
+            policy.reject(e)  # the runner writes them to the stage's quarantine folder
+    elif bad:
         write_quarantine(bad, quarantine_path(path, quarantine_dir))
     return out
