@@ -1,7 +1,9 @@
 """The two kinds of model an evaluation compares: a local checkpoint run in-process, or an LLM endpoint.
 
-Both answer the same two questions: ``generate(prompts)`` (greedy, deterministic) and, for local models
-only, ``choice_logprobs(prompts, choices)`` (log-probability of each choice label as the next token).
+Both answer ``generate(prompts)`` (greedy, deterministic); local models also give ``loglik`` and
+``choice_logprobs(prompts, choices)``: the log-likelihood of the whole continuation (target delimiter +
+choice text) after the prompt, as lm-evaluation-harness scores ``multiple_choice`` tasks, so the same item
+has the same target on every tokenizer family.
 A prompt is one user turn; it is wrapped in the model's chat template when it has one.
 """
 
@@ -14,6 +16,16 @@ from typing import Any
 from hypnos.common.progress import bar
 
 log = logging.getLogger("hypnos")
+
+
+class ChoiceCollisionError(ValueError):
+    """Two answer choices of one item are the same token sequence: they cannot be told apart."""
+
+
+def _tensor(ids: list[int]):
+    import torch
+
+    return torch.tensor(ids, dtype=torch.long)
 
 
 @dataclass
@@ -54,37 +66,99 @@ class LocalLM:
         add = not (self.chat_template and self.tok.chat_template)
         return self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=add).to(self.model.device)
 
-    def choice_logprobs(self, prompts: list[str], choices: list[list[str]], desc: str = "") -> list[list[float]]:
-        """Log-probability (normalised over the choices) of each choice's first token after each prompt.
+    def _ids(self, text: str) -> list[int]:
+        # the chat template already holds BOS-like markers; plain prompts get the tokenizer's specials
+        add = not (self.chat_template and self.tok.chat_template)
+        return self.tok(text, add_special_tokens=add)["input_ids"]
 
-        One forward per batch of prompts: option letters are single tokens, so only the next-token
-        distribution at the end of the prompt is needed.
+    def continuation_ids(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Token ids of a prompt (formatted) and of a continuation after it, split as lm-eval does.
+
+        The whole string is encoded once and the context's own encoding length cut off, so the
+        continuation gets the tokens it really has after this context (SentencePiece's ``▁A``,
+        byte-level ``ĠA``); trailing spaces of the context move to the continuation first.
         """
+        ctx = self.format(context)
+        spaces = len(ctx) - len(ctx.rstrip(" "))
+        if spaces:
+            ctx, continuation = ctx[:-spaces], ctx[-spaces:] + continuation
+        ctx_ids = self._ids(ctx)
+        whole = self._ids(ctx + continuation)
+        return ctx_ids, whole[len(ctx_ids):]
+
+    def loglik(self, requests: list[tuple[str, str]], desc: str = "") -> list[float]:
+        """Sum of log-probabilities of each continuation's tokens given its context (lm-eval ``loglikelihood``).
+
+        Requests that need the same forward (same context, one-token continuations such as option letters)
+        share it, so a 4-option question costs one forward, not four.
+        """
+        pairs = [self.continuation_ids(c, x) for c, x in requests]
+        for (c, x), (_, cont) in zip(requests, pairs):
+            if not cont:
+                raise ValueError(f"{desc}: continuation {x!r} encodes to no token after its context")
+        inputs: dict[tuple[int, ...], list[int]] = {}  # forward input -> request indices scored from it
+        for i, (ctx, cont) in enumerate(pairs):
+            inputs.setdefault(tuple(ctx + cont[:-1]), []).append(i)
+        out: dict[int, float] = {}
+        keys = sorted(inputs, key=len, reverse=True)
+        progress = bar(len(keys), desc=desc or f"loglik {self.ref}", unit="fwd")
+        for b in range(0, len(keys), self.batch_size):
+            batch = keys[b : b + self.batch_size]
+            logps = self._last_logprobs(batch, max(len(pairs[i][1]) for k in batch for i in inputs[k]))
+            for k, lp in zip(batch, logps):
+                for i in inputs[k]:
+                    cont = pairs[i][1]
+                    rows = lp[lp.shape[0] - len(cont):]  # position t predicts token t + 1
+                    out[i] = float(rows.gather(1, _tensor(cont)[:, None]).sum())
+            progress.update(len(batch))
+        progress.close()
+        return [out[i] for i in range(len(requests))]
+
+    def _last_logprobs(self, seqs: list[tuple[int, ...]], n_last: int):
+        """Log-softmax over the vocabulary at the last ``n_last`` positions of each sequence (left-padded)."""
         import torch
 
-        out: dict[int, list[float]] = {}
-        progress = bar(len(prompts), desc=desc or f"loglik {self.ref}", unit="q")
-        for idx in self._batches(prompts):
-            batch = self._encode([prompts[i] for i in idx])
-            with torch.inference_mode():  # logits of the last position only: the LM head is a third of the cost
-                logits = self.model(**batch, logits_to_keep=1).logits[:, -1, :].float()
-            for row, i in zip(logits, idx):
-                scores = row[[self.choice_token(c) for c in choices[i]]]
-                out[i] = torch.log_softmax(scores, dim=-1).tolist()
-            progress.update(len(idx))
-        progress.close()
-        return [out[i] for i in range(len(prompts))]
+        width = max(map(len, seqs))
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in seqs], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.model.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift absolute positions
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                logits_to_keep=n_last).logits.float()
+        return [torch.log_softmax(row, dim=-1).cpu() for row in logits]
+
+    def choice_logprobs(self, prompts: list[str], choices: list[list[str]], delimiter: str = " ",
+                        desc: str = "") -> list[list[float]]:
+        """Log-likelihood of ``delimiter + choice`` after each prompt, for every choice (lm-eval ``acc``).
+
+        Raises:
+            ChoiceCollisionError: two choices of one prompt are the same token sequence after it (their
+                scores would be equal and argmax would silently pick the first).
+        """
+        requests, owner = [], []
+        for i, (p, ch) in enumerate(zip(prompts, choices)):
+            seen: dict[tuple[int, ...], str] = {}
+            for c in ch:
+                cont = tuple(self.continuation_ids(p, delimiter + c)[1])
+                if cont in seen:
+                    raise ChoiceCollisionError(
+                        f"{desc or 'task'}: choices {seen[cont]!r} and {c!r} of item {i} tokenize to the same "
+                        f"sequence {list(cont)} with {self.ref}'s tokenizer; their scores cannot differ")
+                seen[cont] = c
+                requests.append((p, delimiter + c))
+                owner.append(i)
+        scores = self.loglik(requests, desc=desc)
+        out: list[list[float]] = [[] for _ in prompts]
+        for i, s in zip(owner, scores):
+            out[i].append(s)
+        return out
 
     def _batches(self, prompts: list[str]) -> list[list[int]]:
         """Prompt indices in batches of similar length, so little compute goes to padding."""
         lengths = [len(self.tok(self.format(p), add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: lengths[i])
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-
-    def choice_token(self, choice: str) -> int:
-        """The token id a choice label starts with (``"A"``, ``"1"``)."""
-        ids = self.tok.encode(choice, add_special_tokens=False)
-        return ids[0]
 
     def generate(self, prompts: list[str], max_new_tokens: int, desc: str = "") -> list[str]:
         """Greedy continuations of ``prompts`` (batched), without the prompt and special tokens."""

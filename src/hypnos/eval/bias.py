@@ -10,8 +10,8 @@ The questionnaire is a YAML file (format in docs/eval.md)::
     items:
       - {id: AU01, subscale: AU, text: "……", reverse: false}
 
-A local model's answer is the scale point whose digit is most likely as the next token after the
-prompt (``prompts/likert_v1.jinja``, ending in ``答案：``); an endpoint's is the first digit 1..points in
+A local model's answer is the scale point whose continuation (target delimiter + digit) is most likely
+after the prompt (``prompts/likert_v1.jinja``, ending in ``答案：``), scored like a multiple-choice item; an endpoint's is the first digit 1..points in
 its answer. A reverse-keyed item scores ``points + 1 - answer``, so every item points the same way as
 its subscale. Subscale score = mean of its items' keyed scores; ``total`` = mean over all items.
 The shipped items (tasks/cami, tasks/mica) were written for Hypnos in the style of the CAMI (40 items,
@@ -27,7 +27,7 @@ import yaml
 
 from hypnos.common.io import DataError
 from hypnos.eval.backends import is_local
-from hypnos.eval.tasks import Task
+from hypnos.eval.tasks import Task, TaskError
 
 PROMPTS = Path(__file__).parent / "prompts"
 
@@ -118,7 +118,10 @@ def evaluate(task: Task, items: list[dict], model) -> tuple[dict, list[dict]]:
     prompts = [render(scale, it) for it in items]
     digits = [str(i) for i in range(1, scale["points"] + 1)]
     if is_local(model):
-        logps = model.choice_logprobs(prompts, [digits] * len(items), desc=task.task)
+        try:
+            logps = model.choice_logprobs(prompts, [digits] * len(items), task.target_delimiter, desc=task.task)
+        except ValueError as e:
+            raise TaskError(f"task {task.task}: {e}") from None
         answers = [1 + max(range(len(lp)), key=lambda i: lp[i]) for lp in logps]
         raw = [None] * len(items)
     else:
@@ -127,4 +130,6 @@ def evaluate(task: Task, items: list[dict], model) -> tuple[dict, list[dict]]:
     rows = [{"id": it["id"], "subscale": it["subscale"], "reverse": it.get("reverse", False), "answer": a,
              "keyed": None if a is None else keyed(a, scale["points"], it.get("reverse", False)),
              **({"answer_text": r} if r is not None else {})} for it, a, r in zip(items, answers, raw)]
-    return score_scale(scale, {it["id"]: a for it, a in zip(items, answers)}), rows
+    scores = score_scale(scale, {it["id"]: a for it, a in zip(items, answers)})
+    scores["method"] = "loglik" if is_local(model) else "generation"
+    return scores, rows

@@ -29,13 +29,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hypnos.common.io import DataError, ReadReport
 
 TASKS_DIR = Path(__file__).parent / "tasks"
+PROMPTS = Path(__file__).parent / "prompts"
+PROMPT_FILES = {"ner": ("ner_v1.jinja",), "likert": ("likert_v1.jinja",), "judge": ("judge_pairwise_v1.jinja",)}
 REPO_ROOT = Path(__file__).resolve().parents[3]
-OutputType = Literal["multiple_choice", "generate_until", "judge", "ner", "likert"]
+OutputType = Literal["multiple_choice", "generate_until", "judge", "ner", "likert", "dialogue"]
+GENERATION_KEYS = {"max_gen_toks", "until", "do_sample", "temperature"}
+RAW_FORMATS = ("json", "csv")  # plain rows (lm-eval ``dataset_path: json|csv``), id = `id` field or row index
 
 
 class TaskError(ValueError):
@@ -67,7 +71,17 @@ class Task(BaseModel):
     metric_list: list[dict] = Field(default_factory=list)
     """lm-eval style ``[{metric: acc}, ...]``; informational (each output_type has fixed metrics)."""
     generation_kwargs: dict = Field(default_factory=dict)
-    """e.g. ``{max_gen_toks: 128}``; overrides the stage's max_new_tokens for this task."""
+    """``{max_gen_toks: 128, until: ["\\n\\n"]}``: length (wins over the stage's) and stop strings."""
+    target_delimiter: str = " "
+    """Between the prompt and a choice / few-shot answer (lm-eval's default, a space)."""
+    fewshot_delimiter: str = "\n\n"
+    """After each few-shot example."""
+    num_fewshot: int = Field(0, ge=0)
+    """Solved examples before each question (the stage's ``num_fewshot`` overrides it)."""
+    fewshot_path: str | None = None
+    """Few-shot examples: a path or glob read like ``dataset_path`` (same format)."""
+    prompt_description: str = ""
+    """Text put once before the few-shot examples (lm-eval's ``description``)."""
     entity_types: dict[str, str] = Field(default_factory=dict)
     """NER: record type -> the Chinese name used in the prompt (e.g. ``disease: 疾病和诊断``)."""
     items_path: str | None = None
@@ -78,6 +92,8 @@ class Task(BaseModel):
     tag: list[str] = Field(default_factory=list)
     folder: Path = Path(".")
     """Where the YAML lives (set by the loader)."""
+    includes: list[str] = Field(default_factory=list)
+    """YAML files merged in through lm-eval ``include`` (set by the loader; part of the cache key)."""
 
     def hook(self, name: str) -> Callable[[dict], Any] | None:
         """The ``doc_to_*`` field as a callable on a record dict (None when unset)."""
@@ -92,14 +108,61 @@ class Task(BaseModel):
             template = Environment(undefined=StrictUndefined, keep_trailing_newline=True).from_string(value)
             return lambda doc: template.render(**doc)
         if isinstance(value, str):
-            return lambda doc: doc[value]
+            return lambda doc: _field(doc, value, self.task, name)
         return lambda doc: value
+
+    @field_validator("generation_kwargs")
+    @classmethod
+    def _generation(cls, v: dict) -> dict:
+        bad = set(v) - GENERATION_KEYS
+        if bad:
+            raise ValueError(f"unsupported generation_kwargs {sorted(bad)} (supported: {sorted(GENERATION_KEYS)})")
+        if v.get("do_sample") or v.get("temperature", 0):
+            raise ValueError("decoding is greedy: do_sample must be false and temperature 0")
+        if isinstance(v.get("until"), str):
+            v = {**v, "until": [v["until"]]}
+        return v
 
     def data_files(self) -> list[Path]:
         """The task's data files after variable expansion and globbing (sorted)."""
-        path = expand(self.dataset_path, self.folder)
-        files = sorted(Path(p) for p in glob.glob(str(path))) if glob.has_magic(str(path)) else [path]
-        return files
+        return _files(self.dataset_path, self.folder)
+
+    def source_files(self) -> list[Path]:
+        """Every file that decides the task's prompts and scoring: its YAML and included YAMLs, the hook
+        modules and other files of its folder, the prompt templates of its output type, few-shot data."""
+        files = [p for p in sorted(self.folder.iterdir()) if p.is_file() and p.suffix in (".yaml", ".yml", ".py",
+                                                                                           ".jinja", ".txt")]
+        files += [Path(p) for p in self.includes]
+        files += [PROMPTS / name for name in PROMPT_FILES.get(self.output_type, ())]
+        if self.fewshot_path:
+            files += _files(self.fewshot_path, self.folder)
+        return sorted(set(files))
+
+    def load_fewshot(self) -> list[dict]:
+        """The few-shot examples (``fewshot_path``), or a TaskError when the task has none."""
+        if not self.fewshot_path:
+            raise TaskError(f"task {self.task}: num_fewshot > 0 but the task has no fewshot_path / fewshot_split")
+        docs: list[dict] = []
+        for f in _files(self.fewshot_path, self.folder):
+            docs += self._read(f, None, ReadReport())
+        return docs
+
+    def _read(self, f: Path, quarantine_dir: Path | None, report: ReadReport) -> list[dict]:
+        from hypnos.common.records import read_records
+        from hypnos.data.importers import IMPORTERS, import_file
+
+        on_error = "quarantine" if quarantine_dir else "raise"
+        if self.dataset_format == "records":
+            recs = read_records(f, on_error=on_error, quarantine_dir=quarantine_dir, report=report)
+        elif self.dataset_format in RAW_FORMATS:
+            return _raw_rows(f)
+        elif self.dataset_format in IMPORTERS:
+            recs, rep = import_file(self.dataset_format, f, on_error=on_error, quarantine_dir=quarantine_dir)
+            report.read += rep.read
+            report.rejected += rep.rejected
+        else:
+            raise TaskError(f"{self.folder}: task {self.task}: unknown dataset_format {self.dataset_format!r}")
+        return [r.to_dict() for r in recs]
 
     def load(self, limit: int | None = None, quarantine_dir: Path | None = None) -> tuple[list[dict], ReadReport]:
         """The task's records as dicts (split filtered, first ``limit``), and a report of rejected rows.
@@ -110,9 +173,6 @@ class Task(BaseModel):
         Raises:
             DataError: a data file is missing (naming the path and the task's YAML).
         """
-        from hypnos.common.records import read_records
-        from hypnos.data.importers import IMPORTERS, import_file
-
         files = self.data_files()
         if not files or not all(f.exists() for f in files):
             missing = next((f for f in files if not f.exists()), self.dataset_path)
@@ -120,20 +180,33 @@ class Task(BaseModel):
                                            f"{self.folder / (self.task + '.yaml')})")
         report, docs = ReadReport(), []
         for f in files:
-            if self.dataset_format == "records":
-                recs = read_records(f, on_error="quarantine" if quarantine_dir else "raise",
-                                    quarantine_dir=quarantine_dir, report=report)
-            elif self.dataset_format in IMPORTERS:
-                recs, rep = import_file(self.dataset_format, f, on_error="quarantine" if quarantine_dir else "raise",
-                                        quarantine_dir=quarantine_dir)
-                report.read += rep.read
-                report.rejected += rep.rejected
-            else:
-                raise TaskError(f"{self.folder}: task {self.task}: unknown dataset_format {self.dataset_format!r}")
-            docs += [r.to_dict() for r in recs]
+            docs += self._read(f, quarantine_dir, report)
         if self.test_split is not None:
             docs = [d for d in docs if d.get("split", self.test_split) == self.test_split]
         return (docs[:limit] if limit else docs), report
+
+
+def _field(doc: dict, key: str, task: str, hook: str):
+    if key not in doc:
+        raise TaskError(f"task {task}: {hook}: item {doc.get('id')!r} has no field {key!r} (fields: {sorted(doc)})")
+    return doc[key]
+
+
+def _files(pattern: str, base: Path) -> list[Path]:
+    path = expand(pattern, base)
+    return sorted(Path(p) for p in glob.glob(str(path))) if glob.has_magic(str(path)) else [path]
+
+
+def _raw_rows(f: Path) -> list[dict]:
+    """Plain JSON/JSONL/CSV rows; a row without ``id`` gets its 0-based index in the file."""
+    from hypnos.common.io import iter_rows
+
+    rows = []
+    for i, item in enumerate(iter_rows(f)):
+        if isinstance(item, DataError):
+            raise item
+        rows.append({**item.data, "id": str(item.data.get("id", i))})
+    return rows
 
 
 def expand(path: str, base: Path) -> Path:
@@ -176,18 +249,42 @@ def _loader(path: Path) -> type[yaml.SafeLoader]:
     return Loader
 
 
-def load_task(path: str | Path) -> Task:
-    """Parse one task YAML; every problem names the file (and line where there is one)."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
+def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.load(text, Loader=_loader(path))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_loader(path))
     except yaml.YAMLError as e:
         raise TaskError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(data, dict) or "task" not in data:
+    if not isinstance(data, dict):
+        raise TaskError(f"{path}: a task YAML is a mapping")
+    return data
+
+
+def _with_includes(data: dict, path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, list[str]]:
+    """lm-eval ``include``: the included file's keys (relative to this file's folder), overridden by ours."""
+    if "include" not in data:
+        return data, []
+    inc = (path.parent / str(data["include"])).resolve()
+    if inc in seen or not inc.is_file():
+        raise TaskError(f"{path}: include: {data['include']!r} " + ("includes itself" if inc in seen else "not found"))
+    base, more = _with_includes(_read_yaml(inc), inc, (*seen, inc))
+    return {**base, **{k: v for k, v in data.items() if k != "include"}}, [str(inc), *more]
+
+
+def load_task(path: str | Path) -> Task:
+    """Parse one task YAML (Hypnos or lm-eval-harness style); every problem names the file and line."""
+    from hypnos.eval import lmeval
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    data = _read_yaml(path)
+    if "task" not in data:
         raise TaskError(f"{path}: a task YAML is a mapping with at least `task`")
+    lm_style = lmeval.is_lm_eval(data)
+    data, includes = _with_includes(data, path)
+    if lm_style:
+        data = lmeval.to_native(data, str(path))
     try:
-        return Task.model_validate({**data, "folder": path.parent})
+        return Task.model_validate({**data, "folder": path.parent, "includes": includes})
     except ValidationError as e:
         lines = {k.value: k.start_mark.line + 1 for k, _ in yaml.compose(text).value}
         msgs = []
@@ -198,15 +295,29 @@ def load_task(path: str | Path) -> Task:
         raise TaskError("\n".join(msgs)) from None
 
 
+def _is_questionnaire(path: Path) -> bool:
+    if re.search(r"^task:", path.read_text(encoding="utf-8"), re.MULTILINE):
+        return False
+    data = _read_yaml(path)
+    if {"scale", "items"} <= set(data):
+        return True
+    raise TaskError(f"{path}: neither a task (no `task:`) nor a questionnaire (`scale:` + `items:`); "
+                    "name shared templates `_*.yaml`")
+
+
 def discover(include_paths: list[str | Path] | None = None) -> dict[str, Task]:
-    """Every task under the built-in folder and the include paths, by name (later paths override)."""
+    """Every task under the built-in folder and the include paths, by name (later paths override).
+
+    Files named ``_*`` are shared templates (lm-eval style) and questionnaires are data; any other YAML must
+    be a task: one that is not is an error, never skipped silently.
+    """
     tasks: dict[str, Task] = {}
     for root in [TASKS_DIR, *(Path(p) for p in include_paths or [])]:
         if not Path(root).is_dir():
             raise TaskError(f"{root}: task include path is not a folder")
-        for yml in sorted(Path(root).rglob("*.yaml")):
-            if yml.name.startswith("_") or not re.search(r"^task:", yml.read_text(encoding="utf-8"), re.MULTILINE):
-                continue  # lm-eval style shared templates, and data files such as questionnaires
+        for yml in sorted([*Path(root).rglob("*.yaml"), *Path(root).rglob("*.yml")]):
+            if yml.name.startswith("_") or _is_questionnaire(yml):
+                continue
             t = load_task(yml)
             tasks[t.task] = t
     return tasks
