@@ -111,17 +111,51 @@ TYPES = {"disease": "疾病和诊断", "drug": "药物"}
 
 def test_parse_entities_lines_and_json():
     lines = "疾病和诊断：胆囊结石，高血压\n药物：无\n其他：x"
-    assert ner.parse_entities(lines, TYPES) == [("disease", "胆囊结石"), ("disease", "高血压")]
+    assert ner.parse_entities(lines, TYPES) == ([("disease", "胆囊结石"), ("disease", "高血压")], True)
     js = '结果：{"药物": ["丙泊酚", "罗库溴铵"], "disease": "高血压"}'
-    assert ner.parse_entities(js, TYPES) == [("drug", "丙泊酚"), ("drug", "罗库溴铵"), ("disease", "高血压")]
+    assert ner.parse_entities(js, TYPES)[0] == [("drug", "丙泊酚"), ("drug", "罗库溴铵"), ("disease", "高血压")]
     lst = '[{"type": "药物", "entity": "芬太尼"}]'
-    assert ner.parse_entities(lst, TYPES) == [("drug", "芬太尼")]
+    assert ner.parse_entities(lst, TYPES)[0] == [("drug", "芬太尼")]
 
 
-def test_locate_uses_each_occurrence_once():
-    text = "丙泊酚诱导，追加丙泊酚"
-    spans, missing = ner.locate(text, [("drug", "丙泊酚"), ("drug", "丙泊酚"), ("drug", "咪达唑仑")])
-    assert spans == [(0, 3, "drug"), (8, 11, "drug")] and missing == 1
+@pytest.mark.parametrize("answer", [
+    "1. 疾病和诊断：胆囊结石\n2. 药物：丙泊酚",            # numbered
+    "1、疾病和诊断：胆囊结石\n2、药物：丙泊酚",
+    "- 疾病和诊断：胆囊结石\n- 药物：丙泊酚",              # bulleted
+    "**疾病和诊断**：胆囊结石\n**药物**：丙泊酚",          # bold
+    "- **疾病和诊断：** 胆囊结石\n- **药物：** 丙泊酚",
+    "疾病和诊断：\n- 胆囊结石\n药物：\n1. 丙泊酚",         # header, then one entity per line
+])
+def test_parse_entities_formats(answer):
+    assert ner.parse_entities(answer, TYPES) == ([("disease", "胆囊结石"), ("drug", "丙泊酚")], True)
+
+
+def test_unparseable_answers_are_counted_not_read_as_empty():
+    assert ner.parse_entities("文本中提到了胆囊结石和丙泊酚。", TYPES) == ([], False)
+    assert ner.parse_entities("", TYPES) == ([], False)
+    assert ner.parse_entities("无", TYPES) == ([], True) and ner.parse_entities("药物：无", TYPES) == ([], True)
+    docs = [{"id": "a", "text": "胆囊结石", "entities": [{"start": 0, "end": 4, "type": "disease", "text": "胆囊结石"}]},
+            {"id": "b", "text": "无特殊", "entities": []}]
+    task = __import__("hypnos.eval.tasks", fromlist=["Task"]).Task(task="t", output_type="ner", dataset_path="x",
+                                                                   entity_types=TYPES)
+    s, rows = ner.score_answers(task, docs, {"a": "患者有胆囊结石", "b": "疾病和诊断：无"})
+    assert s["unparseable"] == 1 and s["unparseable_ids"] == ["a"] and s["f1"] == 0.0 and s["n_gold"] == 1
+    assert [r["parsed"] for r in rows] == [False, True]
+
+
+def test_multiset_scoring_hand_computed_with_nested_gold():
+    # gold: 胆囊结石 (disease) with nested 胆囊 (anatomy), 丙泊酚 mentioned twice -> 4 gold items
+    text = "胆囊结石，丙泊酚诱导，追加丙泊酚"
+    ents = [(0, 4, "disease"), (0, 2, "anatomy"), (5, 8, "drug"), (13, 16, "drug")]
+    doc = {"id": "x", "text": text, "entities": [{"start": a, "end": b, "type": t, "text": text[a:b]} for a, b, t in ents]}
+    types = {"disease": "疾病和诊断", "anatomy": "解剖部位", "drug": "药物"}
+    task = __import__("hypnos.eval.tasks", fromlist=["Task"]).Task(task="t", output_type="ner", dataset_path="x",
+                                                                   entity_types=types)
+    # predicted: disease right, anatomy missed, 丙泊酚 once (1 of 2), one spurious drug not in the text
+    s, _ = ner.score_answers(task, [doc], {"x": "疾病和诊断：胆囊结石\n药物：丙泊酚，咪达唑仑"})
+    assert (s["tp"], s["n_pred"], s["n_gold"]) == (2, 3, 4) and s["not_found_in_text"] == 1
+    assert s["f1"] == pytest.approx(2 * (2 / 3) * (2 / 4) / (2 / 3 + 2 / 4))
+    assert s["per_type"]["drug"]["tp"] == 1 and s["per_type"]["anatomy"]["recall"] == 0
 
 
 def test_prf_matches_seqeval_on_bio():

@@ -6,6 +6,8 @@
     hypnos eval human-export runs/eval/eval --task anesthesia_cases --out sheets/
     hypnos eval human-import sheets/key.json sheets/filled_*.csv
     hypnos eval report runs/demo                  # the report stage on an existing run
+    hypnos eval score cmexam_anesthesia answers.jsonl   # predictions made elsewhere ({"id", "prediction"})
+    hypnos eval export-lm-eval cmexam_anesthesia lm_tasks/   # for `lm_eval --include_path lm_tasks`
 """
 
 from __future__ import annotations
@@ -174,3 +176,54 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs
     out = out or run_dir / "report.html"
     build_report(run_dir, run_dir / eval_stage / "results.json", out, notes=note or [])
     console.print(f"report: {out.resolve()}")
+
+
+@app.command("score")
+def score(
+    task: Annotated[str, typer.Argument(help="task name (hypnos eval list-tasks)")],
+    predictions: Annotated[Path | None, typer.Argument(help='JSONL: {"id": ..., "prediction": ...} per item')] = None,
+    include_path: Annotated[list[str] | None, typer.Option(help="more task folders")] = None,
+    out: Annotated[Path | None, typer.Option(help="write scores (and per-item rows) as JSON here")] = None,
+    list_ids: Annotated[bool, typer.Option("--list-ids", help="print the task's item ids and exit")] = False,
+    seed: int = 0,
+) -> None:
+    """Score predictions produced elsewhere (API runs, vLLM, other toolkits) with the task's metric."""
+    from hypnos.common.io import DataError
+    from hypnos.eval.external import load_docs, score_file
+    from hypnos.eval.tasks import TaskError, get_tasks
+
+    try:
+        t = get_tasks([task], include_path)[0]
+        if list_ids:
+            print("\n".join(d["id"] for d in load_docs(t)[0]))
+            return
+        if predictions is None:
+            _fail("give a predictions file (or --list-ids)")
+        scores, rows = score_file(t, predictions, seed)
+    except (TaskError, DataError) as e:
+        _fail(str(e))
+    slim = {k: v for k, v in scores.items() if not k.endswith("_items")}
+    if out:
+        out.write_text(json.dumps({"task": task, "predictions": str(predictions), "scores": scores, "items": rows},
+                                  ensure_ascii=False, indent=1), encoding="utf-8")
+    print(json.dumps(slim, ensure_ascii=False, indent=1))
+
+
+@app.command("export-lm-eval")
+def export_lm_eval(
+    task: Annotated[str, typer.Argument(help="task name")],
+    out_dir: Annotated[Path, typer.Argument(help="folder to pass to lm_eval --include_path")],
+    include_path: Annotated[list[str] | None, typer.Option(help="more task folders")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N items")] = None,
+) -> None:
+    """Write the task as an lm-evaluation-harness task (YAML + rendered JSONL) into OUT_DIR/TASK/."""
+    from hypnos.common.io import DataError
+    from hypnos.eval.lmeval import export
+    from hypnos.eval.tasks import TaskError, get_tasks
+
+    try:
+        path = export(get_tasks([task], include_path)[0], out_dir, limit)
+    except (TaskError, DataError) as e:
+        _fail(str(e))
+    console.print(f"wrote {path}; run: lm_eval --include_path {out_dir} --tasks {task} --model hf "
+                  "--model_args pretrained=MODEL")

@@ -1,56 +1,89 @@
-"""Prompt-based NER: the model lists entities by type, we find them in the text and score spans.
+"""Prompt-based NER: the model lists entities by type; (type, entity) multisets are scored per sentence.
 
-The prompt (``prompts/ner_v1.jinja``) asks for one ``类型：实体1，实体2`` line per type; a JSON answer
-(``{"疾病和诊断": ["..."]}`` or ``[{"type": ..., "entity": ...}]``) is read too. Each extracted string is
-located in the sentence (left to right, each occurrence used once) to become a span; strings not in the
-text count as false positives with no span. Scores are entity-level micro precision/recall/F1 on exact
-(start, end, type) matches, the same quantity ``seqeval`` computes on BIO tags of non-overlapping spans.
+The prompt (``prompts/ner_v1.jinja``) asks for one ``类型：实体1，实体2`` line per type. Also read: numbered
+(``1. 疾病和诊断：…``), bulleted (``- 药物：…``) and bold (``**药物**：…``) lines, a type header followed by
+one bulleted entity per line, and JSON (``{"疾病和诊断": ["..."]}`` or ``[{"type": ..., "entity": ...}]``).
+An answer in none of these shapes is *unparseable*: counted and reported (it scores no entities), never
+read silently as "no entities"; ``类型：无`` is a parsed empty answer.
+
+Scoring follows generation-based NER (ChiMed-GPT): per sentence, the multiset of predicted (type, entity)
+pairs against the multiset of gold ones (every gold span counts, nested and overlapping ones included; an
+entity mentioned twice is two gold items); micro precision/recall/F1 over sentences, with a bootstrap CI of
+F1 over sentences. Predicted strings that do not occur in the sentence are counted too. Where gold spans
+do not overlap and each entity string occurs once per sentence, this equals span-level ``seqeval`` F1.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 from hypnos.eval.stats import bootstrap_ci
 from hypnos.eval.tasks import Task
 
 PROMPTS = Path(__file__).parent / "prompts"
-_LINE = re.compile(r"^\s*[-*•]?\s*([^:：\n]{1,12})\s*[:：]\s*(.*)$")
+# optional list marker (1. / 1、/ (1) / 一、/ - / * / •), optional bold around the type, ":" or "："
+_LINE = re.compile(r"^\s*(?:(?:\d+|[一二三四五六七八九十]+)\s*[.、．)）]|[(（]\d+[)）]|[-*•·])?\s*"
+                   r"(?:\*\*|__)?\s*([^:：\n*]{1,12}?)\s*(?:\*\*|__)?\s*[:：]\s*(?:\*\*|__)?\s*(.*)$")
+_ITEM = re.compile(r"^\s*(?:\d+\s*[.、．)）]|[(（]\d+[)）]|[-*•·])\s*(.+)$")
 _SEP = re.compile(r"[，,、;；]\s*")
-_NONE = {"无", "没有", "无。", "none", "None", "-", "—"}
+_NONE = {"无", "没有", "无。", "none", "None", "-", "—", "暂无", "未提及"}
 
 
-def parse_entities(answer: str, types: dict[str, str]) -> list[tuple[str, str]]:
-    """(type, entity text) pairs from a model's answer.
+def parse_entities(answer: str, types: dict[str, str]) -> tuple[list[tuple[str, str]], bool]:
+    """(type, entity text) pairs from a model's answer, and whether the answer had a readable shape.
 
     Args:
-        answer: the model's text: ``类型：实体，实体`` lines or JSON.
+        answer: the model's text: ``类型：实体，实体`` lines (numbered, bulleted, bold) or JSON.
         types: record type -> prompt name (``{"disease": "疾病和诊断"}``); both names are accepted.
     """
     by_name = {v: k for k, v in types.items()} | {k: k for k in types}
     data = _json(answer)
     pairs: list[tuple[str, str]] = []
+    parsed = False
     if isinstance(data, dict):
-        pairs = [(k, e) for k, v in data.items() for e in (v if isinstance(v, list) else [v])]
-    elif isinstance(data, list):
-        pairs = [(d.get("type", ""), d.get("entity", d.get("text", ""))) for d in data if isinstance(d, dict)]
+        pairs, parsed = [(k, e) for k, v in data.items() for e in (v if isinstance(v, list) else [v])], True
+    elif isinstance(data, list) and all(isinstance(d, dict) for d in data):
+        pairs, parsed = [(d.get("type", ""), d.get("entity", d.get("text", ""))) for d in data], True
     else:
-        for line in answer.splitlines():
-            if m := _LINE.match(line):
-                pairs += [(m.group(1).strip(), e) for e in _SEP.split(m.group(2))]
+        header = None  # a "类型：" line with nothing after it collects the bulleted lines below it
+        for line in (answer or "").splitlines():
+            m = _LINE.match(line)
+            if m and _clean_type(m.group(1)) in by_name:
+                parsed = True
+                header = _clean_type(m.group(1)) if not m.group(2).strip() else None
+                pairs += [(_clean_type(m.group(1)), _unbold(e)) for e in _SEP.split(m.group(2))]
+            elif header and (item := _ITEM.match(line)):
+                pairs += [(header, _unbold(e)) for e in _SEP.split(item.group(1))]
+            elif line.strip():
+                header = None
+        parsed = parsed or (answer or "").strip().strip("。.") in _NONE
     out = []
     for t, e in pairs:
-        e = str(e).strip().strip("。.\"'“”")
-        if t.strip() in by_name and e and e not in _NONE:
-            out.append((by_name[t.strip()], e))
-    return out
+        e = normalize_entity(str(e))
+        if _clean_type(str(t)) in by_name and e and e not in _NONE:
+            out.append((by_name[_clean_type(str(t))], e))
+    return out, parsed
+
+
+def normalize_entity(e: str) -> str:
+    """Entity text as compared: outer spaces and closing punctuation/quotes dropped, on gold and predicted
+    alike (some gold spans carry a space: ``' CEA'``)."""
+    return e.strip().strip("。.\"'“”").strip()
+
+
+def _clean_type(t: str) -> str:
+    return _unbold(t)
+
+
+def _unbold(t: str) -> str:
+    return re.sub(r"^\s*(?:\*\*|__)|(?:\*\*|__)\s*$", "", t).strip()
 
 
 def _json(text: str):
-    m = re.search(r"[\[{].*[\]}]", text, flags=re.DOTALL)
+    m = re.search(r"[\[{].*[\]}]", text or "", flags=re.DOTALL)
     if not m:
         return None
     try:
@@ -59,31 +92,11 @@ def _json(text: str):
         return None
 
 
-def locate(text: str, entities: list[tuple[str, str]]) -> tuple[list[tuple[int, int, str]], int]:
-    """Spans (start, end exclusive, type) of extracted strings in ``text``, and how many were not found.
-
-    Each occurrence of a string is used once, left to right, so "麻醉…麻醉" listed twice gives two spans.
-    """
-    used: dict[str, int] = defaultdict(int)
-    spans, missing = [], 0
-    for typ, ent in entities:
-        start = -1
-        for _ in range(used[(typ, ent)] + 1):
-            start = text.find(ent, start + 1)
-            if start < 0:
-                break
-        if start < 0:
-            missing += 1
-            continue
-        used[(typ, ent)] += 1
-        spans.append((start, start + len(ent), typ))
-    return sorted(set(spans)), missing
-
-
-def prf(gold: list[set], pred: list[set]) -> dict:
-    """Micro precision/recall/F1 over documents of exact spans (each element a set of (start, end, type))."""
-    tp = sum(len(g & p) for g, p in zip(gold, pred))
-    n_pred, n_gold = sum(map(len, pred)), sum(map(len, gold))
+def prf(gold: list, pred: list) -> dict:
+    """Micro precision/recall/F1 over sentences; each element a Counter (multiset) or a set of items."""
+    gold, pred = [Counter(g) for g in gold], [Counter(p) for p in pred]
+    tp = sum(sum((g & p).values()) for g, p in zip(gold, pred))
+    n_pred, n_gold = sum(sum(p.values()) for p in pred), sum(sum(g.values()) for g in gold)
     p = tp / n_pred if n_pred else 0.0
     r = tp / n_gold if n_gold else 0.0
     return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "tp": tp,
@@ -110,36 +123,62 @@ def render_prompt(doc: dict, types: dict[str, str]) -> str:
     return env.get_template("ner_v1.jinja").render(text=doc["text"], types=list(types.values()))
 
 
-def evaluate(task: Task, docs: list[dict], model, max_new_tokens: int = 128, seed: int = 0) -> tuple[dict, list[dict]]:
-    """Extract entities with ``model`` and score them against the docs' spans.
+def gold_multiset(doc: dict, types: dict[str, str]) -> Counter:
+    """The sentence's gold (type, entity text) multiset: every span, nested and overlapping ones included."""
+    return Counter((e["type"], normalize_entity(e.get("text") or doc["text"][e["start"]:e["end"]]))
+                   for e in doc["entities"] if e["type"] in types)
 
-    Returns:
-        (scores, predictions): micro P/R/F1 with a bootstrap CI of F1 over documents, per-type F1,
-        strings not found in the text; one prediction row per document.
-    """
-    types = task.entity_types or {t: t for t in sorted({e["type"] for d in docs for e in d["entities"]})}
+
+def task_types(task: Task, docs: list[dict]) -> dict[str, str]:
+    """Record type -> prompt name: the task's ``entity_types``, else the types found in the data."""
+    return task.entity_types or {t: t for t in sorted({e["type"] for d in docs for e in d["entities"]})}
+
+
+def evaluate(task: Task, docs: list[dict], model, max_new_tokens: int = 128, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Extract entities with ``model`` and score them against the docs' gold entities."""
+    from hypnos.eval.openqa import truncate
+
+    types = task_types(task, docs)
     to_text = task.hook("doc_to_text") or (lambda d: render_prompt(d, types))
     max_new = task.generation_kwargs.get("max_gen_toks", max_new_tokens)
     answers = model.generate([to_text(d) for d in docs], max_new, desc=task.task)
-    gold, pred, rows, not_found = [], [], [], 0
-    for d, a in zip(docs, answers):
-        spans, missing = locate(d["text"], parse_entities(a, types))
-        not_found += missing
-        g = {(e["start"], e["end"], e["type"]) for e in d["entities"] if e["type"] in types}
+    answers = [truncate(a, task.generation_kwargs.get("until")) for a in answers]
+    return score_answers(task, docs, dict(zip([d["id"] for d in docs], answers)), seed)
+
+
+def score_answers(task: Task, docs: list[dict], answers: dict[str, str | None], seed: int = 0) -> tuple[dict, list[dict]]:
+    """Score raw answers (item id -> text) against the docs.
+
+    Returns:
+        (scores, rows): micro P/R/F1 with a bootstrap CI of F1 over sentences, per-type P/R/F1, unparseable
+        answers, missing answers, predicted strings not in the sentence; one row per sentence.
+    """
+    types = task_types(task, docs)
+    gold, pred, rows = [], [], []
+    unparseable, not_found = [], 0
+    for d in docs:
+        a = answers.get(d["id"])
+        ents, ok = parse_entities(a or "", types)
+        if not ok:
+            unparseable.append(d["id"])
+        not_found += sum(e not in d["text"] for _, e in ents)
+        g, p = gold_multiset(d, types), Counter(ents)
         gold.append(g)
-        pred.append(set(spans))
-        rows.append({"id": d["id"], "answer": a, "pred": [list(s) for s in spans], "gold": sorted(map(list, g))})
+        pred.append(p)
+        rows.append({"id": d["id"], "answer": a, "parsed": ok, "pred": sorted(map(list, p.elements())),
+                     "gold": sorted(map(list, g.elements()))})
     scores = prf(gold, pred)
     scores["ci"] = list(_f1_ci(gold, pred, seed))
-    scores["per_type"] = {t: prf([{x for x in g if x[2] == t} for g in gold], [{x for x in p if x[2] == t} for p in pred])
-                          for t in types}
-    scores["not_found_in_text"] = not_found
-    scores["n"] = len(docs)
-    scores["gold_types"] = dict(Counter(x[2] for g in gold for x in g))
+    scores["per_type"] = {t: prf([Counter({k: v for k, v in g.items() if k[0] == t}) for g in gold],
+                                 [Counter({k: v for k, v in p.items() if k[0] == t}) for p in pred]) for t in types}
+    scores.update({"unparseable": len(unparseable), "unparseable_ids": unparseable[:20],
+                   "missing": sum(d["id"] not in answers for d in docs), "not_found_in_text": not_found,
+                   "n": len(docs), "gold_types": dict(Counter(k[0] for g in gold for k in g.elements())),
+                   "scoring": "micro P/R/F1 of (type, entity) multisets per sentence"})
     return scores, rows
 
 
-def _f1_ci(gold: list[set], pred: list[set], seed: int) -> tuple[float, float]:
+def _f1_ci(gold: list, pred: list, seed: int) -> tuple[float, float]:
     import numpy as np
 
     idx = np.arange(len(gold))

@@ -102,11 +102,21 @@ def default_text(doc: dict) -> str:
     return f"{doc['input']}\n{doc['instruction']}" if doc.get("input") else doc["instruction"]
 
 
+def truncate(text: str, until: list[str] | None) -> str:
+    """The text up to the first stop string (lm-eval ``generation_kwargs.until``); greedy decoding makes
+    cutting afterwards the same as stopping there."""
+    for stop in until or []:
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    return text.strip()
+
+
 def answer(task: Task, docs: list[dict], model, max_new_tokens: int) -> list[str]:
     """Greedy answers of a model to QA docs (the task's ``max_gen_toks`` wins over the stage's)."""
     to_text = task.hook("doc_to_text") or default_text
     max_new = task.generation_kwargs.get("max_gen_toks", max_new_tokens)
-    return model.generate([to_text(d) for d in docs], max_new, desc=task.task)
+    out = model.generate([task.prompt_description + to_text(d) for d in docs], max_new, desc=task.task)
+    return [truncate(a, task.generation_kwargs.get("until")) for a in out]
 
 
 def evaluate(task: Task, docs: list[dict], model, max_new_tokens: int = 128, how: Tokenization = "char",
@@ -116,13 +126,24 @@ def evaluate(task: Task, docs: list[dict], model, max_new_tokens: int = 128, how
     Returns:
         (scores, predictions) with one prediction row per doc (id, category, prediction, reference).
     """
-    to_target = task.hook("doc_to_target") or (lambda d: d["output"])
     preds = answer(task, docs, model, max_new_tokens)
-    refs = [to_target(d) for d in docs]
-    scores = text_metrics(preds, refs, how, seed)
+    scores, rows = score_answers(task, docs, dict(zip([d["id"] for d in docs], preds)), how, seed)
     scores["max_new_tokens"] = task.generation_kwargs.get("max_gen_toks", max_new_tokens)
+    scores["method"] = "generation"
+    return scores, rows
+
+
+def score_answers(task: Task, docs: list[dict], answers: dict[str, str | None], how: Tokenization = "char",
+                  seed: int = 0) -> tuple[dict, list[dict]]:
+    """Score answers (item id -> text) against the docs' references; a missing answer scores as empty."""
+    to_target = task.hook("doc_to_target") or (lambda d: d["output"])
+    preds = [answers.get(d["id"]) or "" for d in docs]
+    refs = [str(to_target(d)) for d in docs]
+    scores = text_metrics(preds, refs, how, seed)
+    scores["exact_match"] = sum(p.strip() == r.strip() for p, r in zip(preds, refs)) / len(docs) if docs else 0.0
     scores["n"] = len(docs)
     scores["empty_answers"] = sum(not p for p in preds)
+    scores["missing"] = sum(d["id"] not in answers for d in docs)
     rows = [{"id": d["id"], "category": d.get(task.category_field, ""), "prediction": p, "reference": r,
              "rougeL": s} for d, p, r, s in zip(docs, preds, refs, scores["rougeL_items"])]
     return scores, rows
