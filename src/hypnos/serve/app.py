@@ -11,8 +11,10 @@ OpenAI-style JSON body; a bad request is a 4xx, never a 500.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
+import math
 import json
 import logging
 import socket
@@ -28,7 +30,8 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hypnos.serve import protocol as P
-from hypnos.serve.engine import Delta, Engine, SamplingParams
+from hypnos.serve.engine import Delta, Engine, EngineShuttingDown, SamplingParams
+from hypnos.serve.grammar import GrammarError, grammar_for
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -38,22 +41,25 @@ class APIError(Exception):
     """An error answered as an OpenAI-style JSON body with an HTTP status."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.body = status, P.error_body(message, type_, param, code)
+        self.status, self.body, self.headers = status, P.error_body(message, type_, param, code), headers
 
 
-def create_app(engines: Mapping[str, Engine], api_key: str | None = None, max_tokens_limit: int = 4096,
-               max_body_bytes: int = 4 << 20) -> FastAPI:
+def create_app(engines: Mapping[str, Engine], api_key: str | None = None, max_tokens_limit: int | None = None,
+               max_body_bytes: int = 4 << 20, max_queue: int = 256) -> FastAPI:
     """Build the app serving ``engines`` (served model id -> engine).
 
     Args:
         engines: the models to serve; the request's ``model`` field picks one.
-        api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <api_key>``.
-        max_tokens_limit: the largest ``max_tokens`` a request may ask for.
+        api_key: when set, every route but ``/health`` requires ``Authorization: Bearer <api_key>`` (the
+            chat page also takes HTTP Basic auth with the key as password, so a browser can open it).
+        max_tokens_limit: the largest ``max_tokens`` a request may ask for; None: the model's context.
+            A request without ``max_tokens`` gets the room left in the context (capped by this limit).
         max_body_bytes: larger request bodies are refused with 413.
+        max_queue: requests waiting for room in a model's batch; past it new ones get 429 + Retry-After.
     """
-    app = FastAPI(title="Hypnos", docs_url=None, redoc_url=None)
+    app = FastAPI(title="Hypnos", docs_url=None, redoc_url=None, openapi_url=None)
     _install_error_handlers(app)
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
 
@@ -61,8 +67,38 @@ def create_app(engines: Mapping[str, Engine], api_key: str | None = None, max_to
         if api_key is None:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
+        if scheme.lower() == "basic":  # a browser opening the chat page: user anything, password the key
+            with contextlib.suppress(ValueError):
+                given = base64.b64decode(given.strip()).decode().partition(":")[2]
+        elif scheme.lower() != "bearer":
+            given = ""
+        if not hmac.compare_digest(given.strip().encode(), api_key.encode()):
             raise APIError(401, "invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
+
+    def admit(engine: Engine) -> None:
+        if engine.queued() >= max_queue:  # backpressure: a client retrying later beats a queue nobody drains
+            rows = max(1, engine.live["rows"])
+            wait = engine.queued() * max(engine.live["step_ms"], 1.0) * 32 / 1e3 / rows
+            raise APIError(429, f"{engine.queued()} requests are queued; retry later", type_="rate_limit_error",
+                           code="queue_full", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+    async def encode(engine: Engine, what: str, encode_fn, arg, chars: int) -> list[int]:
+        # A prompt that cannot fit is refused before tokenizing (a 4 MB body took 8.4 s to tokenize);
+        # the rest is tokenized off the event loop so other streams keep flowing meanwhile.
+        if chars > engine.max_prompt_chars:
+            raise APIError(400, f"{what} has {chars} characters; this server takes at most "
+                           f"{engine.max_prompt_chars} (the model's context is {engine.context_length} tokens)",
+                           param=what, code="context_length_exceeded")
+        return await asyncio.to_thread(encode_fn, arg)
+
+    async def constrain(engine: Engine, response_format: P.ResponseFormat | None):
+        if response_format is None:
+            return None
+        try:
+            grammar = grammar_for(response_format.as_dict())
+            return None if grammar is None else await asyncio.to_thread(engine.compile_grammar, grammar)
+        except GrammarError as e:
+            raise APIError(400, str(e), param="response_format") from e
 
     def engine_for(model: str) -> Engine:
         if model not in engines:
@@ -75,9 +111,10 @@ def create_app(engines: Mapping[str, Engine], api_key: str | None = None, max_to
         if room < 1:
             raise APIError(400, f"prompt has {prompt_len} tokens; the model's context is {engine.context_length}",
                            param="messages", code="context_length_exceeded")
-        max_tokens = req.max_tokens if req.max_tokens is not None else min(max_tokens_limit, room)
-        if max_tokens > max_tokens_limit:
-            raise APIError(400, f"max_tokens={max_tokens} exceeds this server's limit of {max_tokens_limit}",
+        limit = max_tokens_limit or engine.context_length
+        max_tokens = req.max_tokens if req.max_tokens is not None else min(limit, room)
+        if max_tokens > limit:
+            raise APIError(400, f"max_tokens={max_tokens} exceeds this server's limit of {limit}",
                            param="max_tokens")
         if max_tokens > room:
             raise APIError(400, f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) exceeds the model's "
@@ -85,9 +122,21 @@ def create_app(engines: Mapping[str, Engine], api_key: str | None = None, max_to
         return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                               stop=req.stop_list(), seed=req.seed, top_logprobs=top_logprobs)
 
-    @app.get("/", include_in_schema=False)
+    @app.get("/", include_in_schema=False, dependencies=[Depends(check_key)])
     async def chat_page() -> FileResponse:
         return FileResponse(STATIC / "chat.html", media_type="text/html; charset=utf-8")
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(check_key)])
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> JSONResponse:
+        """Liveness and load, no key needed: per model the queue, batch rows, KV/mask width and the last
+        decode step's time (what the chaos tests and bench/bench_serve_steady.py watch)."""
+        models = {name: e.health() for name, e in engines.items()}
+        ok = all(m["alive"] for m in models.values())
+        return JSONResponse({"status": "ok" if ok else "error", "models": models}, status_code=200 if ok else 503)
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     async def list_models() -> dict[str, Any]:
@@ -98,11 +147,17 @@ def create_app(engines: Mapping[str, Engine], api_key: str | None = None, max_to
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat_completions(req: P.ChatCompletionRequest, request: Request):
         engine = engine_for(req.model)
+        admit(engine)
+        messages = [m.as_template_dict() for m in req.messages]
         try:
-            prompt = engine.encode_chat([m.as_template_dict() for m in req.messages])
+            prompt = await encode(engine, "messages", engine.encode_chat, messages,
+                                  sum(len(m["content"]) for m in messages))
+        except APIError:
+            raise
         except Exception as e:  # the template rejects the conversation (e.g. roles out of order)
             raise APIError(400, f"the chat template rejected the messages: {e}", param="messages") from e
         params = sampling(req, engine, len(prompt), req.top_logprobs or 0)
+        params.grammar = await constrain(engine, req.response_format)
         generation = engine.generate(prompt, params, req.n)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -115,8 +170,13 @@ def create_app(engines: Mapping[str, Engine], api_key: str | None = None, max_to
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
     async def completions(req: P.CompletionRequest, request: Request):
         engine = engine_for(req.model)
-        prompts = [engine.encode_text(p) for p in ([req.prompt] if isinstance(req.prompt, str) else req.prompt)]
+        admit(engine)
+        prompts = [await encode(engine, "prompt", engine.encode_text, p, len(p))
+                   for p in ([req.prompt] if isinstance(req.prompt, str) else req.prompt)]
         params = [sampling(req, engine, len(p), req.logprobs or 0) for p in prompts]
+        grammar = await constrain(engine, req.response_format)
+        for s in params:
+            s.grammar = grammar
         generations = [engine.generate(p, s, req.n) for p, s in zip(prompts, params)]
         prompt_tokens = sum(map(len, prompts))
         if req.stream:
@@ -243,7 +303,15 @@ def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body, status_code=exc.status)
+        headers = dict(exc.headers or {})
+        if exc.status == 401:  # the page itself: let the browser ask for the key (API calls: no dialog)
+            headers["WWW-Authenticate"] = 'Basic realm="hypnos"' if request.url.path == "/" else "Bearer"
+        return JSONResponse(exc.body, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(EngineShuttingDown)
+    async def shutting_down(request: Request, exc: EngineShuttingDown) -> JSONResponse:
+        return JSONResponse(P.error_body(str(exc), "server_error", code="shutting_down"), status_code=503,
+                            headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -317,6 +385,34 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
             raise ValueError(f"bad or duplicate model spec {spec!r} (use NAME=REF or REF)")
         out[name] = ref
     return out
+
+
+def serve_forever(engines: Mapping[str, Engine], host: str, port: int, api_key: str | None = None,
+                  shutdown_timeout_s: float = 30.0, **app_kwargs: Any) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully.
+
+    On the first signal the server stops accepting connections and lets running answers finish for up to
+    ``shutdown_timeout_s``; whatever still runs then is ended by the engine with ``finish_reason``
+    ``length`` (streams get their last chunk and ``data: [DONE]``), queued requests get 503. A second
+    Ctrl-C exits at once.
+    """
+    import uvicorn
+
+    class Graceful(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if not self.should_exit:
+                log.info("shutting down: finishing running answers (at most %.0f s)", shutdown_timeout_s)
+                timer = threading.Timer(shutdown_timeout_s, lambda: [e.abort() for e in engines.values()])
+                timer.daemon = True
+                timer.start()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(create_app(engines, api_key=api_key, **app_kwargs), host=host, port=port,
+                            log_level="info", timeout_graceful_shutdown=shutdown_timeout_s + 5)
+    Graceful(config).run()
+    for engine in engines.values():
+        engine.abort()
+        engine.close()
 
 
 @contextlib.contextmanager

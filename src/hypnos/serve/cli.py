@@ -24,8 +24,15 @@ def serve(
     api_key_env: Annotated[str | None, typer.Option(help="env var holding the bearer key clients must send")
                            ] = None,
     device: Annotated[str | None, typer.Option(help="torch device; default cuda if available, else cpu")] = None,
-    max_tokens_limit: Annotated[int, typer.Option(help="the largest max_tokens a request may ask for")] = 4096,
+    max_tokens_limit: Annotated[int | None, typer.Option(
+        help="the largest max_tokens a request may ask for (default: the model's context); a request without "
+             "max_tokens gets the room left in the context")] = None,
     max_batch_rows: Annotated[int, typer.Option(help="most sequences decoded together per model")] = 16,
+    max_queue: Annotated[int, typer.Option(help="queued requests per model before new ones get 429")] = 256,
+    prefill_chunk: Annotated[int, typer.Option(help="most prompt tokens prefilled per decode step")] = 256,
+    shutdown_timeout: Annotated[float, typer.Option(
+        help="seconds running answers may take to finish after SIGTERM/Ctrl-C before they are cut "
+             "(finish_reason length)")] = 30.0,
 ) -> None:
     """Load MODELS and serve them until interrupted."""
     # Spinning OpenMP workers collapse when other processes share the cores: on 2 busy cores a SmolLM2
@@ -33,9 +40,7 @@ def serve(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import logging
 
-    import uvicorn
-
-    from hypnos.serve.app import create_app, parse_model_specs
+    from hypnos.serve.app import parse_model_specs, serve_forever
     from hypnos.serve.engine import Engine
 
     api_key = None
@@ -53,7 +58,7 @@ def serve(
     engines = {}
     for served, ref in specs.items():
         typer.echo(f"loading {served} from {ref} ...", err=True)
-        engines[served] = Engine(ref, device=device, max_batch_rows=max_batch_rows)
+        engines[served] = Engine(ref, device=device, max_batch_rows=max_batch_rows, prefill_chunk=prefill_chunk)
     typer.echo(f"serving {', '.join(engines)} at http://{host}:{port}/v1 (chat page: http://{host}:{port}/)", err=True)
-    uvicorn.run(create_app(engines, api_key=api_key, max_tokens_limit=max_tokens_limit), host=host, port=port,
-                log_level="info", timeout_graceful_shutdown=3)  # don't wait on answers nobody will read
+    serve_forever(engines, host, port, api_key=api_key, shutdown_timeout_s=shutdown_timeout,
+                  max_tokens_limit=max_tokens_limit, max_queue=max_queue)

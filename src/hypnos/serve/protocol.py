@@ -26,6 +26,19 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# Parameters this server does not implement: a request that sets one to anything but its neutral value
+# gets a 400 naming it, rather than a 200 that silently ignored it (issue 15 #7).
+UNSUPPORTED = {
+    "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
+    "function_call": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
+    "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
+    "repetition_penalty": (None, 1, 1.0), "top_k": (None, -1, 0), "min_p": (None, 0, 0.0),
+    "best_of": (None, 1), "suffix": (None, ""), "audio": (None,), "modalities": (None, ["text"]),
+    "prediction": (None,), "web_search_options": (None,), "guided_json": (None,), "guided_regex": (None,),
+    "guided_grammar": (None,), "guided_choice": (None,),
+}
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
@@ -38,6 +51,15 @@ class _Request(BaseModel):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, neutral in UNSUPPORTED.items():
+                if name in data and not any(data[name] == v and type(data[name]) is type(v) for v in neutral):
+                    raise ValueError(f"{name} is not supported by this server (got {data[name]!r:.60})")
+        return data
 
     @field_validator("stop")
     @classmethod
@@ -73,10 +95,40 @@ class ChatMessage(BaseModel):
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
+class JsonSchemaSpec(BaseModel):
+    """``response_format.json_schema``: the schema the answer must validate against."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: ``{"type": "text" | "json_object"}`` or ``{"type": "json_schema", "json_schema":
+    {"name": ..., "schema": {...}, "strict": true}}`` (the OpenAI shapes)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError('type "json_schema" needs a "json_schema": {"name": ..., "schema": {...}} object')
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """The format as ``hypnos.serve.grammar.grammar_for`` takes it."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
 class ChatCompletionRequest(_Request):
     """``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+    response_format: ResponseFormat | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -96,6 +148,7 @@ class CompletionRequest(_Request):
     max_tokens: int | None = Field(16, ge=1)  # the legacy API's default
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
+    response_format: ResponseFormat | None = None  # an extension (vLLM has it too): constrain completions
 
     @field_validator("prompt")
     @classmethod
@@ -139,14 +192,34 @@ def chat_logprobs(tokens: list[TokenInfo]) -> dict[str, Any]:
     ], "refusal": None}
 
 
+def legacy_token(text: str, raw: list[int]) -> str:
+    """A token as the legacy API names it: its text, or ``bytes:\\xe9\\xba`` when its bytes are not whole
+    UTF-8 characters (what OpenAI sends for such pieces), so different byte tokens keep different names."""
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+def _top_dict(top: list[tuple[str, list[int], float]]) -> dict[str, float]:
+    """Legacy ``top_logprobs``: a dict, so two tokens with one name would merge; keep every one of them."""
+    out: dict[str, float] = {}
+    for text, raw, lp in top:
+        name = legacy_token(text, raw)
+        if name in out:  # e.g. SentencePiece's <0x41> next to "A": name it by its bytes
+            name = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+        while name in out:
+            name += "\u200b"  # still equal (same bytes): distinct keys, and exactly k of them
+        out[name] = lp
+    return out
+
+
 def completion_logprobs(tokens: list[TokenInfo], offset: int) -> dict[str, Any]:
-    """Legacy logprobs: parallel lists; ``text_offset`` counts characters from the completion's start."""
-    offsets = []
-    for t in tokens:
-        offsets.append(offset)
-        offset += len(t.token)
-    return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [{s: lp for s, _, lp in t.top} for t in tokens], "text_offset": offsets}
+    """Legacy logprobs: parallel lists; ``text_offset`` is the character offset in the completion where a
+    token's text starts (the tokens of one Chinese character all point at that character); ``offset`` is
+    the length of the text streamed before these tokens (unused: each token carries its own offset)."""
+    return {"tokens": [legacy_token(t.token, t.bytes) for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [_top_dict(t.top) for t in tokens], "text_offset": [t.offset for t in tokens]}
 
 
 def chat_response(rid: str, model: str, choices: list[dict], prompt_tokens: int, completion_tokens: int,
