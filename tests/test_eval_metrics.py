@@ -243,3 +243,43 @@ def test_summarize_rates_and_flip_rate():
     u = s["criteria"]["usefulness"]
     assert u["counts"] == {"win": 2, "tie": 1, "loss": 1} and u["flip_rate"] == 0.25
     assert u["rates"]["win"]["mean"] == 0.5 and s["judged"] == 4 and s["unparsed"] == 1
+
+
+@pytest.mark.parametrize("text,want", [
+    ('{"有用性": "回答 1", "有害性": "平局", "冗余性": "回答 2"}', (1, 0, 2)),          # space in 回答 1
+    ('先分析：回答1提到了{剂量}，回答2没有。\n{"有用性": "回答1", "有害性": "回答1", "冗余性": "平局"}', (1, 1, 0)),
+    ("Usefulness: Answer 1\nHarmfulness: Answer 2\nRedundancy: tie", (1, 2, 0)),  # English
+    ('{"usefulness": "Answer 2", "harmfulness": "Response 1", "redundancy": "Tie"}', (2, 1, 0)),
+    ("有用性：回答1更好\n有害性：两者相同\n冗余性：回答2", (1, 0, 2)),
+])
+def test_parse_verdict_robust(text, want):
+    assert judge.parse_verdict(text) == dict(zip(judge.CRITERIA, want))
+
+
+@pytest.mark.parametrize("text", [
+    "有用性：回答1和回答2都不错\n有害性：平局\n冗余性：回答2",       # names both answers: unreadable, not "1"
+    "有用性：回答1比回答2更好\n有害性：平局\n冗余性：回答2",
+    '{"有用性": "回答1或回答2", "有害性": "平局", "冗余性": "回答2"}',
+])
+def test_parse_verdict_naming_both_answers_is_unparsed(text):
+    assert judge.parse_verdict(text) is None
+
+
+def test_unreadable_verdicts_are_retried_over_http():
+    """A real loopback server that rambles first and answers JSON when told so: retried, counted, recovered."""
+    from faulty_server import FaultyServer
+
+    from hypnos.data.clients import Endpoint, LLMClient
+
+    def ramble(body):
+        if "无法读出" in body["messages"][-1]["content"]:
+            return '{"有用性": "回答1", "有害性": "平局", "冗余性": "回答2"}'
+        return "两个回答各有千秋，很难说哪个更好。" if "stubborn" not in body["messages"][0]["content"] else "不好说"
+
+    with FaultyServer(responder=ramble) as server:
+        client = LLMClient(Endpoint(base_url=server.base_url, model="j", retry_backoff_s=0.01))
+        reqs = [{"messages": [{"role": "user", "content": c}], "max_tokens": 50} for c in ("q1", "q2")]
+        verdicts, stats = judge.ask(client, reqs)
+    assert verdicts == [{"usefulness": 1, "harmfulness": 0, "redundancy": 2}] * 2
+    assert stats["unparsed_first_try"] == 2 and stats["recovered_by_retry"] == 2 and stats["unparsed_verdicts"] == 0
+    assert stats["max_tokens"] >= 512
