@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hypnos.common.io import DataError
 from hypnos.common.runner import load_recipe, read_manifest, run_recipe, validate_recipe
 from hypnos.common.stage import ConfigError
 from hypnos.stages import STAGES
@@ -187,3 +188,117 @@ def test_single_stage_command_points_errors_at_the_users_config(tmp_path):
                         str(tmp_path / "runs")], capture_output=True, text=True)
     assert r.returncode == 2
     assert f"{cfg}:3: threshhold: unknown key" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- issue 15, finding 11: fingerprints from upstream outputs; validate lists every problem -------------
+def test_downstream_follows_upstream_output_not_its_manifest(tmp_path):
+    _rows(tmp_path / "rows.jsonl", 4)
+    recipe = _recipe(tmp_path, TWO_STAGES)
+    runs = tmp_path / "runs"
+    run_recipe(load_recipe(recipe, output_dir=runs))
+    # A config change that leaves the first stage's output byte-identical: only the first stage re-runs.
+    again = run_recipe(load_recipe(recipe, ["first.delay_s=0.001"], output_dir=runs))
+    assert [m.get("skipped", False) for m in again] == [False, True]
+    # A hand-edited upstream output is noticed: the downstream stage re-runs on it.
+    out = runs / "t/first/rows.jsonl"
+    out.write_text(out.read_text(encoding="utf-8").replace("第0行", "第零行"), encoding="utf-8")
+    third = run_recipe(load_recipe(recipe, ["first.delay_s=0.001"], output_dir=runs))
+    assert [m.get("skipped", False) for m in third] == [True, False]
+    assert "第零行" in (runs / "t/second/rows.jsonl").read_text(encoding="utf-8")
+    assert any("changed since the stage wrote it" in w for w in third[0].get("warnings", []))
+
+
+def test_validate_lists_every_problem_and_checks_output_names(tmp_path):
+    p = _recipe(tmp_path, """\
+        name: t
+        stages:
+          - {name: a, kind: copy, source: rows.jsonl, typo_one: 1}
+          - {name: b, kind: copy, source: "@a", typo_two: 2}
+          - {name: c, kind: nope}
+        """)
+    with pytest.raises(ConfigError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert f"{p}:3" in msg and "typo_one" in msg and f"{p}:4" in msg and "typo_two" in msg
+    assert f"{p}:5" in msg and "unknown kind 'nope'" in msg
+
+    _rows(tmp_path / "rows.jsonl", 2)
+    p = _recipe(tmp_path, """\
+        name: t
+        stages:
+          - {name: a, kind: copy, source: missing.jsonl, encoding: klingon}
+          - {name: b, kind: copy, source: "@a.nope"}
+          - {name: c, kind: copy, source: "@a.rows"}
+          - {name: d, kind: copy, source: "@c.rowz"}
+        """)
+    text = "\n".join(validate_recipe(load_recipe(p, output_dir=tmp_path / "runs")))
+    assert "missing.jsonl" in text and "unknown encoding 'klingon'" in text
+    assert "'@a.nope': stage 'a' has no output 'nope' (it has: rows)" in text
+    assert "'@c.rowz'" in text and "'@a.rows'" not in text
+
+
+# ---- issue 15, finding 4: on_error, empty input, stage-raised DataErrors --------------------------------
+def test_quarantine_in_a_stage_counts_bad_rows_and_rows_the_stage_rejects(tmp_path):
+    good = [json.dumps({"id": f"r{i}", "text": f"第{i}行"}, ensure_ascii=False) for i in range(4)]
+    lines = [good[0].encode(), b'{"id": "x", "text": "\xff"}', good[1].encode(), b'{"id": "y"',
+             json.dumps({"id": "z", "text": "REJECT me"}).encode(), good[2].encode(), good[3].encode()]
+    (tmp_path / "rows.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    p = _recipe(tmp_path, "name: t\nstages:\n  - {name: a, kind: copy, source: rows.jsonl, on_error: quarantine}\n")
+    (m,) = run_recipe(load_recipe(p, output_dir=tmp_path / "runs"))
+    assert m["status"] == "done" and m["counts"]["in"] == 4
+    src = str(tmp_path / "rows.jsonl")
+    assert m["quarantined"][src]["rows"] == 3 and m["quarantined"][src]["read"] == 7
+    q = [json.loads(x) for x in (tmp_path / "runs/t/a" / m["quarantined"][src]["file"]).read_text().splitlines()]
+    assert [x["line"] for x in q] == [2, 4, 5] and q[2]["reason"] == "rejected by the copy stage"
+    assert q[2]["raw"] == lines[4].decode()
+
+    p2 = _recipe(tmp_path, "name: t2\nstages:\n  - {name: a, kind: copy, source: rows.jsonl}\n")
+    with pytest.raises(DataError, match=r"rows\.jsonl:2: not valid UTF-8"):
+        run_recipe(load_recipe(p2, output_dir=tmp_path / "runs"))
+
+
+def test_empty_input_finishes_with_a_warning(tmp_path):
+    (tmp_path / "rows.jsonl").write_text("")
+    p = _recipe(tmp_path, "name: t\nstages:\n  - {name: a, kind: copy, source: rows.jsonl}\n")
+    (m,) = run_recipe(load_recipe(p, output_dir=tmp_path / "runs"))
+    assert m["status"] == "done" and any("rows.jsonl: no rows (empty input)" in w for w in m["warnings"])
+
+
+def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hypnos.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "HYPNOS_NO_PROGRESS": "1"})
+
+
+def test_cli_reports_bad_configs_and_bad_rows_as_messages(tmp_path):
+    r = _cli("run", tmp_path)
+    assert r.returncode == 2 and "is a directory" in r.stderr and "Traceback" not in r.stderr
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("sources:\n  - {path: a.jsonl\nval_fraction: 0.1\n", encoding="utf-8")
+    r = _cli("mix", "--config", bad_yaml, "--output-dir", tmp_path / "runs")
+    assert r.returncode == 2 and f"{bad_yaml}:3: invalid YAML" in r.stderr and "Traceback" not in r.stderr
+    as_list = tmp_path / "list.yaml"
+    as_list.write_text("- sources: []\n", encoding="utf-8")
+    r = _cli("mix", "--config", as_list, "--output-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "a stage config is a mapping of field: value" in r.stderr
+    r = _cli("mix", "--config", tmp_path, "--output-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "is a directory" in r.stderr and "Traceback" not in r.stderr
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"id": "a", "text": "甲"}\n{"id": "b", "text": "乙", "meta": "oops"}\n', encoding="utf-8")
+    cfg = tmp_path / "mix.yaml"
+    cfg.write_text("sources:\n  - {path: rows.jsonl}\n", encoding="utf-8")
+    r = _cli("mix", "--config", cfg, "--output-dir", tmp_path / "runs")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{rows}:2: meta: expected an object, got str" in r.stderr
+    recipe = _recipe(tmp_path, "name: t\nstages:\n  - {name: m, kind: mix, sources: [{path: rows.jsonl}]}\n")
+    r = _cli("run", recipe, "--output-dir", tmp_path / "runs")
+    assert r.returncode == 1 and f"{rows}:2: meta" in r.stderr and "Traceback" not in r.stderr
+
+    r = _cli("mix", "--config", cfg, "on_error=quarantine", "--output-dir", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    assert "1 bad row(s) quarantined" in r.stderr + r.stdout
+    assert not list(tmp_path.glob("tmp*.yaml"))  # no temporary recipe left next to the user's config
+
+    rows.write_text("")
+    r = _cli("mix", "--config", cfg, "--output-dir", tmp_path / "runs")
+    assert r.returncode == 0 and "no rows (empty input)" in r.stderr + r.stdout

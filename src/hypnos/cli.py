@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -83,12 +84,27 @@ def run(
     from hypnos.common.runner import load_recipe, run_recipe
 
     _setup_logging(verbose)
+    r = None
     try:
         r = load_recipe(recipe, overrides, output_dir=output_dir)
         manifests = run_recipe(r, from_stage=from_stage, only=only, force=force)
     except ConfigError as e:
         _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - a message, not a traceback (which is in run.log)
+        _stage_failed(e, r, verbose)
     _summary(r, manifests)
+
+
+def _stage_failed(e: Exception, recipe, verbose: bool) -> None:
+    """A DataError as ``file:line: reason``; anything else as one line naming run.log, which has the traceback."""
+    from hypnos.common.io import DataError
+
+    if isinstance(e, DataError):
+        _fail(str(e), 1)
+    if verbose:
+        raise e
+    where = f" (traceback in {recipe.output_dir / recipe.name / 'run.log'}; --verbose prints it)" if recipe else ""
+    _fail(f"{type(e).__name__}: {e}{where}", 1)
 
 
 def _summary(recipe, manifests: list[dict]) -> None:
@@ -103,6 +119,12 @@ def _summary(recipe, manifests: list[dict]) -> None:
                       str(m["timings"].get("seconds", "")), str(out))
     out = Console(width=None if sys.stdout.isatty() else 140)  # logs and CI: don't squeeze into 80 columns
     out.print(table)
+    for m in manifests:
+        for path, q in (m.get("quarantined") or {}).items():
+            console.print(f"[yellow]{m['stage']}: {q['rows']} bad row(s) of {path} quarantined in "
+                          f"{recipe.stage_dir(m['stage']) / q['file']}[/yellow]", highlight=False)
+        for w in m.get("warnings") or []:
+            console.print(f"[yellow]warning: {m['stage']}: {w}[/yellow]", highlight=False)
     for m in manifests:
         if m["kind"] == "report":
             path = recipe.stage_dir(m["stage"]) / next(iter(m["outputs"].values()))
@@ -124,28 +146,55 @@ def _stage_command(kind: str):
         from hypnos.common.runner import load_recipe, run_recipe
 
         _setup_logging(False)
-        if not config.exists():
-            _fail(f"{config}: config file not found")
-        fields = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        fields = _read_stage_config(config)
         endpoints = fields.pop("endpoints", {})
         stage_name = name or kind
         fields.update({k: v for k, v in (_kv(o) for o in overrides or [])})
         recipe = {"name": stage_name, "endpoints": endpoints, "stages": [{"name": stage_name, "kind": kind, **fields}]}
-        # Written next to the config so relative paths in it keep meaning the same thing.
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=config.parent, delete=False, encoding="utf-8") as f:
-            yaml.safe_dump(recipe, f, allow_unicode=True)
+        # A one-stage recipe in a temporary folder (never left next to the user's config); relative paths
+        # keep meaning what they mean in the config because its folder becomes the recipe's base_dir.
+        tmpdir = tempfile.mkdtemp(prefix="hypnos-stage-")
+        tmp = str(Path(tmpdir) / "recipe.yaml")
+        Path(tmp).write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+        r = None
         try:
-            r = load_recipe(f.name, output_dir=output_dir)
+            r = load_recipe(tmp, output_dir=output_dir)
+            r.base_dir, r.path = config.parent.resolve(), config
             manifests = run_recipe(r, force=force)
         except ConfigError as e:
-            _fail(_map_lines(str(e), f.name, config))
+            _fail(_map_lines(str(e), tmp, config))
+        except Exception as e:  # noqa: BLE001 - a message, not a traceback (which is in run.log)
+            _stage_failed(e, r, False)
         finally:
-            Path(f.name).unlink()
+            shutil.rmtree(tmpdir, ignore_errors=True)
         _summary(r, manifests)
         print(json.dumps(manifests[-1].get("metrics", {}), ensure_ascii=False, indent=1, default=str))
 
     command.__doc__ = f"Run the `{kind}` stage on its own (same config fields as in a recipe)."
     return command
+
+
+def _read_stage_config(config: Path) -> dict:
+    """A single-stage command's YAML: a mapping of the stage's fields; every problem is a one-line message."""
+    import yaml
+
+    if not config.exists():
+        _fail(f"{config}: config file not found")
+    if config.is_dir():
+        _fail(f"{config}: is a directory; give the stage's YAML file")
+    try:
+        fields = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        _fail(f"{config}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte {e.start + 1})")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{config}:{mark.line + 1}" if mark is not None else str(config)
+        _fail(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}")
+    if fields is None:
+        return {}
+    if not isinstance(fields, dict):
+        _fail(f"{config}: a stage config is a mapping of field: value (got a {type(fields).__name__})")
+    return fields
 
 
 def _map_lines(msg: str, tmp: str, config: Path) -> str:
@@ -162,7 +211,8 @@ def _map_lines(msg: str, tmp: str, config: Path) -> str:
         key = (m.group(2).split(".")[0],)
         return f"{config}:{lines[key]}: {m.group(2)}" if key in lines else f"{config}: {m.group(2)}"
 
-    return re.sub(rf"{re.escape(tmp)}:(\d+): stage '[^']*': ([\w.]+)", sub, msg).replace(tmp, str(config))
+    msg = re.sub(rf"{re.escape(tmp)}:(\d+): stage '[^']*': ([\w.]+)", sub, msg)
+    return msg.replace(f"{tmp}:", f"{config}:").replace(tmp, str(config))
 
 
 def _kv(o: str):

@@ -9,6 +9,7 @@ again in the same folder, where it finds what it already did (LLM answers, train
 
 from __future__ import annotations
 
+import codecs
 import datetime as _dt
 import hashlib
 import json
@@ -19,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from importlib import metadata
@@ -143,7 +145,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, output_dir
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: recipe file not found")
-    text = _expand_env(path, path.read_text(encoding="utf-8"))
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give the recipe's YAML file (e.g. {path}/demo.yaml)")
+    try:
+        text = _expand_env(path, path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte {e.start + 1})") from None
     try:
         tree = yaml.compose(text)
         data = yaml.safe_load(text) or {}
@@ -155,39 +162,54 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, output_dir
     for keys, value in parse_overrides(overrides or []):
         _apply_override(path, data, keys, value)
 
+    # Every problem is collected, so one run of `hypnos validate` shows them all.
+    errors: list[str] = []
     allowed = {"name", "description", "seed", "output_dir", "endpoints", "stages"}
     for k in data:
         if k not in allowed:
-            raise ConfigError(f"{_where(path, lines, (k,))}: unknown top-level key {k!r} (allowed: {sorted(allowed)})")
+            errors.append(f"{_where(path, lines, (k,))}: unknown top-level key {k!r} (allowed: {sorted(allowed)})")
     if "name" not in data:
-        raise ConfigError(f"{path}: the recipe needs a `name` (its runs go to runs/<name>/)")
+        errors.append(f"{path}: the recipe needs a `name` (its runs go to runs/<name>/)")
 
     endpoints = {}
-    for name, spec in (data.get("endpoints") or {}).items():
+    raw_endpoints = data.get("endpoints") or {}
+    if not isinstance(raw_endpoints, dict):
+        errors.append(f"{_where(path, lines, ('endpoints',))}: `endpoints` is a mapping of name -> endpoint")
+        raw_endpoints = {}
+    for name, spec in raw_endpoints.items():
         try:
             endpoints[name] = EndpointSpec.model_validate(spec)
         except ValidationError as e:
-            raise _config_error(path, lines, ("endpoints", name), f"endpoint {name}", e) from None
+            errors.append(str(_config_error(path, lines, ("endpoints", name), f"endpoint {name}", e)))
 
     stages, seen = [], set()
-    for i, entry in enumerate(data.get("stages") or []):
+    raw_stages = data.get("stages") or []
+    if not isinstance(raw_stages, list):
+        errors.append(f"{_where(path, lines, ('stages',))}: `stages` is a list of stages")
+        raw_stages = []
+    for i, entry in enumerate(raw_stages):
+        where = _where(path, lines, ("stages", i))
         if not isinstance(entry, dict) or "name" not in entry:
-            raise ConfigError(f"{_where(path, lines, ('stages', i))}: each stage needs a `name`")
+            errors.append(f"{where}: each stage needs a `name`")
+            continue
         entry = dict(entry)
         name = entry.pop("name")
         kind = entry.pop("kind", name)
         if name in seen:
-            raise ConfigError(f"{_where(path, lines, ('stages', i))}: duplicate stage name {name!r}")
+            errors.append(f"{where}: duplicate stage name {name!r}")
         seen.add(name)
         if kind not in STAGES:
-            raise ConfigError(f"{_where(path, lines, ('stages', i))}: stage {name!r}: unknown kind {kind!r} "
-                              f"(known: {', '.join(STAGES)})")
+            errors.append(f"{where}: stage {name!r}: unknown kind {kind!r} (known: {', '.join(STAGES)})")
+            continue
         cfg_cls = load_stage(kind).Config
         try:
             cfg = cfg_cls.model_validate(entry)
         except ValidationError as e:
-            raise _config_error(path, lines, ("stages", i), name, e) from None
+            errors.append(str(_config_error(path, lines, ("stages", i), name, e)))
+            continue
         stages.append(StageSpec(name=name, kind=kind, config=cfg, raw=entry))
+    if errors:
+        raise ConfigError("\n".join(errors))
 
     out = Path(output_dir or data.get("output_dir") or "runs")
     return Recipe(name=str(data["name"]), path=path, base_dir=path.parent.resolve(), output_dir=out,
@@ -261,15 +283,40 @@ def check_ref(recipe: Recipe, current: str, ref: str | None, what: str) -> list[
     if ref is None:
         return []
     if is_ref(ref):
-        stage, _ = _split_ref(ref)
+        stage, output = _split_ref(ref)
         names = [s.name for s in recipe.stages]
         if stage not in names:
             return [f"stage {current!r}: {what} {ref!r} names no stage of this recipe"]
-        if names.index(stage) >= names.index(current):
+        if current in names and names.index(stage) >= names.index(current):
             return [f"stage {current!r}: {what} {ref!r} refers to a later stage"]
+        known = output_names(recipe, stage)
+        if output is not None and known and output not in known:
+            return [f"stage {current!r}: {what} {ref!r}: stage {stage!r} has no output {output!r} "
+                    f"(it has: {', '.join(known)})"]
         return []
     p = resolve_ref(recipe, ref)
     return [] if p.exists() else [f"stage {current!r}: {what} {ref!r}: file not found ({p})"]
+
+
+# Output names of each stage kind (a stage module may declare its own as ``OUTPUTS``), so `validate`
+# catches a misspelt "@stage.output" before anything runs.
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "generate": ("generated", "failed"), "crossfilter": ("kept", "dropped"),
+    "dedup": ("kept", "dropped", "clusters"), "decontaminate": ("kept", "dropped"),
+    "deidentify": ("scrubbed", "dropped"), "mix": ("train", "val"), "tokenizer": ("model", "analysis"),
+    "pretrain": ("model", "adapter"), "sft": ("model", "adapter"), "dpo": ("model", "adapter"),
+    "reward": ("model", "adapter", "data"), "rejection_sampling": ("model",),
+    "eval": ("results", "predictions"), "report": ("report", "json"),
+}
+
+
+def output_names(recipe: Recipe, stage: str) -> tuple[str, ...]:
+    """The outputs stage ``stage`` of this recipe can have (empty when unknown)."""
+    kind = next((s.kind for s in recipe.stages if s.name == stage), None)
+    if kind is None:
+        return ()
+    declared = getattr(load_stage(kind), "OUTPUTS", None)
+    return tuple(declared) if declared else STAGE_OUTPUTS.get(kind, ())
 
 
 def endpoint_for(recipe: Recipe, name: str):
@@ -367,9 +414,25 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         ctx = StageContext(name=s.name, kind=s.kind, out_dir=recipe.stage_dir(s.name), run_dir=run_dir, recipe=recipe)
         try:
             problems += s.config.check(ctx)
-        except ConfigError as e:
-            problems.append(str(e))
-    return problems
+        except Exception as e:  # noqa: BLE001 - one stage's broken check must not hide the other problems
+            problems.append(str(e) if isinstance(e, ConfigError) else f"stage {s.name!r}: {type(e).__name__}: {e}")
+        # Every reference, whether or not the stage's own check looks at it.
+        for ref in _walk_strings(s.config.model_dump(mode="json")):
+            if is_ref(ref):
+                problems += check_ref(recipe, s.name, ref, "reference")
+        if getattr(s.config, "encoding", None):
+            try:
+                codecs.lookup(s.config.encoding)
+            except LookupError:
+                problems.append(f"stage {s.name!r}: unknown encoding {s.config.encoding!r}")
+    # A reference checked twice (by the stage and above) is reported once.
+    out, seen = [], set()
+    for p in problems:
+        key = re.sub(r"^(stage '[^']*': )\w+ ", r"\1", p)  # "source '@a'" and "reference '@a'" alike
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
 
 
 def check_model_ref(recipe: Recipe, ref: str, what: str) -> list[str]:
@@ -402,16 +465,64 @@ def _write_manifest(stage_dir: Path, manifest: dict) -> None:
 
 
 _FP_CACHE: dict[tuple, str] = {}
+_FP_DISK: dict[str, Path] = {}  # run dir -> its fingerprint cache file, loaded into _FP_CACHE once
+
+
+def _load_fp_cache(run_dir: Path) -> None:
+    """Fingerprints computed by earlier runs, so a big unchanged file (a checkpoint) is not hashed again."""
+    f = run_dir / ".fingerprints.json"
+    if str(run_dir) in _FP_DISK:
+        return
+    _FP_DISK[str(run_dir)] = f
+    try:
+        for entry in json.loads(f.read_text(encoding="utf-8")):
+            _FP_CACHE[tuple(entry[:-1])] = entry[-1]
+    except (OSError, ValueError, TypeError):
+        pass  # no cache yet, or a torn one: hash again
+
+
+def _save_fp_cache(run_dir: Path) -> None:
+    f = run_dir / ".fingerprints.json"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f"{f.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps([[*k, v] for k, v in _FP_CACHE.items() if _current(k)]), encoding="utf-8")
+        os.replace(tmp, f)
+    except OSError:
+        pass  # only a cache
+
+
+def _current(key: tuple) -> bool:
+    """Whether a cache key still describes the file at its path (stale entries are not saved)."""
+    try:
+        st = os.stat(key[0])
+    except OSError:
+        return False
+    return (st.st_ino, st.st_size, st.st_mtime_ns) == tuple(key[1:])
 
 
 def _fingerprint_file(p: Path) -> str:
-    from hypnos.common.io import fingerprint_path
+    """sha256 of a file's bytes, or of a folder's files; each file's hash is cached by (path, inode,
+    size, mtime), so an unchanged file is never read twice and any rewrite or hand edit is noticed."""
+    from hypnos.common.io import sha256_file
 
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(str(f.relative_to(p)).encode())
+            h.update(_fingerprint_file(f).encode())
+        return h.hexdigest()
     st = p.stat()
-    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    key = (str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _FP_CACHE:
-        _FP_CACHE[key] = fingerprint_path(p)
+        _FP_CACHE[key] = sha256_file(p)
     return _FP_CACHE[key]
+
+
+def output_fingerprints(stage_dir: Path, outputs: dict[str, str]) -> dict[str, str]:
+    """Fingerprint of each output of a finished stage (what downstream stages are keyed on)."""
+    return {name: _fingerprint_file(stage_dir / rel) if (stage_dir / rel).exists() else "missing"
+            for name, rel in outputs.items()}
 
 
 def _walk_strings(obj: Any):
@@ -426,14 +537,20 @@ def _walk_strings(obj: Any):
 
 
 def stage_inputs(recipe: Recipe, spec: StageSpec) -> dict[str, str]:
-    """Fingerprints of everything a stage reads: upstream stages, input files, endpoints it names."""
+    """Fingerprints of everything a stage reads: upstream outputs, input files, endpoints it names."""
+    run_dir = recipe.output_dir / recipe.name
+    _load_fp_cache(run_dir)
     cfg = spec.config.model_dump(mode="json")
     inputs: dict[str, str] = {}
     for s in _walk_strings(cfg):
         if is_ref(s):
-            stage, _ = _split_ref(s)
-            m = read_manifest(recipe.stage_dir(stage)) or {}
-            inputs[s] = m.get("fingerprint", "missing")
+            # Keyed on the upstream output's bytes, not its manifest: an upstream re-run that writes the
+            # same output re-runs nothing downstream, and a hand-edited output re-runs what reads it.
+            try:
+                p = resolve_ref(recipe, s)
+                inputs[s] = _fingerprint_file(p) if p.exists() else "missing"
+            except ConfigError:
+                inputs[s] = "missing"
         elif s in recipe.endpoints:
             inputs[f"endpoint:{s}"] = hashlib.sha256(recipe.endpoints[s].model_dump_json().encode()).hexdigest()
         elif s and len(s) < 4096:
@@ -448,6 +565,7 @@ def stage_inputs(recipe: Recipe, spec: StageSpec) -> dict[str, str]:
     for f in spec.config.input_files(ctx):
         if Path(f).exists():
             inputs[f"file:{f}"] = _fingerprint_file(Path(f))
+    _save_fp_cache(run_dir)
     return inputs
 
 
@@ -480,6 +598,70 @@ def _select(recipe: Recipe, from_stage: str | None, only: list[str] | None) -> l
     return list(recipe.stages)
 
 
+MAX_STAGE_REJECTS = 50
+"""With ``on_error: quarantine``, how many rows a stage itself may reject (each costs a re-run) before the
+runner gives up and asks for the input to be fixed."""
+
+
+def _run_reading(spec: StageSpec, ctx: StageContext) -> tuple[StageResult, Any]:
+    """Run a stage under its read policy (``on_error``, ``encoding``); return its result and what it read.
+
+    Bad rows found while reading are quarantined by ``iter_rows`` itself. A row the stage rejects on its
+    own (a DataError it raises with a file and line) is quarantined too, and the stage runs again without
+    it: stages resume from their own partial work (LLM cache, appended outputs), so this is cheap.
+    """
+    from hypnos.common.io import DataError, ReadPolicy, read_policy
+
+    cfg = spec.config
+    policy = ReadPolicy(on_error=getattr(cfg, "on_error", "raise"), encoding=getattr(cfg, "encoding", None))
+    with read_policy(policy):
+        while True:
+            try:
+                return load_stage(spec.kind).run(cfg, ctx), policy
+            except DataError as e:
+                if policy.on_error != "quarantine" or e.line is None or (e.path, e.line) in policy.exclude:
+                    raise
+                if len(policy.exclude) >= MAX_STAGE_REJECTS:
+                    raise DataError(e.path, e.line, f"{e.reason} (and {len(policy.exclude)} more rows rejected "
+                                    "by the stage itself: fix the input)") from None
+                policy.reject(e)
+                policy.exclude.add((e.path, e.line))
+                log.warning("%s: quarantined; running stage %s again without it", e, spec.name)
+
+
+def _note_reading(manifest: dict, policy: Any, out_dir: Path) -> None:
+    """Write the stage's quarantined rows to ``quarantine/`` and put counts and warnings in the manifest."""
+    from hypnos.common.io import write_quarantine
+
+    quarantined, warnings = {}, list(manifest.get("warnings", []))
+    names: set[str] = set()
+    for path, errors in sorted(policy.bad.items()):
+        name = Path(path).name
+        while name in names:  # two inputs with the same file name
+            name = "_" + name
+        names.add(name)
+        rel = f"quarantine/{name}.quarantine.jsonl"
+        bad = sorted(errors.values(), key=lambda e: e.line or 0)
+        write_quarantine(bad, out_dir / rel)
+        reasons: dict[str, int] = {}
+        for e in bad:
+            k = e.reason.split(":")[0]
+            reasons[k] = reasons.get(k, 0) + 1
+        quarantined[path] = {"rows": len(bad), "read": policy.rows.get(path), "file": rel, "reasons": reasons}
+        log.warning("%s: %d bad row(s) quarantined in %s", path, len(bad), out_dir / rel)
+    for path, n in sorted(policy.rows.items()):
+        if n == 0:
+            warnings.append(f"{path}: no rows (empty input)")
+        elif path in quarantined and quarantined[path]["rows"] >= n:
+            warnings.append(f"{path}: all {n} rows were bad and quarantined")
+    for w in warnings[len(manifest.get("warnings", [])):]:
+        log.warning("warning: %s", w)
+    if quarantined:
+        manifest["quarantined"] = quarantined
+    if warnings:
+        manifest["warnings"] = warnings
+
+
 def run_stage(recipe: Recipe, spec: StageSpec, force: bool = False) -> dict:
     """Run one stage (or skip it when its config and inputs are unchanged); return its manifest."""
     out_dir = recipe.stage_dir(spec.name)
@@ -490,6 +672,12 @@ def run_stage(recipe: Recipe, spec: StageSpec, force: bool = False) -> dict:
             and all((out_dir / p).exists() for p in old["outputs"].values())):
         log.info("[skip] %s: unchanged since %s", spec.name, old["timings"]["finished"])
         old["skipped"] = True
+        for name, was in (old.get("output_fingerprints") or {}).items():
+            if output_fingerprints(out_dir, {name: old["outputs"][name]})[name] != was:
+                w = (f"stage {spec.name!r}: output {name!r} ({out_dir / old['outputs'][name]}) changed since the "
+                     "stage wrote it; kept as it is (stages reading it re-run; --force regenerates it)")
+                log.warning("%s", w)
+                old.setdefault("warnings", []).append(w)
         return old
     if old and (force or old.get("fingerprint") != fp) and out_dir.exists():
         # A different config or input: earlier partial work would be wrong to resume from.
@@ -511,7 +699,7 @@ def run_stage(recipe: Recipe, spec: StageSpec, force: bool = False) -> dict:
                        recipe=recipe, seed=recipe.seed)
     _set_seed(recipe.seed)
     try:
-        result: StageResult = load_stage(spec.kind).run(spec.config, ctx)
+        result, reading = _run_reading(spec, ctx)
     except BaseException as e:
         manifest.update(status="failed", error=f"{type(e).__name__}: {e}")
         manifest["timings"]["failed_after_s"] = round(time.time() - started, 2)
@@ -519,6 +707,8 @@ def run_stage(recipe: Recipe, spec: StageSpec, force: bool = False) -> dict:
         raise
     manifest.update(status="done", outputs=result.outputs, counts=result.counts, dropped=result.dropped,
                     metrics=result.metrics, usage=result.usage or ctx.usage(), resolved_inputs=ctx.inputs)
+    _note_reading(manifest, reading, out_dir)
+    manifest["output_fingerprints"] = output_fingerprints(out_dir, result.outputs)
     manifest["timings"].update(finished=_dt.datetime.now().isoformat(timespec="seconds"),
                                seconds=round(time.time() - started, 2))
     _write_manifest(out_dir, manifest)
@@ -560,7 +750,13 @@ def run_recipe(recipe: Recipe, from_stage: str | None = None, only: list[str] | 
     try:
         for spec in _select(recipe, from_stage, only):
             log.info("[stage] %s (%s)", spec.name, spec.kind)
-            manifests.append(run_stage(recipe, spec, force=force))
+            try:
+                manifests.append(run_stage(recipe, spec, force=force))
+            except Exception as e:
+                # The command line shows one line; the traceback goes to run.log only.
+                handler.handle(logging.LogRecord("hypnos", logging.ERROR, __file__, 0, "stage %s failed: %s",
+                                                 (spec.name, e), sys.exc_info()))
+                raise
     finally:
         stop_servers()
         log.removeHandler(handler)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -28,6 +28,12 @@ class StageConfig(BaseModel):
     """Base of every stage's typed config: unknown keys are errors, fields are documented."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    on_error: Literal["raise", "quarantine"] = "raise"
+    """Bad input rows: stop at the first with ``file:line: reason`` (default), or write each to
+    ``<stage>/quarantine/<file>.quarantine.jsonl`` (with its raw bytes), count it and go on."""
+    encoding: str | None = None
+    """Text encoding of the stage's input files (e.g. ``gb18030``); detected per file when left out."""
 
     def check(self, ctx: StageContext) -> list[str]:
         """Cross-field and file checks run by ``hypnos validate`` before any model loads.
@@ -114,6 +120,11 @@ class StageContext:
 
         The cache makes a killed stage resume without re-sending (and re-paying for) answered requests.
         """
+        from hypnos.common.dist import is_main
+
+        if not is_main():  # the one rule (common/dist.py): API calls and caches belong to the main process
+            raise RuntimeError(f"stage {self.name!r} asked for endpoint {endpoint!r} on a non-main process; "
+                               "wrap the API step in hypnos.common.dist.run_on_main")
         if endpoint not in self._clients:
             from hypnos.common.runner import endpoint_for
             from hypnos.data.clients import LLMClient

@@ -21,16 +21,18 @@ def check(
     files: list[Path],
     kind: Annotated[str | None, typer.Option(help="qa|dialogue|mcq|ranked|ner|text (default: per row)")] = None,
     quarantine: Annotated[bool, typer.Option(help="write bad rows to <file>.quarantine.jsonl, don't stop")] = False,
+    encoding: Annotated[str | None, typer.Option(help="the files' text encoding (default: detected per file)")] = None,
 ) -> None:
     """Validate record files; every bad row is reported as file:line: reason."""
-    from hypnos.common.io import DataError, ReadReport
+    from hypnos.common.io import DataError, ReadReport, quarantine_path
     from hypnos.common.records import read_records
 
     bad = 0
     for f in files:
         report = ReadReport()
         try:
-            recs = read_records(f, kind, on_error="quarantine" if quarantine else "raise", report=report)
+            recs = read_records(f, kind, on_error="quarantine" if quarantine else "raise", report=report,
+                                encoding=encoding)
         except DataError as e:
             console.print(f"[red]{e}[/red]", highlight=False)
             bad += 1
@@ -38,7 +40,11 @@ def check(
         for e in report.rejected:
             console.print(f"[yellow]{e}[/yellow]", highlight=False)
         bad += len(report.rejected)
-        console.print(f"{f}: {len(recs)} valid, {len(report.rejected)} rejected", highlight=False)
+        where = f" (quarantined in {quarantine_path(f)})" if report.rejected else ""
+        console.print(f"{f}: {report.read} rows: {len(recs)} valid, {len(report.rejected)} rejected{where}",
+                      highlight=False)
+        if report.read == 0:
+            console.print(f"[yellow]warning: {f}: no rows (empty file)[/yellow]", highlight=False)
     raise typer.Exit(1 if bad else 0)
 
 
@@ -47,8 +53,14 @@ def stats(files: list[Path]) -> None:
     """Rows, kinds, categories, kinds of question and length of each record file."""
     from hypnos.data.stats import file_stats
 
+    from hypnos.common.io import DataError
+
     for f in files:
-        s = file_stats(f)
+        try:
+            s = file_stats(f)
+        except DataError as e:
+            console.print(f"[red]{e}[/red]", highlight=False)
+            raise typer.Exit(1) from None
         table = Table(title=f"{f}  ({s['rows']} rows, {s['kind']}, mean {s['mean_chars']:.0f} chars)")
         table.add_column("field")
         table.add_column("value")

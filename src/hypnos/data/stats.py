@@ -22,12 +22,12 @@ def file_stats(path: str | Path) -> dict:
         where rows have them (each label of a ``labels`` list counts once), most frequent first.
 
     Raises:
-        DataError: a row that is not JSON or has no text field, with its file and line.
+        DataError: a row that is not JSON, has no text field or a field of the wrong type, with its file and line.
     """
     rows, chars = 0, 0
     kinds: Counter = Counter()
     balance: dict[str, Counter] = {f: Counter() for f in BALANCE_FIELDS}
-    for item in iter_rows(path):
+    for item in iter_rows(path, check_types=True):  # a wrong-typed field is a file:line error, not a TypeError
         if isinstance(item, DataError):
             raise item
         try:
