@@ -108,3 +108,31 @@ def test_bad_sheet_names_file_and_line(eval_dir, tmp_path):
     _fill(files["csv"], key, tmp_path / "bad.csv", "x", lambda m, c: {"usefulness": 7, "harmfulness": 1, "redundancy": 1})
     with pytest.raises(DataError, match=r"bad.csv:\d+: usefulness: '7' is not a score 1-5"):
         human.import_sheets(files["key"], [tmp_path / "bad.csv"])
+
+
+def test_pairwise_round_trip_with_agreement(eval_dir, tmp_path):
+    files = human.export_pairwise(eval_dir, "anesthesia_cases", tmp_path / "pw", ("alpha", "beta"), seed=3)
+    key = json.loads(files["key"].read_text(encoding="utf-8"))
+    with open(files["csv"], encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 and "alpha" not in files["csv"].read_text(encoding="utf-8-sig").split("\n", 1)[0]
+    assert {key["codes"][r["code"]]["A"] for r in rows} == {"alpha", "beta"}  # A is not always the same model
+    # rater 1 always prefers alpha on usefulness; rater 2 agrees except on one row (a tie)
+    for rater in ("r1", "r2"):
+        with open(tmp_path / f"{rater}.csv", "w", encoding="utf-8", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[*human.PAIR_COLUMNS, "rater"])
+            w.writeheader()
+            for k, r in enumerate(rows):
+                alpha_is = "A" if key["codes"][r["code"]]["A"] == "alpha" else "B"
+                use = "tie" if rater == "r2" and k == 0 else alpha_is
+                w.writerow({**r, "usefulness": use, "harmfulness": "tie", "redundancy": "", "rater": rater})
+    res = human.import_sheets(files["key"], [tmp_path / "r1.csv", tmp_path / "r2.csv"])
+    u = res["criteria"]["usefulness"]
+    assert u["counts"] == {"win": 9, "tie": 1, "loss": 0} and res["pair"] == ["alpha", "beta"]
+    ag = res["agreement"]["usefulness"]
+    assert ag["raw_agreement"] == pytest.approx(4 / 5) and ag["units_both_rated"] == 5
+    assert res["criteria"]["harmfulness"]["counts"]["tie"] == 10 and res["agreement"]["harmfulness"]["krippendorff_alpha"] is None
+    bad = tmp_path / "bad.csv"
+    bad.write_text("code,usefulness,harmfulness,redundancy\n" + rows[0]["code"] + ",C,,\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.csv:2: usefulness: 'C' is not A, B or tie"):
+        human.import_sheets(files["key"], [bad])

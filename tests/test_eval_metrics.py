@@ -283,3 +283,33 @@ def test_unreadable_verdicts_are_retried_over_http():
     assert verdicts == [{"usefulness": 1, "harmfulness": 0, "redundancy": 2}] * 2
     assert stats["unparsed_first_try"] == 2 and stats["recovered_by_retry"] == 2 and stats["unparsed_verdicts"] == 0
     assert stats["max_tokens"] >= 512
+
+
+# ---- paired comparisons --------------------------------------------------------------------------
+def test_paired_accuracy_mcnemar_hand_computed():
+    from scipy.stats import binomtest
+
+    from hypnos.eval.stats import paired
+
+    a = [{"id": str(i), "correct": c} for i, c in enumerate([1, 1, 1, 1, 1, 1, 0, 0, 1, 0])]
+    b = [{"id": str(i), "correct": c} for i, c in enumerate([0, 0, 0, 0, 0, 1, 0, 1, 1, 0])]
+    res = paired("multiple_choice", a, b)
+    # discordant: a right/b wrong on items 0-4 (5), b right/a wrong on item 7 (1)
+    assert res["discordant"] == [5, 1] and res["diff"] == pytest.approx(0.4) and res["n"] == 10
+    assert res["mcnemar_p"] == pytest.approx(binomtest(5, 6, 0.5).pvalue) == pytest.approx(0.21875)
+    assert res["ci"][0] <= 0.4 <= res["ci"][1]
+    assert paired("multiple_choice", a, a)["ci"] == [0.0, 0.0]
+
+
+def test_paired_rouge_and_ner():
+    from hypnos.eval.stats import paired
+
+    a = [{"id": "x", "rougeL": 0.5}, {"id": "y", "rougeL": 0.9}, {"id": "z", "rougeL": 0.1}]
+    b = [{"id": "y", "rougeL": 0.4}, {"id": "x", "rougeL": 0.5}]  # matched by id, z unanswered by b
+    res = paired("generate_until", a, b)
+    assert res["n"] == 2 and res["diff"] == pytest.approx(0.25)
+    g = [["drug", "丙泊酚"], ["disease", "高血压"]]
+    na = [{"id": "1", "gold": g, "pred": g}, {"id": "2", "gold": g, "pred": []}]
+    nb = [{"id": "1", "gold": g, "pred": g[:1]}, {"id": "2", "gold": g, "pred": []}]
+    # a: tp 2 of pred 2, gold 4 -> F1 2/3 ; b: tp 1 of pred 1, gold 4 -> P 1, R 1/4, F1 0.4
+    assert paired("ner", na, nb)["diff"] == pytest.approx(2 / 3 - 0.4)

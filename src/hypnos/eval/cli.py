@@ -135,12 +135,18 @@ def human_export(
     task: Annotated[str, typer.Option(help="task whose answers are rated")],
     out: Annotated[Path, typer.Option(help="folder for the sheets and the key")],
     models: Annotated[list[str] | None, typer.Option("--model", help="labels to include (default: all)")] = None,
+    pair: Annotated[str | None, typer.Option(help="A,B: a pairwise sheet (blinded A vs B per criterion)")] = None,
     seed: int = 0,
 ) -> None:
-    """Write blinded, shuffled rating sheets (CSV + HTML form) and the unblinding key."""
-    from hypnos.eval.human import export_sheets
+    """Write blinded, shuffled rating sheets (CSV + HTML form, or a pairwise CSV) and the unblinding key."""
+    from hypnos.common.io import DataError
+    from hypnos.eval.human import export_pairwise, export_sheets
 
-    files = export_sheets(eval_dir, task, out, models, seed)
+    try:
+        files = (export_pairwise(eval_dir, task, out, tuple(_pairs([pair])[0]), seed) if pair
+                 else export_sheets(eval_dir, task, out, models, seed))
+    except DataError as e:
+        _fail(str(e))
     for k, v in files.items():
         console.print(f"{k}: {v}")
 

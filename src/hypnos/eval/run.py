@@ -62,6 +62,10 @@ class Config(StageConfig):
     """Check every training set of the run (and ``train_files``) against every benchmark."""
     train_files: list[str] = Field(default_factory=list)
     """More training files for the contamination check."""
+    num_fewshot: int | None = Field(None, ge=0)
+    """Solved examples before each multiple-choice question (None: each task's own ``num_fewshot``)."""
+    circular: bool = False
+    """Multiple choice: also ask every rotation of the options (CircularEval), reported beside accuracy."""
 
     @field_validator("pairs")
     @classmethod
@@ -72,9 +76,12 @@ class Config(StageConfig):
         return v
 
     def input_files(self, ctx: StageContext) -> list[Path]:
-        """The tasks' data files: editing a benchmark re-runs the evaluation."""
+        """Every file a task reads: data, YAML (and included YAMLs), hooks, prompt templates, few-shot data.
+
+        Editing any of them re-runs the evaluation instead of reusing stale scores.
+        """
         try:
-            return [f for t in get_tasks(self.tasks, self.include_paths) for f in t.data_files()]
+            return [f for t in get_tasks(self.tasks, self.include_paths) for f in [*t.data_files(), *t.source_files()]]
         except TaskError:
             return []  # `check` reports it
 
@@ -111,7 +118,7 @@ def _evaluate(cfg: Config, ctx: StageContext, task: Task, docs: list[dict], mode
     from hypnos.eval import bias, mcq, ner, openqa
 
     if task.output_type == "multiple_choice":
-        return mcq.evaluate(task, docs, model, seed=ctx.seed)
+        return mcq.evaluate(task, docs, model, seed=ctx.seed, num_fewshot=cfg.num_fewshot, circular=cfg.circular)
     if task.output_type in ("generate_until", "judge"):
         return openqa.evaluate(task, docs, model, cfg.max_new_tokens, cfg.tokenization, ctx.seed)
     if task.output_type == "ner":
@@ -165,7 +172,12 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     results = {"models": {k: v for k, v in cfg.models.items()}, "tasks": info, "scores": scores,
                "settings": {"limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens, "decoding": "greedy",
                             "tokenization": cfg.tokenization, "judge": cfg.judge, "chat_template": cfg.chat_template,
-                            "seed": ctx.seed, "ci": "95% percentile bootstrap over items, 1000 resamples"}}
+                            "num_fewshot": cfg.num_fewshot, "circular": cfg.circular,
+                            "seed": ctx.seed, "ci": "95% percentile bootstrap over items, 1000 resamples",
+                            "paired": "difference of the first minus the second model over the same items: paired "
+                                      "bootstrap 95% CI; McNemar exact p for accuracy"}}
+    results["methods"] = {t.task: {m: s.get("method") for m, s in scores[t.task].items()} for t in tasks}
+    results["paired"] = _paired(cfg, ctx, tasks, ctx.seed)
     results["judge"] = _judge(cfg, ctx, tasks)
     if cfg.contamination:
         from hypnos.eval.contamination import check
@@ -194,6 +206,24 @@ def _judge(cfg: Config, ctx: StageContext, tasks: list[Task]) -> dict:
         rows = {label: _read_rows(_paths(ctx, t.task, label)[1]) for label in cfg.models}
         out[t.task] = {f"{a} vs {b}": judge.compare(t, rows[a], rows[b], ctx.client(cfg.judge), ctx.seed)
                        for a, b in cfg.pairs}
+    return out
+
+
+def _paired(cfg: Config, ctx: StageContext, tasks: list[Task], seed: int) -> dict:
+    """Every model-vs-model difference on every task, paired over the same items (see ``stats.paired``)."""
+    from hypnos.eval.stats import paired
+
+    labels = list(cfg.models)
+    out: dict = {}
+    for t in tasks:
+        if t.output_type == "likert":
+            continue  # an attitude score has no better direction to compare
+        if t.private:
+            out[t.task] = {"note": "private task: per-item scores are not kept, so no paired comparison"}
+            continue
+        rows = {m: _read_rows(_paths(ctx, t.task, m)[1]) for m in labels}
+        out[t.task] = {f"{a} vs {b}": paired(t.output_type, rows[a], rows[b], seed)
+                       for i, a in enumerate(labels) for b in labels[i + 1:]}
     return out
 
 
