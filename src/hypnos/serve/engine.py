@@ -561,9 +561,13 @@ class Engine:
         return self._release(row, safe, lambda i: row.ends[i] <= safe)
 
     def _finish(self, row: _Row, reason: str, cut: int) -> Delta:
+        """End a row, releasing its text up to ``cut``: every token when cut short (``length``: the pieces of
+        a cut-off character stay in the logprobs although their text is dropped), else the tokens whose
+        text starts before the cut (so a token straddling a stop string is kept)."""
         row.done = True
-        # tokens whose text starts before the cut (so a token straddling a stop string is kept)
-        delta = self._release(row, cut, lambda i: (row.ends[i - 1] if i else 0) < cut or row.ends[i] <= cut)
+        take = (lambda i: True) if reason == "length" else (
+            lambda i: (row.ends[i - 1] if i else 0) < cut or row.ends[i] <= cut)
+        delta = self._release(row, cut, take)
         delta.finish_reason, delta.completion_tokens = reason, len(row.ids)
         return delta
 
