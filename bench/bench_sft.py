@@ -17,9 +17,13 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
-DATA = "/work/shared/data/medicalgpt/medical_sft_1K_format.jsonl"
+# The shared data sits next to the checkout (../shared/data) or wherever $HYPNOS_DATA points.
+SHARED = os.environ.get("HYPNOS_DATA") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                                       "shared", "data")
+DATA = os.path.join(SHARED, "medicalgpt", "medical_sft_1K_format.jsonl")
 TOKENIZER = "smollm2-135m-instruct"
 BATCH = 8
 VARIANTS = ["ours_packed", "hf_trainer_padded", "trl_configured", "trl_defaults"]
@@ -54,7 +58,7 @@ def make_model(tok):
 
 
 def common_args(steps: int) -> dict:
-    return {"output_dir": "/tmp/hypnos_bench_sft", "max_steps": steps, "per_device_train_batch_size": BATCH,
+    return {"output_dir": os.path.join(tempfile.gettempdir(), "hypnos_bench_sft"), "max_steps": steps, "per_device_train_batch_size": BATCH,
             "learning_rate": 1e-4, "logging_steps": 1, "save_strategy": "no", "report_to": [], "seed": 0,
             "data_seed": 0, "disable_tqdm": True, "use_cpu": True, "dataloader_num_workers": 0}
 
@@ -121,6 +125,9 @@ def main() -> None:
     ap.add_argument("--data", default=DATA)
     ap.add_argument("--variant", choices=VARIANTS, help="(internal) run one variant and print its JSON")
     a = ap.parse_args()
+    if not os.path.exists(a.data):
+        sys.exit(f"{a.data} not found: put the shared data at ../shared/data next to the checkout, set "
+                 "HYPNOS_DATA, or pass --data")
     if a.variant:
         print("RESULT " + json.dumps(run_variant(a.variant, a.steps, a.data)))
         return

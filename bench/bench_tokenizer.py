@@ -5,7 +5,7 @@ Run: ``.venv/bin/python bench/bench_tokenizer.py [--out runs/bench_tokenizer] [-
 Part 1 (tokenizers, ~1 min): tokens/char, coverage and round-trips of LLaMA, Chinese-LLaMA-2 (a
 general-domain extension: +23,296 pieces), Qwen2, SmolLM2, and our medical extensions of LLaMA and SmolLM2.
 The held-out text is the doctors' answers of medicalgpt/medical_sft_1K_format.jsonl; the extensions are
-trained on other medical text in /work/shared/data (Huatuo instruction data and liver-cancer QA, the
+trained on other medical text in ../shared/data (Huatuo instruction data and liver-cancer QA, the
 MedicalGPT infectious-disease textbook chapter, Toyhom doctor answers, ChatMed answers) plus examples/corpus.
 Ratios are against LLaMA, measured in the same run.
 
@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HYPNOS_NO_PROGRESS", "1")
-DATA = Path("/work/shared/data")
+# The shared data sits next to the checkout (../shared/data) or wherever $HYPNOS_DATA points.
+DATA = Path(os.environ.get("HYPNOS_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 ROOT = Path(__file__).resolve().parents[1]
 TOK = DATA / "tokenizers"
 
@@ -162,6 +163,8 @@ def main() -> None:
     p.add_argument("--skip-bits", action="store_true", help="only the tokenizer part")
     p.add_argument("--skip-tokenizers", action="store_true", help="only the bits part (reuses --out from a run)")
     args = p.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"shared data not found at {DATA}: put it at ../shared/data next to the checkout or set HYPNOS_DATA")
     sys.path.insert(0, str(ROOT / "src"))
     logging.basicConfig(level=logging.WARNING)
     from hypnos.tokenizer.analyze import write_report

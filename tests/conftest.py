@@ -18,6 +18,29 @@ from pathlib import Path
 
 import pytest
 
+# ------------------------------------------------------------------------------------------- shared data
+# The real public data sits next to the checkout (../shared/data) or wherever $HYPNOS_DATA points; never
+# name it by an absolute machine path (tests/test_portability.py greps for that).
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("HYPNOS_DATA") or ROOT.parent / "shared" / "data")
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under the shared data; skips the calling test, saying where it looked, when it is absent."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data {'/'.join(parts) or '.'} not found under {SHARED_DATA} "
+                    "(put it at ../shared/data next to the checkout, or set HYPNOS_DATA)")
+    return p
+
+
+def needs_shared_data(*parts: str) -> pytest.MarkDecorator:
+    """``@needs_shared_data("tokenizers", "llama")``: skip with a clear reason when that shared path is absent."""
+    return pytest.mark.skipif(not SHARED_DATA.joinpath(*parts).exists(),
+                              reason=f"shared data {'/'.join(parts)} not found under {SHARED_DATA} "
+                                     "(put it at ../shared/data next to the checkout, or set HYPNOS_DATA)")
+
+
 # Tests never reach the network; a model that is not local fails fast instead of hanging on a download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HYPNOS_NO_PROGRESS", "1")

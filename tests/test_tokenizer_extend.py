@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
+from conftest import SHARED_DATA, needs_shared_data
 from transformers import AutoTokenizer, LlamaTokenizer
 
 from hypnos.common.io import DataError
@@ -14,7 +15,7 @@ from hypnos.tokenizer.extend import NEW_PIECES_FILE, detect_family, extend_token
 from hypnos.tokenizer.train_spm import iter_corpus_texts, spm_pieces, train_spm
 
 FIX = Path(__file__).parent / "fixtures" / "tokenizer"
-TOK = Path("/work/shared/data/tokenizers")
+TOK = SHARED_DATA / "tokenizers"  # ../shared/data or $HYPNOS_DATA
 # Chinese, English, digits, mixed, punctuation, newlines, an emoji and a character outside every new piece
 TEXTS = [
     "患者行全身麻醉，诱导用丙泊酚2mg/kg和舒芬太尼0.3μg/kg。",
@@ -59,6 +60,7 @@ def _check_roundtrip(tok, texts=TEXTS):
         assert tok.decode(tok.encode(t, add_special_tokens=False)) == t
 
 
+@needs_shared_data("tokenizers")
 def test_llama_sentencepiece_extension(pieces, tmp_path):
     s = extend_tokenizer(TOK / "llama", pieces, tmp_path, max_new=200)
     assert s["family"] == "sentencepiece" and s["base_size"] == 32000 and 190 <= s["added"] <= 200
@@ -77,6 +79,7 @@ def test_llama_sentencepiece_extension(pieces, tmp_path):
     assert auto.convert_ids_to_tokens(auto.encode("全身麻醉")) == ["<s>", "▁", "全身麻醉"]
 
 
+@needs_shared_data("tokenizers")
 def test_chinese_llama2_extension_keeps_hf_ids_consistent(pieces, tmp_path):
     s = extend_tokenizer(TOK / "chinese_llama2_alpaca2", pieces, tmp_path)
     assert s["base_size"] == 55296 and s["skipped_existing"] > 150  # many medical words are in it already
@@ -88,6 +91,7 @@ def test_chinese_llama2_extension_keeps_hf_ids_consistent(pieces, tmp_path):
     _check_roundtrip(auto)
 
 
+@needs_shared_data("tokenizers")
 @pytest.mark.parametrize("which", ["qwen2", "smollm2"])
 def test_bytelevel_extension(which, pieces, tmp_path, request):
     base = TOK / "qwen2" if which == "qwen2" else request.getfixturevalue("smollm2_dir")
@@ -113,6 +117,7 @@ def test_bytelevel_extension(which, pieces, tmp_path, request):
             assert new.encode(t["text"], add_special_tokens=False) == [t["id"]], t["text"]
 
 
+@needs_shared_data("tokenizers")
 def test_not_chinese_and_existing_pieces_are_skipped(tmp_path):
     s = extend_tokenizer(TOK / "llama", ["的", "mg", "丙泊酚2", "麻醉"], tmp_path)
     assert s["skipped_not_chinese"] == 2 and s["skipped_existing"] == 1 and s["added"] >= 1

@@ -6,19 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_data
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from hypnos.tokenizer.extend import extend_tokenizer, read_new_tokens
 from hypnos.tokenizer.init_embeddings import fusion_weights, is_tied, resize_and_init
-
-TOK = Path("/work/shared/data/tokenizers")
 
 
 @pytest.fixture(scope="module")
 def llama_ext(tmp_path_factory) -> Path:
     """LLaMA's tokenizer extended with a few words whose characters LLaMA encodes as bytes or single pieces."""
     out = tmp_path_factory.mktemp("llama_ext")
-    extend_tokenizer(TOK / "llama", ["麻醉", "丙泊酚", "舒芬太尼", "硬膜外"], out)
+    extend_tokenizer(shared_data("tokenizers", "llama"), ["麻醉", "丙泊酚", "舒芬太尼", "硬膜外"], out)
     return out
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
@@ -16,7 +17,7 @@ from hypnos.common.runner import load_recipe, run_recipe
 from hypnos.tokenizer.cli import app
 
 FIX = Path(__file__).parent / "fixtures" / "tokenizer"
-TOK = Path("/work/shared/data/tokenizers")
+TOK = SHARED_DATA / "tokenizers"  # ../shared/data or $HYPNOS_DATA
 
 
 def _recipe(tmp_path: Path, base: Path, **extra) -> Path:
@@ -67,6 +68,7 @@ def test_stage_extends_resizes_analyzes_and_resumes(tiny_model_dir, tmp_path):
     assert m2["counts"] == m["counts"]
 
 
+@needs_shared_data("tokenizers")
 def test_stage_on_sentencepiece_llama_with_untied_head(tmp_path):
     base = tmp_path / "tiny_llama"
     torch.manual_seed(0)
@@ -96,6 +98,7 @@ def test_stage_config_rejects_unknown_keys_and_missing_files(tmp_path):
     assert any("heldout 'heldout.jsonl': file not found" in p for p in validate_recipe(load_recipe(recipe)))
 
 
+@needs_shared_data("tokenizers")
 def test_cli_train_extend_analyze(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["train", str(FIX / "med_corpus.jsonl"), "--out", str(tmp_path / "spm"),
