@@ -148,7 +148,7 @@ def test_a_huge_row_is_rejected_by_size_without_reading_it_whole(tmp_path):
     big = {**ROWS[1], "output": "麻" * 400_000}  # 1.2 MB
     p.write_bytes(b"\n".join(_jsonl_bytes([ROWS[0], big, ROWS[2]])) + b"\n")
     items = list(iter_rows(p, max_row_bytes=1 << 20))
-    assert [getattr(i, "line") for i in items] == [1, 2, 3]
+    assert [i.line for i in items] == [1, 2, 3]
     assert isinstance(items[1], DataError) and "over the 1 MiB row limit" in items[1].reason
     assert len(items[1].raw) <= 4096  # only a preview is kept
     assert [i.data["id"] for i in items if not isinstance(i, DataError)] == ["q0", "q2"]
@@ -157,7 +157,7 @@ def test_a_huge_row_is_rejected_by_size_without_reading_it_whole(tmp_path):
 def test_csv_with_a_field_over_128_kib_and_a_bad_line(tmp_path):
     long = "麻醉" * 70_000
     p = tmp_path / "a.csv"
-    p.write_bytes("id,instruction,output\n".encode() + f'a,"{long}",答\n'.encode()
+    p.write_bytes(b"id,instruction,output\n" + f'a,"{long}",答\n'.encode()
                   + b"b,\xff\xfe,x\n" + "c,\"多行\n问题\",答\nd,问,答\n".encode())
     report = ReadReport()
     recs = read_records(p, "qa", on_error="quarantine", quarantine_dir=tmp_path, report=report)

@@ -266,7 +266,7 @@ def test_empty_input_finishes_with_a_warning(tmp_path):
 
 def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hypnos.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "HYPNOS_NO_PROGRESS": "1"})
+                          cwd=cwd, env={**os.environ, "HYPNOS_NO_PROGRESS": "1"}, check=False)
 
 
 def test_cli_reports_bad_configs_and_bad_rows_as_messages(tmp_path):

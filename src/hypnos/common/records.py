@@ -12,8 +12,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hypnos.common.io import (DataError, OnError, ReadReport, Row, current_policy, iter_rows, quarantine_path,
-                              write_quarantine)
+from hypnos.common.io import (
+    DataError,
+    OnError,
+    ReadReport,
+    Row,
+    current_policy,
+    iter_rows,
+    quarantine_path,
+    write_quarantine,
+)
 
 
 class Record(BaseModel):

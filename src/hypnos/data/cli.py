@@ -51,9 +51,8 @@ def check(
 @app.command()
 def stats(files: list[Path]) -> None:
     """Rows, kinds, categories, kinds of question and length of each record file."""
-    from hypnos.data.stats import file_stats
-
     from hypnos.common.io import DataError
+    from hypnos.data.stats import file_stats
 
     for f in files:
         try:
