@@ -76,3 +76,31 @@ def test_real_sets_load_through_importers(tmp_path):
     ner, _ = t["ccks2019_ner"].load(limit=5)
     assert ner[0]["entities"] and {e["type"] for d in ner for e in d["entities"]} <= set(t["ccks2019_ner"].entity_types)
     assert len(t["zhongjing_anesthesia"].load()[0]) == 8
+
+
+def test_cache_key_covers_every_file_a_task_reads(tmp_path):
+    """Editing the task YAML, an included YAML, utils.py or a prompt template changes the stage fingerprint."""
+    import yaml
+
+    from hypnos.common.runner import load_recipe, stage_inputs
+    from hypnos.eval.tasks import PROMPTS
+
+    folder = tmp_path / "tasks" / "mine"
+    folder.mkdir(parents=True)
+    (folder / "d.jsonl").write_text('{"id": "q1", "text": "丙泊酚", "entities": []}\n', encoding="utf-8")
+    (folder / "_base.yaml").write_text("output_type: ner\n", encoding="utf-8")
+    (folder / "utils.py").write_text("def doc_to_text(doc):\n    return doc['text']\n", encoding="utf-8")
+    (folder / "mine.yaml").write_text("task: mine\noutput_type: ner\ndataset_path: d.jsonl\n"
+                                      "doc_to_text: !function utils.doc_to_text\n", encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "stages": [{"name": "eval", "kind": "eval",
+                                      "models": {"m": "smollm2-135m-instruct"}, "tasks": ["mine", "cami"],
+                                      "include_paths": [str(tmp_path / "tasks")]}]}), encoding="utf-8")
+    r = load_recipe(recipe, output_dir=tmp_path / "runs")
+    files = set(stage_inputs(r, r.stages[0]))
+    for f in (folder / "mine.yaml", folder / "utils.py", folder / "d.jsonl", PROMPTS / "ner_v1.jinja",
+              PROMPTS / "likert_v1.jinja"):
+        assert f"file:{f}" in files, f
+    before = stage_inputs(r, r.stages[0])
+    (folder / "utils.py").write_text("def doc_to_text(doc):\n    return '抽取：' + doc['text']\n", encoding="utf-8")
+    assert stage_inputs(r, r.stages[0]) != before
