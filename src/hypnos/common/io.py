@@ -213,6 +213,7 @@ def _raw_lines(f: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None
                 more = f.readline(1 << 20)
                 size += len(more)
                 if not more or more.endswith(b"\n"):
+                    size -= more.endswith(b"\n")  # the line's size without its line end
                     break
             yield n, None, size, chunk[:RAW_KEEP]
             continue

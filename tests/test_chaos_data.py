@@ -1,0 +1,160 @@
+"""Chaos suite, data side (issue 15): bad files and hard kills, through the real command line.
+
+1. A corpus of bad files (one bad byte, GBK, BOM, U+2028/U+0085, a truncated line, NUL, wrong field types,
+   an empty file, a row over the size limit, binary garbage, a CSV field over 128 KiB), built here at test
+   time, goes through ``hypnos data check`` and two stages (``mix`` and ``decontaminate``, as
+   ``hypnos run`` subprocesses). Invariants: no traceback anywhere; every row is accounted for
+   (rows in = rows out + quarantined); decoded text is the original text (no mojibake).
+2. ``generate`` + ``crossfilter`` against the fault-injecting server, SIGKILLed 5 times at random points
+   (a random number of answered requests; the seed is printed on failure, ``HYPNOS_CHAOS_SEED`` replays
+   it): the final outputs are byte-identical to an uninterrupted run and no request is answered twice.
+
+Bounded: about 40 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+GOOD = [{"id": f"q{i}", "instruction": f"第{i}题：术后镇痛泵的常用药物有哪些？", "output": "舒芬太尼、氢吗啡酮等。"}
+        for i in range(8)]
+HUGE = 17 << 20  # over the default 16 MiB row limit
+
+
+def _line(row: dict, encoding: str = "utf-8") -> bytes:
+    return json.dumps(row, ensure_ascii=False).encode(encoding)
+
+
+def _corpus(d: Path) -> dict[str, dict]:
+    """Write the bad files; return name -> {"rows": records in it, "bad": how many are bad, "error": file-level}."""
+    files: dict[str, tuple[bytes, int, int]] = {}
+    lines = [_line(r) for r in GOOD[:6]]
+    lines[2] = lines[2].replace("镇痛".encode(), b"\xe9\x95\xff")  # a broken UTF-8 sequence in row 3
+    files["bad_byte.jsonl"] = (b"\n".join(lines) + b"\n", 6, 1)
+    files["gbk.jsonl"] = (b"\r\n".join(_line(r, "gbk") for r in GOOD[:5]) + b"\r\n", 5, 0)
+    files["bom.jsonl"] = (b"\xef\xbb\xbf" + b"\n".join(_line(r) for r in GOOD[:3]) + b"\n", 3, 0)
+    seps = {**GOOD[0], "output": "第一段\u2028第二段\u0085第三段\u2029完"}
+    files["u2028.jsonl"] = (b"\n".join([_line(seps), _line(GOOD[1]), b'{"id": "x",', _line(GOOD[2])]) + b"\n", 4, 1)
+    files["truncated.jsonl"] = (b"\n".join(_line(r) for r in GOOD[:4]) + b"\n" + _line(GOOD[4])[:25], 5, 1)
+    nul = _line(GOOD[1]).replace("镇痛".encode(), b"\x00")
+    files["nul.jsonl"] = (b"\n".join([_line(GOOD[0]), nul, _line(GOOD[2])]) + b"\n", 3, 1)
+    wrong = [GOOD[0], {"id": "w1", "instruction": 42}, {"id": "w2", "instruction": "问", "meta": "oops"},
+             {"id": "w3", "instruction": "问", "output": ["列", "表"]}, GOOD[1]]
+    files["wrong_types.jsonl"] = (b"\n".join(_line(r) for r in wrong) + b"\n", 5, 3)
+    # no text field: mix takes any row, but data check and decontaminate reject it (decontaminate itself
+    # raises for it, mid-stage: the runner quarantines the row and runs the stage again without it)
+    files["no_text.jsonl"] = (b"\n".join([_line(GOOD[0]), b'{"id": "t1", "title": "only a title"}', _line(GOOD[1])])
+                              + b"\n", 3, 1)
+    files["empty.jsonl"] = (b"", 0, 0)
+    big = _line({"id": "big", "instruction": "大", "output": "麻" * (HUGE // 3)})
+    files["huge_row.jsonl"] = (b"\n".join([_line(GOOD[0]), big, _line(GOOD[1])]) + b"\n", 3, 1)
+    long_field = "麻醉" * 70_000  # 420 KB, over csv's default 128 KiB field limit
+    csv_bytes = ("id,instruction,output\n" + f'c1,"{long_field}",答\n' + 'c2,"两行\n的问题",答\n').encode("gb18030")
+    files["long_field.csv"] = (csv_bytes, 2, 0)
+    files["garbage.jsonl"] = (random.Random(0).randbytes(64 << 10), 0, 0)
+    out = {}
+    for name, (data, rows, bad) in files.items():
+        (d / name).write_bytes(data)
+        out[name] = {"rows": rows, "bad": bad, "error": "binary data" if name == "garbage.jsonl" else None,
+                     "bad_in_mix": 0 if name == "no_text.jsonl" else bad}
+    return out
+
+
+def _hypnos(*args, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYPNOS_NO_PROGRESS": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "hypnos.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
+    d = tmp_path_factory.mktemp("chaos")
+    return d, _corpus(d)
+
+
+def test_data_check_accounts_for_every_row_without_a_traceback(corpus):
+    d, files = corpus
+    r = _hypnos("data", "check", "--quarantine", *(d / n for n in files))
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out, out[-3000:]
+    assert r.returncode == 1  # some files have bad rows
+    for name, f in files.items():
+        path = d / name
+        if f["error"]:
+            assert f"{path}: {f['error']}" in out
+            continue
+        good = f["rows"] - f["bad"]
+        assert f"{path}: {f['rows']} rows: {good} valid, {f['bad']} rejected" in out, (name, out[-3000:])
+        q = d / f"{name}.quarantine.jsonl"
+        assert (len(q.read_text(encoding="utf-8").splitlines()) if q.exists() else 0) == f["bad"], name
+    assert f"{d / 'empty.jsonl'}: no rows" in out
+    # the bad row is reported at its own line, with its bytes kept in the quarantine file
+    assert f"{d / 'bad_byte.jsonl'}:3: not valid UTF-8" in out and f"{d / 'u2028.jsonl'}:3: invalid JSON" in out
+    q = json.loads((d / "bad_byte.jsonl.quarantine.jsonl").read_text(encoding="utf-8"))
+    assert b"\xe9\x95\xff" in __import__("base64").b64decode(q["raw_b64"])
+    assert f"{d / 'huge_row.jsonl'}:2: row is {len(_line({'id': 'big', 'instruction': '大', 'output': '麻' * (HUGE // 3)})):,} bytes" in out
+
+
+STAGES = """\
+  - {{name: mix_{key}, kind: mix, on_error: quarantine, sources: [{{path: {name}}}]}}
+  - {{name: decon_{key}, kind: decontaminate, on_error: quarantine, input: {name}, benchmarks: [bench.jsonl], ngram: 6}}
+"""
+
+
+def test_two_stages_account_for_every_row_without_a_traceback(corpus):
+    d, files = corpus
+    (d / "bench.jsonl").write_text(json.dumps({"id": "b1", "question": "术后镇痛泵的常用药物有哪些？",
+                                               "options": {"A": "舒芬太尼", "B": "氧气"}, "answer": "A"},
+                                              ensure_ascii=False) + "\n", encoding="utf-8")
+    names = [n for n, f in files.items() if not f["error"]]
+    body = "".join(STAGES.format(key=n.replace(".", "_"), name=n) for n in names)
+    (d / "recipe.yaml").write_text("name: chaos\nstages:\n" + body, encoding="utf-8")
+    r = _hypnos("run", d / "recipe.yaml", "--output-dir", d / "runs")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Traceback" not in out, out[-3000:]
+    for name in names:
+        f, key = files[name], name.replace(".", "_")
+        for stage, out_names in (("mix", ("train",)), ("decon", ("kept", "dropped"))):
+            sd = d / "runs/chaos" / f"{stage}_{key}"
+            m = json.loads((sd / "manifest.json").read_text(encoding="utf-8"))
+            rows_out = sum(len((sd / m["outputs"][o]).read_text(encoding="utf-8").split("\n")) - 1 for o in out_names)
+            q = m.get("quarantined", {}).get(str(d / name), {"rows": 0})
+            bad = f["bad_in_mix"] if stage == "mix" else f["bad"]
+            assert (rows_out, q["rows"]) == (f["rows"] - bad, bad), (stage, name, m)
+            if q["rows"]:
+                assert len((sd / q["file"]).read_text(encoding="utf-8").splitlines()) == bad
+        if name == "empty.jsonl":
+            assert any("no rows (empty input)" in w for w in m["warnings"]) and "no rows (empty input)" in out
+    # decoded as what was written, whatever the encoding: no mojibake reaches the training mix
+    train = [json.loads(x) for x in (d / "runs/chaos/mix_gbk_jsonl/train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["instruction"] for r in train) == sorted(r["instruction"] for r in GOOD[:5])
+    train = (d / "runs/chaos/mix_u2028_jsonl/train.jsonl").read_text(encoding="utf-8")
+    assert "第一段\u2028第二段\u0085第三段\u2029完" in train
+    train = [json.loads(x) for x in (d / "runs/chaos/mix_long_field_csv/train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(len(r["instruction"]) for r in train) == [len("两行\n的问题"), 140_000]
+
+
+def test_file_level_and_row_errors_are_one_line_messages(corpus):
+    d, files = corpus
+    cfg = d / "mix_garbage.yaml"
+    cfg.write_text("sources: [{path: garbage.jsonl}]\non_error: quarantine\n", encoding="utf-8")
+    r = _hypnos("mix", "--config", cfg, "--output-dir", d / "runs1")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{d / 'garbage.jsonl'}: binary data" in r.stderr
+    cfg = d / "mix_bad.yaml"
+    cfg.write_text("sources: [{path: bad_byte.jsonl}]\n", encoding="utf-8")  # on_error: raise (the default)
+    r = _hypnos("mix", "--config", cfg, "--output-dir", d / "runs2")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{d / 'bad_byte.jsonl'}:3: not valid UTF-8 text" in r.stderr
