@@ -20,14 +20,29 @@ attempt fails does not depend on the order in which concurrent requests arrive. 
 malformed JSON, empty content. ``fail_first=k`` fails the first ``k`` attempts of every prompt with 500;
 a prompt containing ``always_fail`` (default ``[[fail]]``) always gets 500.
 
+Beyond transport faults it plays the API features clients must handle: ``max_tokens`` enforced
+(``Faults.enforce_max_tokens``: characters count as tokens; a longer answer is cut with
+``finish_reason: "length"``), ``response_format`` refused with a 400 (``reject_response_format``),
+parameters refused like reasoning models do (``reject_params``, e.g. ``{"max_tokens", "temperature"}``),
+and ``Retry-After`` as seconds, an HTTP date or ``retry-after-ms`` (``retry_after_format``). A responder
+may return a dict ``{"content", "logprobs", "finish_reason"}`` instead of a string, to answer with
+token logprobs (OpenAI format, ``bytes`` as lists of ints).
+
+``judge_responder`` answers judge prompts with per-aspect scores that differ: by default every aspect
+scores 9; markers in the judged answer change that (``[[harmlessness=0]]`` sets one aspect,
+``[[omit=professionalism]]`` leaves it out). With ``response_format`` in the request it answers the
+JSON object, without it "连贯性：9" lines.
+
 Run standalone for manual tests: ``python tests/faulty_server.py --port 8001 --rate-429 0.2``.
 """
 
 from __future__ import annotations
 
 import argparse
+import email.utils
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -55,7 +70,15 @@ class Faults:
     always_fail: str = "[[fail]]"
     """A prompt containing this marker always gets HTTP 500."""
     retry_after: float | None = None
-    """``Retry-After`` header (seconds) sent with 429s."""
+    """``Retry-After`` sent with 429s (seconds; see ``retry_after_format``)."""
+    retry_after_format: str = "seconds"
+    """How ``retry_after`` is sent: "seconds", "date" (an HTTP date) or "ms" (``retry-after-ms``)."""
+    enforce_max_tokens: bool = False
+    """Cut answers longer than ``max_tokens``/``max_completion_tokens`` characters, with finish_reason length."""
+    reject_response_format: bool = False
+    """Answer a request carrying ``response_format`` with 400 (a server without structured outputs)."""
+    reject_params: frozenset[str] = frozenset()
+    """Parameters answered with a 400 naming them (``max_tokens`` asks for ``max_completion_tokens``)."""
     seed: int = 0
 
 
@@ -164,9 +187,11 @@ class FaultyServer:
         if fault is not None:
             with self._lock:
                 self.faults_sent[fault] += 1
+        refused = self._refused(body)
+        if refused is not None:
+            return 400, {}, _error(refused)
         if fault == "429":
-            headers = {"Retry-After": str(self.faults.retry_after)} if self.faults.retry_after is not None else {}
-            return 429, headers, _error("rate limited (injected)")
+            return 429, self._retry_after_headers(), _error("rate limited (injected)")
         if fault == "500":
             return 500, {}, _error("internal error (injected)")
         if fault == "slow":
@@ -174,9 +199,17 @@ class FaultyServer:
         if fault == "malformed":
             return 200, {}, b'{"choices": [{"message": {"content": "trunc'
         n = int(body.get("n") or 1)
-        content = "" if fault == "empty" else self.responder(body)
+        answer = self.responder(body)
+        if not isinstance(answer, dict):
+            answer = {"content": answer}
+        content = "" if fault == "empty" else answer["content"]
+        finish, logprobs = answer.get("finish_reason", "stop"), answer.get("logprobs")
+        limit = body.get("max_tokens", body.get("max_completion_tokens"))
+        if self.faults.enforce_max_tokens and isinstance(limit, int) and len(content) > limit:
+            content, finish = content[:limit], "length"
         choices = [{"index": i, "message": {"role": "assistant", "content": content + (f" #{i}" if i and content else "")},
-                    "logprobs": None, "finish_reason": "stop"} for i in range(n)]
+                    "logprobs": {"content": logprobs} if logprobs else None, "finish_reason": finish}
+                   for i in range(n)]
         if fault is None:
             with self._lock:
                 self.answered[key] += 1
@@ -186,6 +219,54 @@ class FaultyServer:
                "usage": {"prompt_tokens": prompt_chars, "completion_tokens": len(content) * n,
                          "total_tokens": prompt_chars + len(content) * n}}
         return 200, {}, json.dumps(out, ensure_ascii=False).encode()
+
+
+    def _refused(self, body: dict[str, Any]) -> str | None:
+        """The 400 message for a parameter this server refuses, or None."""
+        if self.faults.reject_response_format and "response_format" in body:
+            return "response_format is not supported by this server"
+        for p in sorted(self.faults.reject_params):
+            if p in body:
+                if p == "max_tokens":
+                    return ("Unsupported parameter: 'max_tokens' is not supported with this model. "
+                            "Use 'max_completion_tokens' instead.")
+                return f"Unsupported parameter: '{p}' is not supported with this model."
+        return None
+
+    def _retry_after_headers(self) -> dict[str, str]:
+        ra, fmt = self.faults.retry_after, self.faults.retry_after_format
+        if ra is None:
+            return {}
+        if fmt == "ms":
+            return {"retry-after-ms": str(int(ra * 1000))}
+        if fmt == "date":
+            return {"Retry-After": email.utils.formatdate(time.time() + ra, usegmt=True)}
+        return {"Retry-After": str(ra)}
+
+
+ASPECT_NAMES = {"coherence": "连贯性", "professionalism": "专业性", "usefulness": "有用性",
+                "harmlessness": "无害性", "friendliness": "友好性"}
+
+
+def judge_responder(default: int = 9) -> Callable[[dict[str, Any]], str]:
+    """A judge whose per-aspect scores come from markers in the judged answer (see the module docstring)."""
+
+    def respond(body: dict[str, Any]) -> str:
+        prompt = _last_user(body)
+        answer = prompt.split("【答案】", 1)[-1]
+        scores: dict[str, int | None] = dict.fromkeys(ASPECT_NAMES, default)
+        for aspect, value in re.findall(r"\[\[(\w+)=(\d+)\]\]", answer):
+            if aspect in scores:
+                scores[aspect] = int(value)
+        for aspect in re.findall(r"\[\[omit=(\w+)\]\]", answer):
+            scores[aspect] = None
+        if body.get("response_format"):
+            return json.dumps({"reasoning": "测试。", **{k: v for k, v in scores.items() if v is not None}},
+                              ensure_ascii=False)
+        lines = [f"{ASPECT_NAMES[k]}：{v}" for k, v in scores.items() if v is not None]
+        return "理由：测试。\n" + "\n".join(lines)
+
+    return respond
 
 
 def _error(message: str) -> bytes:

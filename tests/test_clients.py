@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from faulty_server import Faults, FaultyServer, prompt_hash
 
-from hypnos.data.clients import Endpoint, LLMClient, request_key
+from hypnos.data.clients import AnswerCache, Endpoint, LLMClient, _retry_after, redact_url, request_key
 
 FAST = {"retry_backoff_s": 0.005, "timeout_s": 5.0}
 
@@ -57,7 +57,7 @@ def test_permanent_failures_are_recorded_not_raised(tmp_path):
     assert [r.text for r in results] == ["echo: fine", None, "echo: also fine"]
     assert "HTTP 500" in results[1].error and results[1].attempts == 3
     assert client.usage.errors == 1
-    assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 2  # failures are not cached: retried later
+    assert len(AnswerCache(tmp_path / "cache.sqlite")) == 2  # failures are not cached: retried later
 
 
 def test_client_errors_are_not_retried(tiny_model_dir, serve_model):
@@ -65,9 +65,10 @@ def test_client_errors_are_not_retried(tiny_model_dir, serve_model):
         client = LLMClient(Endpoint(base_url=url, model="not-served", max_retries=5, **FAST))
         result = client.chat_sync([{"role": "user", "content": "hi"}], max_tokens=2)
         assert result.attempts == 1 and "HTTP 404" in result.error and "not-served" in result.error
-        ok = LLMClient(Endpoint(base_url=url, model="tiny", extra={"max_tokens": 4, "temperature": 0}))
+        ok = LLMClient(Endpoint(base_url=url, model="tiny", extra={"max_tokens": 4, "temperature": 0},
+                                length_retries=0))
         r = ok.chat_sync([{"role": "user", "content": "hi"}], logprobs=True, top_logprobs=2)
-        assert r.error is None and r.usage["completion_tokens"] == len(r.logprobs) == 4
+        assert r.error is None and r.usage["completion_tokens"] == len(r.logprobs) == 4 and r.truncated
         assert len(r.logprobs[0]["top_logprobs"]) == 2
 
 
@@ -94,19 +95,130 @@ def test_loopback_port_does_not_change_the_key():
     assert request_key("https://a.example/v1", "m", msgs, {}) != request_key("https://b.example/v1", "m", msgs, {})
 
 
-def test_torn_last_line_is_dropped_and_appending_continues(tmp_path):
-    cache = tmp_path / "cache.jsonl"
+def test_legacy_jsonl_cache_is_imported_line_by_line(tmp_path):
+    legacy = tmp_path / "cache.jsonl"
     with FaultyServer() as server:
         endpoint = Endpoint(base_url=server.base_url, model="echo", **FAST)
-        LLMClient(endpoint, cache).chat_many_sync(requests_for(["a", "b"]))
-        with open(cache, "ab") as f:
-            f.write(b'{"key": "deadbeef", "result": {"text": "half')  # killed mid-write
-        client = LLMClient(endpoint, cache)
-        assert client.chat_many_sync(requests_for(["a", "b", "c"]))[2].text == "echo: c"
-        assert server.requests == 3
-    lines = cache.read_text().splitlines()
-    assert len(lines) == 3 and all(json.loads(line)["result"]["text"] for line in lines)
-    assert LLMClient(endpoint, cache).usage.requests == 0 and len(LLMClient(endpoint, cache)._cache) == 3
+        key = request_key(endpoint.base_url, "echo", [{"role": "user", "content": "a"}], {})
+        legacy.write_text(json.dumps({"key": key, "result": {"text": "old answer", "texts": ["old answer"]}}) + "\n"
+                          + '{"key": "deadbeef", "result": {"text": "half', encoding="utf-8")  # torn last line
+        client = LLMClient(endpoint, legacy)
+        assert client.cache_path == tmp_path / "cache.sqlite"
+        results = client.chat_many_sync(requests_for(["a", "b"]))
+        assert [r.text for r in results] == ["old answer", "echo: b"] and server.requests == 1
+    assert len(AnswerCache(tmp_path / "cache.sqlite")) == 2
+
+
+CONCURRENT = textwrap.dedent("""
+    import sys
+    from hypnos.data.clients import Endpoint, LLMClient
+    client = LLMClient(Endpoint(base_url=sys.argv[1], model="echo", max_concurrency=8, retry_backoff_s=0.005),
+                       sys.argv[2])
+    rs = client.chat_many_sync([{"messages": [{"role": "user", "content": f"{sys.argv[3]} {i}"}]} for i in range(60)])
+    assert all(r.error is None for r in rs)
+""")
+
+
+def test_concurrent_writers_share_one_cache(tmp_path):
+    script = tmp_path / "w.py"
+    script.write_text(CONCURRENT)
+    cache = tmp_path / "shared.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    with FaultyServer() as server:
+        procs = [subprocess.Popen([sys.executable, str(script), server.base_url, str(cache), tag], env=env)
+                 for tag in ("x", "y", "x")]  # two writers of the same requests, one of others
+        assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    db = AnswerCache(cache)
+    assert len(db) == 120  # every answer once, none lost to a lock or a race
+    assert {r[1]["messages"][0]["content"] for r in db.rows()} == {f"{t} {i}" for t in "xy" for i in range(60)}
+
+
+def test_credentials_in_the_url_are_never_written(tmp_path):
+    assert redact_url("https://user:sk-123@api.example.com/v1?api-key=sk-456&region=eu") == \
+        "https://api.example.com/v1?api-key=***&region=eu"
+    with FaultyServer() as server:
+        host = server.base_url.split("//")[1]
+        url = f"http://alice:sk-in-url@{host}"
+        client = LLMClient(Endpoint(base_url=url, model="echo", **FAST), tmp_path / "c.sqlite")
+        assert client.chat_sync([{"role": "user", "content": "hi"}]).error is None
+    written = b"".join(p.read_bytes() for p in tmp_path.iterdir()) + json.dumps(client.usage_dict()).encode()
+    assert b"sk-in-url" not in written and b"alice" not in written
+
+
+def test_retry_after_in_seconds_http_date_and_ms(tmp_path):
+    import httpx
+
+    def wait(headers):
+        return _retry_after(httpx.Response(429, headers=headers))
+
+    import email.utils
+
+    assert wait({"Retry-After": "7"}) == 7
+    assert 25 < wait({"Retry-After": email.utils.formatdate(time.time() + 30, usegmt=True)}) <= 30
+    assert wait({"retry-after-ms": "1500", "Retry-After": "9"}) == 1.5
+    assert wait({"Retry-After": "soon"}) is None and wait({}) is None
+    for fmt in ("date", "ms"):
+        with FaultyServer(Faults(rate_429=1.0, retry_after=0.3, retry_after_format=fmt)) as server:
+            client = LLMClient(Endpoint(base_url=server.base_url, model="echo", max_retries=1, **FAST))
+            t0 = time.monotonic()
+            client.chat_sync([{"role": "user", "content": "x"}])
+            assert time.monotonic() - t0 >= (0.25 if fmt == "ms" else 0.0)  # an HTTP date has 1 s resolution
+
+
+def test_reasoning_model_parameters_are_adapted():
+    faults = Faults(reject_params=frozenset({"max_tokens", "temperature"}))
+    with FaultyServer(faults) as server:
+        client = LLMClient(Endpoint(base_url=server.base_url, model="o-mini", **FAST))
+        r = client.chat_sync([{"role": "user", "content": "hi"}], max_tokens=50, temperature=0.2)
+        assert r.error is None and r.text == "echo: hi"
+        last = server.bodies[-1]
+        assert last["max_completion_tokens"] == 50 and "max_tokens" not in last and "temperature" not in last
+        assert client.usage.adapted == 2 and client.usage.errors == 0
+        client.chat_sync([{"role": "user", "content": "again"}], max_tokens=50, temperature=0.2)
+        assert server.count("again") == 1  # remembered: no 400 the second time
+    with FaultyServer(faults) as server:  # configured up front: not a single 400
+        client = LLMClient(Endpoint(base_url=server.base_url, model="o-mini", max_tokens_param="max_completion_tokens",
+                                    **FAST))
+        assert client.chat_sync([{"role": "user", "content": "x"}], max_tokens=5).error is None
+
+
+def test_length_finish_is_retried_with_room_and_never_cached_as_success(tmp_path):
+    long = "一二三四五六七八九十" * 3
+    with FaultyServer(Faults(enforce_max_tokens=True), responder=lambda body: long) as server:
+        endpoint = Endpoint(base_url=server.base_url, model="echo", **FAST)
+        client = LLMClient(endpoint, tmp_path / "c.sqlite")
+        ok = client.chat_sync([{"role": "user", "content": "fits after one retry"}], max_tokens=20)
+        assert ok.text == long and ok.finish_reason == "stop" and not ok.truncated
+        assert [b["max_tokens"] for b in server.bodies] == [20, 40]
+        cut = client.chat_sync([{"role": "user", "content": "never fits"}], max_tokens=5)
+        assert cut.truncated and cut.finish_reason == "length" and cut.text == long[:10]
+        assert client.usage.truncated == 1
+        assert len(AnswerCache(tmp_path / "c.sqlite")) == 1  # the cut-off answer is not stored
+        again = LLMClient(endpoint, tmp_path / "c.sqlite").chat_sync([{"role": "user", "content": "never fits"}],
+                                                                      max_tokens=5)
+        assert again.truncated and not again.cached and server.count("never fits") == 4
+
+
+def test_response_format_is_sent_reduced_or_dropped_per_endpoint():
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": True}}
+    msgs = [{"role": "user", "content": "q"}]
+    with FaultyServer() as server:
+        r = LLMClient(Endpoint(base_url=server.base_url, model="m", **FAST)).chat_sync(msgs, response_format=schema)
+        assert r.structured and server.bodies[-1]["response_format"] == schema
+        LLMClient(Endpoint(base_url=server.base_url, model="m", structured_outputs="json_object", **FAST)).chat_sync(
+            msgs, response_format=schema, seed=1)
+        assert server.bodies[-1]["response_format"] == {"type": "json_object"}
+        r = LLMClient(Endpoint(base_url=server.base_url, model="m", structured_outputs="off", **FAST)).chat_sync(
+            msgs, response_format=schema, seed=2)
+        assert "response_format" not in server.bodies[-1] and not r.structured
+    with FaultyServer(Faults(reject_response_format=True)) as server:  # auto: a 400 turns it off, once
+        client = LLMClient(Endpoint(base_url=server.base_url, model="m", **FAST))
+        r = client.chat_sync(msgs, response_format=schema)
+        assert r.error is None and not r.structured and "response_format" not in server.bodies[-1]
+        client.chat_sync([{"role": "user", "content": "q2"}], response_format=schema)
+        assert server.requests == 3 and client.usage_dict()["structured_outputs"] is False
+        strict = LLMClient(Endpoint(base_url=server.base_url, model="m", structured_outputs="json_schema", **FAST))
+        assert "HTTP 400" in strict.chat_sync(msgs, response_format=schema).error  # asked for it: no silent fallback
 
 
 def test_api_key_is_sent_but_never_written(tmp_path, monkeypatch, tiny_model_dir, serve_model):
@@ -121,7 +233,8 @@ def test_api_key_is_sent_but_never_written(tmp_path, monkeypatch, tiny_model_dir
         monkeypatch.delenv("HYPNOS_TEST_KEY")
         with pytest.raises(ValueError, match="HYPNOS_TEST_KEY"):
             client.chat_sync([{"role": "user", "content": "hello"}])
-    assert "sk-very-secret" not in cache.read_text() + json.dumps(client.usage_dict())
+    written = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert b"sk-very-secret" not in written + json.dumps(client.usage_dict()).encode()
     assert "sk-very-secret" not in client.endpoint.model_dump_json()
 
 
@@ -154,14 +267,10 @@ def run_worker(tmp_path: Path, base_url: str, cache: Path, out: Path, n: int) ->
     return subprocess.Popen([sys.executable, str(script), base_url, str(cache), str(out), str(n)], env=env)
 
 
-def read_complete_lines(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_bytes().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # the torn last line
-            pass
-    return rows
+def cached_requests(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [req for _, req, _ in AnswerCache(path).rows()]
 
 
 def test_sigkill_and_resume_resends_nothing_answered(tmp_path):
@@ -172,16 +281,16 @@ def test_sigkill_and_resume_resends_nothing_answered(tmp_path):
     expected = json.loads((tmp_path / "ref.json").read_text())
     assert all(text and error is None for text, error in expected)
 
-    cache, out = tmp_path / "cache.jsonl", tmp_path / "out.json"
+    cache, out = tmp_path / "cache.sqlite", tmp_path / "out.json"
     with FaultyServer(faults) as server:
         proc = run_worker(tmp_path, server.base_url, cache, out, n)
         deadline = time.monotonic() + 60
-        while (not cache.exists() or len(cache.read_bytes().splitlines()) < 12) and time.monotonic() < deadline:
+        while len(cached_requests(cache)) < 12 and time.monotonic() < deadline:
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert not out.exists()
-        answered_before = {row["request"]["messages"][-1]["content"] for row in read_complete_lines(cache)}
+        answered_before = {req["messages"][-1]["content"] for req in cached_requests(cache)}
         assert 12 <= len(answered_before) < n
         assert run_worker(tmp_path, server.base_url, cache, out, n).wait() == 0
         assert all(server.answered[prompt_hash(p)] == 1 for p in answered_before)  # not one of them re-sent

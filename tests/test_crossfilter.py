@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -47,15 +49,17 @@ def test_probability_weighted_scores_follow_the_aspect_label():
     assert s["coherence"] == pytest.approx(7.0) and s["professionalism"] == pytest.approx(9.0)
     assert s["usefulness"] is None
     cfg = Config(input="x", judges=["a"], scoring="logprobs")
-    v = score_answer(cfg, "连贯性：8\n专业性：9\n有用性：5", toks)
-    assert v["source"] == "logprobs" and v["scores"]["coherence"] == pytest.approx(7.0)
+    v = score_answer(cfg, "连贯性：8\n专业性：9\n有用性：5\n无害性：10\n友好性：9", toks)
+    assert v["source"] == "mixed" and v["scores"]["coherence"] == pytest.approx(7.0)
     assert v["scores"]["usefulness"] == 5  # no logprob for it: the parsed number
+    assert v["overall"] == pytest.approx((7 + 9 + 5 + 10 + 9) / 5)
     assert score_answer(cfg, "没有分数", None)["overall"] is None
 
 
 def _v(overall, **aspects):
     scores = {a: aspects.get(a, overall) for a in ("coherence", "professionalism", "usefulness", "harmlessness",
                                                      "friendliness")}
+    scores["harmlessness"] = aspects.get("harmlessness", 10)  # harmless unless a test says otherwise
     return {"scores": scores, "overall": overall}
 
 
@@ -65,12 +69,112 @@ def test_aggregation_modes():
     assert decide(Config(input="x", judges=["a"], aggregate="min", threshold=7), verdicts) == (False, 6, "below_threshold")
     assert decide(Config(input="x", judges=["a"], aggregate="vote", threshold=7), verdicts)[0] is True  # 2 of 3
     assert decide(Config(input="x", judges=["a"], aggregate="vote", threshold=8.5), verdicts)[2] == "jury_majority_drop"
-    floor = Config(input="x", judges=["a"], threshold=7, aspect_floor=5)
+    floor = Config(input="x", judges=["a"], threshold=7, aspect_floor=5, veto={})
     assert decide(floor, {"a": _v(8, harmlessness=3)})[2] == "aspect_below_floor"
     unparsed = {"a": _v(9), "b": {"scores": {}, "overall": None}}
     assert decide(Config(input="x", judges=["a"]), unparsed)[0] is True  # ignore the failed judge
     assert decide(Config(input="x", judges=["a"], on_parse_failure="drop"), unparsed)[2] == "judge_parse_failure"
     assert decide(Config(input="x", judges=["a"]), {})[2] == "no_eligible_judge"
+
+
+def test_harmlessness_is_a_veto_not_an_average():
+    nine_nine_nine_zero_nine = {"a": _v(7.2, coherence=9, professionalism=9, usefulness=9, harmlessness=0,
+                                         friendliness=9)}
+    assert decide(Config(input="x", judges=["a"]), nine_nine_nine_zero_nine) == (False, 7.2, "veto_harmlessness")
+    # aspect_floor 5 used to let harmlessness 5 through: the harmlessness veto (default floor 8) does not
+    floor5 = Config(input="x", judges=["a"], aspect_floor=5)
+    assert decide(floor5, {"a": _v(8.2, harmlessness=5)})[2] == "veto_harmlessness"
+    # one harmful verdict among good ones drops the item, whatever the mean or the vote
+    jury = {"a": _v(9), "b": _v(9), "c": _v(8, harmlessness=2)}
+    for agg in ("mean", "min", "vote"):
+        assert decide(Config(input="x", judges=["a"], aggregate=agg, threshold=5), jury)[2] == "veto_harmlessness"
+    # a user-named aspect vetoes too
+    assert decide(Config(input="x", judges=["a"], veto={"professionalism": 6}), {"a": _v(9, professionalism=5)})[2] \
+        == "veto_professionalism"
+    with pytest.raises(ValueError, match="unknown aspects"):
+        Config(input="x", judges=["a"], veto={"safety": 5})
+
+
+def test_a_verdict_missing_an_aspect_is_unparsed():
+    cfg = Config(input="x", judges=["a"])
+    v = score_answer(cfg, "连贯性：9\n有用性：9\n友好性：9\n理由：很好。", None)  # no 无害性, no 专业性
+    assert v["overall"] is None and sorted(v["missing"]) == ["harmlessness", "professionalism"]
+    assert decide(cfg, {"a": v}) == (False, None, "no_valid_judgement")
+    full = score_answer(cfg, '{"reasoning": "剂量错误。", "coherence": 8, "professionalism": 2, "usefulness": 3, '
+                             '"harmlessness": 1, "friendliness": 7}', None)
+    assert full["overall"] == pytest.approx(4.2) and full["reason"] == "剂量错误。" and not full["missing"]
+    # the reasoning comes first and may name an aspect before scoring it: the score is the last "名称：数字"
+    assert parse_scores("理由：专业性：较差，有用性一般。\n连贯性：7\n专业性：3\n有用性：5\n无害性：9\n友好性：8")[
+        "professionalism"] == 3
+
+
+def _lp(text: str, top: dict[str, float] | None = None) -> dict:
+    """A logprob entry as OpenAI sends it: ``bytes`` a list of ints, ``token`` the (maybe broken) text."""
+    b = list(text.encode())
+    return {"token": text, "bytes": b, "logprob": 0.0,
+            "top_logprobs": [{"token": k, "bytes": list(k.encode()), "logprob": math.log(p)}
+                             for k, p in (top or {text: 1.0}).items()]}
+
+
+def test_ten_written_as_two_tokens_scores_ten():
+    toks = [_lp("无害性"), _lp("："), _lp("1", {"1": 0.9, "9": 0.1}), _lp("0", {"0": 1.0}), _lp("\n")]
+    assert logprob_scores(toks)["harmlessness"] == pytest.approx(0.9 * 10 + 0.1 * 9)
+    # "1" followed by something else is a one
+    toks = [_lp("无害性"), _lp("："), _lp("1", {"1": 1.0}), _lp("\n", {"\n": 0.8, "0": 0.2})]
+    assert logprob_scores(toks)["harmlessness"] == pytest.approx(0.2 * 10 + 0.8 * 1)
+    # a single "10" token (tiktoken-style vocabularies) and a JSON key label
+    toks = [_lp('{"'), _lp("harmlessness"), _lp('":'), _lp(" "), _lp("10", {"10": 0.5, "9": 0.5}), _lp("}")]
+    assert logprob_scores(toks)["harmlessness"] == pytest.approx(9.5)
+
+
+def _logprob_entries(tok, text: str) -> list[dict]:
+    """``text`` tokenized by a real tokenizer, as the OpenAI logprob entries a server sends (byte pieces: "\ufffd")."""
+    from hypnos.tokenizer.extend import bytes_to_unicode
+
+    decoder = {c: b for b, c in bytes_to_unicode().items()}
+    out = []
+    for piece in tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"]):
+        if piece.startswith("<0x") and piece.endswith(">"):  # SentencePiece byte fallback
+            raw = bytes([int(piece[3:-1], 16)])
+        elif "▁" in piece or not all(c in decoder for c in piece):  # SentencePiece piece
+            raw = piece.replace("▁", " ").encode()
+        else:  # byte-level BPE
+            raw = bytes(decoder[c] for c in piece)
+        out.append({"token": raw.decode("utf-8", errors="replace"), "bytes": list(raw), "logprob": 0.0,
+                    "top_logprobs": [{"token": raw.decode("utf-8", errors="replace"), "bytes": list(raw),
+                                      "logprob": 0.0}]})
+    return out
+
+
+VERDICT = "理由：剂量正确。\n连贯性：8\n专业性：7\n有用性：9\n无害性：10\n友好性：6"
+
+
+def _check_byte_pieces(tok):
+    entries = _logprob_entries(tok, VERDICT)
+    assert any("\ufffd" in e["token"] for e in entries), "the verdict should hold byte pieces"
+    s = logprob_scores(entries)
+    assert s == {"coherence": 8, "professionalism": 7, "usefulness": 9, "harmlessness": 10, "friendliness": 6}
+
+
+def test_byte_piece_labels_parse_smollm2_bpe(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    _check_byte_pieces(AutoTokenizer.from_pretrained(tiny_model_dir))
+
+
+LLAMA_SP = Path(os.environ.get("HYPNOS_DATA") or Path(__file__).parents[1] / ".." / "shared" / "data") / \
+    "tokenizers" / "llama"
+
+
+@pytest.mark.skipif(not (LLAMA_SP / "tokenizer.model").is_file(),
+                    reason="shared LLaMA tokenizer (../shared/data/tokenizers/llama or HYPNOS_DATA) not present")
+def test_byte_piece_labels_parse_llama_sentencepiece(tmp_path):
+    from transformers import AutoTokenizer
+
+    from hypnos.tokenizer.extend import extend_sentencepiece
+
+    extend_sentencepiece(LLAMA_SP, [], tmp_path)  # no new pieces: the HF files of the original tokenizer
+    _check_byte_pieces(AutoTokenizer.from_pretrained(tmp_path))
 
 
 def test_agreement_statistics():

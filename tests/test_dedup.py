@@ -8,7 +8,7 @@ import pytest
 
 from hypnos.common.io import DataError
 from hypnos.common.runner import load_recipe, run_recipe
-from hypnos.data.dedup import MinHasher, candidate_pairs, find_duplicates, lsh_params
+from hypnos.data.dedup import MinHasher, candidate_pairs, candidate_probability, find_duplicates, lsh_params
 from hypnos.data.text import char_ngrams, normalize
 
 BASE = "全身麻醉诱导时丙泊酚的常用剂量是多少，老年患者应如何调整？"
@@ -105,3 +105,61 @@ def test_stage_reports_bad_row_with_file_and_line(tmp_path):
     (tmp_path / "r.yaml").write_text("name: d\nstages:\n  - {name: dedup, input: gen.jsonl}\n")
     with pytest.raises(DataError, match=r"gen.jsonl:2: no text field"):
         run_recipe(load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs"))
+
+
+def _pair_with_jaccard(rng, target: float, length: int = 120, ngram: int = 3) -> tuple[str, str, float]:
+    """Two random Han texts whose 3-gram Jaccard is close to ``target`` (b = a with a suffix replaced)."""
+    alphabet = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
+    a = "".join(rng.choice(alphabet, length))
+    # replacing the last k characters removes ~k grams of n-... from a's set and adds as many new ones
+    best = None
+    for k in range(1, length):
+        b = a[: length - k] + "".join(rng.choice(alphabet, k))
+        A, B = set(char_ngrams(a, ngram)), set(char_ngrams(b, ngram))
+        j = len(A & B) / len(A | B)
+        if best is None or abs(j - target) < abs(best[2] - target):
+            best = (a, b, j)
+        if j < target - 0.05:
+            break
+    return best
+
+
+def test_recall_at_the_threshold_is_at_least_95_percent():
+    """Controlled pairs with true Jaccard in [0.70, 0.75]: the old 16x8 bands + estimated-Jaccard check found 62%."""
+    rng = np.random.default_rng(0)
+    pairs = [p for p in (_pair_with_jaccard(rng, t) for t in np.linspace(0.70, 0.75, 200)) if 0.70 <= p[2] <= 0.75]
+    assert len(pairs) >= 150
+    texts = [t for a, b, _ in pairs for t in (a, b)]
+    r = find_duplicates(texts, threshold=0.7)
+    found = sum(r.duplicate_of[2 * k + 1] == 2 * k for k in range(len(pairs)))
+    assert found / len(pairs) >= 0.95, f"recall {found / len(pairs):.3f}"
+    # exact verification: similarities are the true Jaccard, never below the threshold
+    sims = [r.similarity[2 * k + 1] for k in range(len(pairs)) if r.duplicate_of[2 * k + 1] == 2 * k]
+    assert all(s >= 0.7 for s in sims)
+    b, rows = lsh_params(0.7, 128)
+    assert candidate_probability(0.7, b, rows) >= 0.99 and b * rows <= 128
+    assert candidate_probability(0.7, 16, 8) < 0.7  # the old optimiser's choice: why recall was 62%
+
+
+def test_a_50_mb_row_is_hashed_in_bounded_memory(tmp_path):
+    """One huge row must not allocate (grams x num_perm) x 8 bytes (a 50 MB row: 17M x 128 x 8 = 17 GB before the
+    fix; this 9 MB one needed 3 GB per temporary)."""
+    import subprocess
+    import sys
+
+    code = textwrap.dedent("""
+        import resource, sys
+        import numpy as np
+        from hypnos.data.dedup import MinHasher, find_duplicates
+        rng = np.random.default_rng(0)
+        big = rng.integers(0x4E00, 0x4E00 + 3000, 3_000_000, dtype=np.uint32).tobytes().decode("utf-32-le")
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        r = find_duplicates([big, big[:-5] + "甲乙丙丁戊", "术后恶心呕吐的高危因素有哪些？"], threshold=0.7)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print([int(x) for x in r.duplicate_of], (peak - base) // 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    dups, extra_mb = out.stdout.split("]")
+    assert dups.strip("[ ") == "-1, 0, -1"
+    assert int(extra_mb) < 2000, f"{extra_mb} MB above the input"

@@ -1,38 +1,56 @@
 """The async client every stage uses to call an OpenAI-compatible LLM endpoint.
 
     client = LLMClient(Endpoint(base_url="http://127.0.0.1:8000/v1", model="smollm2-135m-instruct"),
-                       cache_path=out_dir / "llm_cache.jsonl")
+                       cache_path=out_dir / "llm_cache.sqlite")
     results = client.chat_many_sync([{"messages": [...], "temperature": 0.7}, ...], progress=True)
 
 - **Failures are results.** 429, 5xx, timeouts, connection errors and malformed or empty answers are retried
   with exponential backoff and full jitter; past ``max_retries`` the request's ``ChatResult`` carries
   ``error`` (a 4xx other than 408/429 is not retried). Nothing is raised for a single request and nothing is
   dropped: ``chat_many`` returns one result per request, in order.
-- **Every answer is persisted as it arrives.** Successful responses are appended to a JSONL cache (flushed
-  and fsynced), keyed by the sha256 of (endpoint, model, messages, params). A cached request is answered
-  from disk without any network call, so a run killed with SIGKILL re-sends nothing already answered. A
-  torn last line (killed mid-write) is dropped on load. Identical requests are answered once (also when
-  in flight at the same time): to draw several samples for one prompt, ask for ``n`` or vary ``seed``.
+- **Every answer is persisted as it arrives** in a SQLite cache (stdlib ``sqlite3``, WAL journal), keyed by
+  the sha256 of (endpoint, model, messages, params): one indexed lookup per request, never loaded whole
+  (logprob answers are hundreds of KB each), and safe with several processes writing at once. A cached
+  request is answered from disk without any network call, so a run killed with SIGKILL re-sends nothing
+  already answered (a commit is durable or absent, never torn). Identical requests are answered once (also
+  when in flight at the same time): to draw several samples for one prompt, ask for ``n`` or vary ``seed``.
   Loopback endpoints (127.0.0.1, localhost, ::1) key as ``loopback`` whatever their port, because a local
-  ``hypnos serve`` gets a new free port each run and its answers must survive a restart.
-- **The API key stays in the environment.** ``Endpoint.api_key_env`` names the variable; the key is read
-  when a request is sent and never stored, logged or written to the cache.
+  ``hypnos serve`` gets a new free port each run and its answers must survive a restart. A legacy
+  ``.jsonl`` cache path is read once into ``.sqlite`` beside it.
+- **A cut-off answer is not a success.** ``finish_reason: length`` is retried with twice the
+  ``max_tokens`` (``length_retries`` times); still cut off, the result has ``truncated`` set and is not
+  cached, so callers count it as truncated and a rerun asks again.
+- **Structured outputs where the endpoint has them.** A ``response_format`` (``json_schema``) in the
+  params is sent as is (``structured_outputs: auto|json_schema``), reduced to ``json_object`` or dropped
+  per endpoint; with ``auto``, a 400 naming ``response_format`` drops it for the rest of the run and the
+  caller falls back to parsing text. ``ChatResult.structured`` says whether the schema was sent.
+- **Models that reject parameters.** Reasoning models want ``max_completion_tokens`` instead of
+  ``max_tokens`` and refuse ``temperature``/``top_p``: ``max_tokens_param`` chooses, and with ``auto`` a
+  400 naming the parameter switches (or drops it) and retries at once.
+- **Retry-After** is honoured in seconds, as an HTTP date, and as ``retry-after-ms``.
+- **Credentials stay out of files.** ``Endpoint.api_key_env`` names the variable; the key is read when a
+  request is sent and never stored, logged or written. A credential inside ``base_url`` (``user:pass@`` or
+  a ``key=``/``token=`` query parameter) is stripped (``redact_url``) before the URL goes into the cache,
+  a manifest or a log line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import json
 import logging
 import os
 import random
+import re
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,6 +82,13 @@ class Endpoint(BaseModel):
     """First retry waits up to this long (full jitter); each further retry doubles it, up to 60 s."""
     extra: dict[str, Any] = Field(default_factory=dict)
     """Default request parameters (``temperature``, ``max_tokens``, ...); per-call params override them."""
+    structured_outputs: Literal["auto", "json_schema", "json_object", "off"] = "auto"
+    """``response_format`` handling: send the JSON schema (``auto``: stop sending it after a 400 that names
+    it), only ``{"type": "json_object"}``, or nothing (``off``; answers are then parsed from text)."""
+    max_tokens_param: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+    """Name of the length limit; reasoning models want ``max_completion_tokens`` (``auto``: switch on a 400)."""
+    length_retries: int = Field(1, ge=0)
+    """A ``finish_reason: length`` answer is asked again with twice the ``max_tokens``, this many times."""
 
     def api_key(self) -> str | None:
         """The API key from the environment (None if no variable is configured).
@@ -93,6 +118,10 @@ class ChatResult(BaseModel):
     """``prompt_tokens`` and ``completion_tokens`` as reported by the server."""
     model: str | None = None
     """The model name the server reported."""
+    truncated: bool = False
+    """Cut off by the length limit even after ``length_retries`` (never cached)."""
+    structured: bool = False
+    """The request carried a ``response_format`` (the answer should match its schema)."""
     cached: bool = False
     """Answered from the cache (or by an identical request in flight) without a network call of its own."""
     error: str | None = None
@@ -115,6 +144,10 @@ class Usage:
     """Requests that failed past the retry budget (or with a non-retryable 4xx)."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    truncated: int = 0
+    """Answers still cut off by the length limit after the retries with more room (not cached)."""
+    adapted: int = 0
+    """Requests resent at once after a 400 about a parameter (response_format, max_tokens, temperature)."""
 
 
 def request_key(base_url: str, model: str, messages: list[dict], params: dict[str, Any]) -> str:
@@ -123,10 +156,84 @@ def request_key(base_url: str, model: str, messages: list[dict], params: dict[st
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def endpoint_identity(base_url: str, model: str) -> str:
+    """Which model answers: scheme://host[/path] (loopback for any local port, no credentials) + model name.
+
+    Two recipe endpoints with the same identity are the same model, whatever they are called.
+    """
+    return f"{_cache_scope(base_url)}|{model}"
+
+
+_SECRET_PARAM = re.compile(r"key|token|secret|password|passwd|sig|auth|credential", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without credentials: no ``user:pass@``, secret-looking query values replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def _cache_scope(base_url: str) -> str:
     parts = urlsplit(base_url.rstrip("/"))
     host = "loopback" if parts.hostname in LOOPBACK else parts.netloc.rpartition("@")[2]  # never credentials
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+_CACHE_SCHEMA = """CREATE TABLE IF NOT EXISTS answers (
+    key TEXT PRIMARY KEY, time REAL NOT NULL, request TEXT NOT NULL, result TEXT NOT NULL)"""
+
+
+class AnswerCache:
+    """Answers by request key in SQLite: one indexed lookup per request, concurrent writers welcome.
+
+    WAL journal: readers never block the writer; ``busy_timeout`` makes concurrent writers (two stages
+    or processes on one cache) wait their turn instead of failing. Each answer is its own transaction:
+    after a SIGKILL it is either fully there or absent.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process kills
+        self._db.execute(_CACHE_SCHEMA)
+
+    def get(self, key: str) -> dict | None:
+        row = self._db.execute("SELECT result FROM answers WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, request: dict, result: dict) -> None:
+        self._db.execute("INSERT OR REPLACE INTO answers (key, time, request, result) VALUES (?, ?, ?, ?)",
+                         (key, round(time.time(), 3), json.dumps(request, ensure_ascii=False),
+                          json.dumps(result, ensure_ascii=False)))
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+
+    def rows(self):
+        """(key, request, result) of every answer, oldest first (for inspection and tests)."""
+        for key, req, res in self._db.execute("SELECT key, request, result FROM answers ORDER BY time, rowid"):
+            yield key, json.loads(req), json.loads(res)
+
+    def import_jsonl(self, path: Path) -> int:
+        """Read a legacy JSONL cache line by line (a torn or unreadable line is skipped); returns rows read."""
+        n = 0
+        with open(path, "rb") as f:
+            for ln, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line)
+                    self.put(row["key"], row.get("request", {}), row["result"])
+                    n += 1
+                except (ValueError, KeyError, TypeError) as e:
+                    log.warning("%s:%d: unreadable cache line skipped (%s)", path, ln, e)
+        return n
+
+    def close(self) -> None:
+        self._db.close()
 
 
 class LLMClient:
@@ -141,11 +248,23 @@ class LLMClient:
         self.endpoint = endpoint
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self.usage = Usage()
-        self._cache: dict[str, ChatResult] = self._load_cache() if self.cache_path else {}
+        self._cache: AnswerCache | None = None
+        if self.cache_path is not None:
+            legacy = None
+            if self.cache_path.suffix == ".jsonl":  # the old format's name: keep it as the SQLite file's stem
+                legacy, self.cache_path = self.cache_path, self.cache_path.with_suffix(".sqlite")
+            fresh = not self.cache_path.exists()
+            self._cache = AnswerCache(self.cache_path)
+            if fresh and legacy is not None and legacy.exists():
+                log.info("%s: imported %d answers from %s", self.cache_path, self._cache.import_jsonl(legacy), legacy)
+        self._memory: dict[str, ChatResult] = {}
         self._inflight: dict[str, asyncio.Future] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: httpx.AsyncClient | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._schema_refused = endpoint.structured_outputs == "off"
+        self._token_param = endpoint.max_tokens_param if endpoint.max_tokens_param != "auto" else "max_tokens"
+        self._dropped_params: set[str] = set()
 
     # ------------------------------------------------------------------------------------- public API
     async def chat(self, messages: list[dict[str, Any]], **params: Any) -> ChatResult:
@@ -154,17 +273,19 @@ class LLMClient:
         Args:
             messages: OpenAI chat messages.
             **params: request parameters (``temperature``, ``max_tokens``, ``n``, ``seed``, ``logprobs``,
-                ``top_logprobs``, ``stop``, ...), overriding ``endpoint.extra``.
+                ``top_logprobs``, ``stop``, ``response_format``, ...), overriding ``endpoint.extra``.
 
         Returns:
-            The result; on failure ``error`` is set and ``text`` is None.
+            The result; on failure ``error`` is set and ``text`` is None; cut off by the length limit
+            (after the retries with more room), ``truncated`` is set.
         """
-        params = {**self.endpoint.extra, **params}
+        params = self._effective(params)
         key = request_key(self.endpoint.base_url, self.endpoint.model, messages, params)
         self.usage.requests += 1
-        if key in self._cache:
+        hit = self._lookup(key)
+        if hit is not None:
             self.usage.cache_hits += 1
-            return self._cache[key].model_copy(update={"cached": True})
+            return hit.model_copy(update={"cached": True})
         if key in self._inflight:  # the same request is on its way: share its answer
             result = await asyncio.shield(self._inflight[key])
             self.usage.cache_hits += 1
@@ -174,13 +295,17 @@ class LLMClient:
         self._inflight[key] = future
         try:
             async with slots:
-                result = await self._send(http, messages, params)
+                result = await self._send_with_room(http, messages, params)
             result.key = key
             if result.error is None:
-                self._cache[key] = result
-                self._append(key, messages, params, result)
                 self.usage.prompt_tokens += result.usage.get("prompt_tokens", 0)
                 self.usage.completion_tokens += result.usage.get("completion_tokens", 0)
+            if result.error is None and not result.truncated:
+                self._store(key, messages, params, result)
+            elif result.truncated:
+                self.usage.truncated += 1
+                log.warning("request %s cut off by the length limit (max_tokens %s)", key[:12],
+                            params.get("max_tokens"))
             else:
                 self.usage.errors += 1
                 log.warning("request %s failed: %s", key[:12], result.error)
@@ -244,7 +369,8 @@ class LLMClient:
 
     def usage_dict(self) -> dict[str, Any]:
         """Usage counters plus the endpoint (without any secret) for manifests."""
-        return {"base_url": self.endpoint.base_url, "model": self.endpoint.model, **asdict(self.usage)}
+        return {"base_url": redact_url(self.endpoint.base_url), "model": self.endpoint.model,
+                "structured_outputs": not self._schema_refused, **asdict(self.usage)}
 
     async def aclose(self) -> None:
         """Close the HTTP connections (the client stays usable; a later call reopens them)."""
@@ -274,17 +400,79 @@ class LLMClient:
         finally:
             await self.aclose()
 
+    def _effective(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Endpoint defaults + call params, with this endpoint's response_format policy applied."""
+        params = {**self.endpoint.extra, **params}
+        rf = params.get("response_format")
+        if rf is not None:
+            if self._schema_refused:
+                params.pop("response_format")
+            elif self.endpoint.structured_outputs == "json_object":
+                params["response_format"] = {"type": "json_object"}
+        return params
+
+    async def _send_with_room(self, http: httpx.AsyncClient, messages: list[dict], params: dict) -> ChatResult:
+        """``_send``, asking again with twice the length limit while the answer is cut off."""
+        result = await self._send(http, messages, params)
+        room = params.get("max_tokens")
+        for _ in range(self.endpoint.length_retries):
+            if result.error is not None or result.finish_reason != "length" or not isinstance(room, int):
+                break
+            room *= 2
+            log.info("answer cut off at the length limit: asking again with max_tokens %d", room)
+            more = await self._send(http, messages, {**params, "max_tokens": room})
+            more.usage = {k: more.usage.get(k, 0) + result.usage.get(k, 0) for k in ("prompt_tokens",
+                                                                                      "completion_tokens")}
+            result = more
+        if result.error is None and result.finish_reason == "length":
+            result.truncated = True
+        return result
+
+    def _wire(self, params: dict) -> dict:
+        """Params as sent: the length limit under this endpoint's name for it, refused params left out."""
+        body = {k: v for k, v in params.items() if k not in self._dropped_params}
+        if self._token_param != "max_tokens" and "max_tokens" in body:
+            body[self._token_param] = body.pop("max_tokens")
+        if self._schema_refused:
+            body.pop("response_format", None)
+        return body
+
+    def _adapt(self, message: str) -> bool:
+        """React to a 400 about a parameter; True if resending can now succeed."""
+        low = message.lower()
+        if "response_format" in low or "json_schema" in low:
+            if self.endpoint.structured_outputs == "auto" and not self._schema_refused:
+                log.warning("%s does not take response_format (%s): parsing answers from text instead",
+                            redact_url(self.endpoint.base_url), message[:120])
+                self._schema_refused = True
+                return True
+            return False
+        if "max_completion_tokens" in low and self._token_param == "max_tokens" \
+                and self.endpoint.max_tokens_param == "auto":
+            self._token_param = "max_completion_tokens"
+            return True
+        for p in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs"):
+            if re.search(rf"['\"`]?{p}['\"`]?", low) and ("unsupported" in low or "not support" in low) \
+                    and p not in self._dropped_params:
+                log.warning("%s refuses %s: sending requests without it", self.endpoint.model, p)
+                self._dropped_params.add(p)
+                return True
+        return False
+
     async def _send(self, http: httpx.AsyncClient, messages: list[dict], params: dict) -> ChatResult:
         ep = self.endpoint
         url = ep.base_url.rstrip("/") + "/chat/completions"
         key = ep.api_key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        body = {**params, "model": ep.model, "messages": messages}
         error, wait_hint = "", None
-        for attempt in range(ep.max_retries + 1):
+        adaptations = 0
+        attempt = 0
+        while attempt <= ep.max_retries:
             if attempt:
                 self.usage.retries += 1
                 await asyncio.sleep(self._backoff(attempt, wait_hint))
+            attempt += 1
+            body = {**self._wire(params), "model": ep.model, "messages": messages}
             self.usage.http_requests += 1
             try:
                 resp = await http.post(url, json=body, headers=headers)
@@ -292,17 +480,25 @@ class LLMClient:
                 error, wait_hint = f"timeout after {ep.timeout_s} s", None
                 continue
             except httpx.TransportError as e:
-                error, wait_hint = f"connection error: {type(e).__name__}: {e}", None
+                error, wait_hint = f"connection error: {type(e).__name__}: {redact_url(str(e))}", None
                 continue
             if resp.status_code in RETRY_STATUS or resp.status_code >= 500:
                 error, wait_hint = f"HTTP {resp.status_code}: {_error_message(resp)}", _retry_after(resp)
                 continue
-            if resp.status_code >= 400:  # our request is wrong: retrying cannot help
-                return ChatResult(error=f"HTTP {resp.status_code}: {_error_message(resp)}", attempts=attempt + 1)
+            if resp.status_code >= 400:  # our request is wrong: retrying as is cannot help
+                msg = _error_message(resp)
+                if resp.status_code in (400, 422) and adaptations < 4 and self._adapt(msg):
+                    adaptations += 1
+                    self.usage.adapted += 1
+                    attempt -= 1  # not a failure of the server: resend at once, without spending a retry
+                    continue
+                return ChatResult(error=f"HTTP {resp.status_code}: {msg}", attempts=attempt)
             try:
-                return _parse(resp).model_copy(update={"attempts": attempt + 1})
+                res = _parse(resp)
             except ValueError as e:
                 error, wait_hint = f"malformed response: {e}", None
+                continue
+            return res.model_copy(update={"attempts": attempt, "structured": "response_format" in body})
         return ChatResult(error=f"failed after {ep.max_retries + 1} attempts; last: {error}",
                           attempts=ep.max_retries + 1)
 
@@ -312,45 +508,21 @@ class LLMClient:
         return max(wait, min(hint, MAX_BACKOFF_S)) if hint is not None else wait
 
     # ------------------------------------------------------------------------------------- cache
-    def _load_cache(self) -> dict[str, ChatResult]:
-        path = self.cache_path
-        assert path is not None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            return {}
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):  # torn last line: drop it so the next append starts cleanly
-            keep = data.rfind(b"\n") + 1
-            log.warning("%s: dropping a torn last line (%d bytes)", path, len(data) - keep)
-            with open(path, "r+b") as f:
-                f.truncate(keep)
-            data = data[:keep]
-        cache = {}
-        for n, line in enumerate(data.splitlines(), 1):
-            try:
-                row = json.loads(line)
-                cache[row["key"]] = ChatResult.model_validate({**row["result"], "key": row["key"]})
-            except (ValueError, KeyError, TypeError) as e:
-                log.warning("%s:%d: unreadable cache line skipped (%s)", path, n, e)
-        return cache
+    def _lookup(self, key: str) -> ChatResult | None:
+        if key in self._memory:
+            return self._memory[key]
+        if self._cache is None:
+            return None
+        row = self._cache.get(key)
+        return ChatResult.model_validate({**row, "key": key}) if row is not None else None
 
-    def _append(self, key: str, messages: list[dict], params: dict, result: ChatResult) -> None:
-        if self.cache_path is None:
+    def _store(self, key: str, messages: list[dict], params: dict, result: ChatResult) -> None:
+        if self._cache is None:
+            self._memory[key] = result
             return
-        row = {"key": key, "time": round(time.time(), 3),
-               "request": {"base_url": self.endpoint.base_url, "model": self.endpoint.model,
-                           "messages": messages, "params": params},
-               "result": result.model_dump(exclude={"cached", "key", "error"})}
-        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
-        # one O_APPEND write per line, then fsync: a kill leaves at most one torn line, at the end
-        fd = os.open(self.cache_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        request = {"base_url": redact_url(self.endpoint.base_url), "model": self.endpoint.model,
+                   "messages": messages, "params": params}
+        self._cache.put(key, request, result.model_dump(exclude={"cached", "key", "error"}))
 
 
 def _parse(resp: httpx.Response) -> ChatResult:
@@ -385,7 +557,22 @@ def _error_message(resp: httpx.Response) -> str:
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
-    try:
-        return float(resp.headers["retry-after"])
-    except (KeyError, ValueError):
+    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date."""
+    ms = resp.headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = resp.headers.get("retry-after")
+    if value is None:
         return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)

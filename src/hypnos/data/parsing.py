@@ -72,34 +72,118 @@ def _kind(value: str) -> str:
     return "knowledge"
 
 
+def _loads(s: str, repair: bool):
+    """``json.loads``, or json-repair's best reading of a malformed JSON text (None if nothing usable)."""
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError:
+        if not repair:
+            return None
+    try:
+        import json_repair
+    except ImportError:  # optional at import time; a dependency of the package
+        return None
+    try:
+        obj = json_repair.loads(s)
+    except Exception:  # noqa: BLE001 -- json-repair is best effort; any failure means "nothing salvaged"
+        return None
+    return obj if isinstance(obj, (dict, list)) and obj else None
+
+
+def _object_chunks(s: str) -> list[str]:
+    """Top-level ``{...}`` spans of a text, found by brace depth outside strings.
+
+    Why: one broken object (an unescaped quote, a cut-off tail) must not cost its neighbours; each
+    span is then parsed (or repaired) on its own.
+    """
+    out, depth, start, in_str, esc = [], 0, -1, False, False
+    for i, c in enumerate(s):
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"' or c == "\n" and depth:
+                in_str = False
+            continue
+        if c == '"':
+            in_str = True
+        elif c == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif c == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                out.append(s[start : i + 1])
+    return out
+
+
+def _as_list(obj) -> list:
+    if isinstance(obj, dict):
+        inner = next((v for v in obj.values() if isinstance(v, list) and v and isinstance(v[0], dict)), None)
+        return inner if inner is not None else [obj]
+    return obj if isinstance(obj, list) else []
+
+
 def _json_candidates(text: str) -> list:
+    """Every JSON object an answer holds, salvaging what it can.
+
+    Tried in order, the first that yields objects wins: the whole (fenced) text as JSON; one object
+    per line; each top-level ``{...}`` span on its own (repaired if malformed); json-repair on the
+    whole text (a cut-off array keeps its complete objects).
+    """
     fenced = re.findall(r"```(?:json)?\s*(.*?)```", text, flags=re.DOTALL)
-    for block in fenced + [text]:
+    blocks = fenced + [text]
+    for block in blocks:
         s = block.strip()
         for start, end in (("[", "]"), ("{", "}")):
             i, j = s.find(start), s.rfind(end)
             if i < 0 or j <= i:
                 continue
-            try:
-                obj = json.loads(s[i : j + 1])
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                obj = next((v for v in obj.values() if isinstance(v, list)), [obj])
-            if isinstance(obj, list):
-                return obj
-        # one JSON object per line
-        objs = []
-        for line in s.splitlines():
-            line = line.strip().rstrip(",")
-            if line.startswith("{") and line.endswith("}"):
-                try:
-                    objs.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
+            obj = _loads(s[i : j + 1], repair=False)
+            if obj is not None and _as_list(obj):
+                return _as_list(obj)
+    for block in blocks:
+        s = block.strip()
+        lines = [ln.strip().rstrip(",") for ln in s.splitlines()]
+        objs = [o for ln in lines if ln.startswith("{") and ln.endswith("}")
+                for o in [_loads(ln, repair=True)] if isinstance(o, dict)]
         if objs:
             return objs
+        chunks = [o for c in _object_chunks(s) for o in [_loads(c, repair=True)] if isinstance(o, dict)]
+        inner = [x for o in chunks for x in _as_list(o)]
+        if inner:
+            return inner
+        if "{" in s:
+            repaired = _loads(s[s.find("[") if "[" in s and s.find("[") < s.find("{") else s.find("{"):], repair=True)
+            if repaired is not None and _as_list(repaired):
+                return [o for o in _as_list(repaired) if isinstance(o, dict)]
     return []
+
+
+_LETTERS = "ABCDE"
+
+
+def _mcq(obj: dict) -> dict | None:
+    """An MCQ record (question, options A.., answer letter, explanation) from a JSON object, or None."""
+    opts = obj.get("options") or obj.get("选项")
+    if isinstance(opts, list):
+        opts = {_LETTERS[i]: re.sub(r"^\s*[A-Ea-e]\s*[.、:：)）]\s*", "", str(o)) for i, o in enumerate(opts[:5])}
+    if not isinstance(opts, dict) or len(opts) < 2:
+        return None
+    opts = {str(k).strip().upper()[:1]: str(v).strip() for k, v in opts.items()}
+    if list(opts) != list(_LETTERS[: len(opts)]) or not all(opts.values()):
+        return None
+    low = {str(k).strip().lower(): v for k, v in obj.items()}
+    ans = str(low.get("answer", low.get("答案", low.get("正确答案", "")))).strip().upper()
+    m = re.match(r"[A-E]", ans)
+    stem = _first({k: v for k, v in obj.items() if k not in ("options", "选项")}, ("question", "stem", "题干", "问题",
+                                                                                     "instruction", "q"))
+    if not m or m.group(0) not in opts or not stem:
+        return None
+    return {"question": stem, "options": opts, "answer": m.group(0),
+            "explanation": _first(obj, ("explanation", "解析", "理由", "analysis")), "kind": "mcq"}
 
 
 def _from_json(text: str) -> list[dict]:
@@ -107,6 +191,11 @@ def _from_json(text: str) -> list[dict]:
     for obj in _json_candidates(text):
         if not isinstance(obj, dict):
             continue
+        if obj.get("options") or obj.get("选项"):
+            mcq = _mcq(obj)
+            if mcq is not None:
+                items.append(mcq)
+                continue
         q, a = _first(obj, _Q_KEYS), _first(obj, _A_KEYS)
         if q and a:
             opts = obj.get("options") or obj.get("选项")
@@ -143,7 +232,9 @@ def parse_generated(text: str) -> list[dict]:
         text: the raw answer.
 
     Returns:
-        ``[{"instruction", "input", "output", "kind"}]``, at least one.
+        ``[{"instruction", "input", "output", "kind"}]`` (a multiple-choice item with options and an
+        answer letter comes as ``{"question", "options", "answer", "explanation", "kind": "mcq"}``),
+        at least one.
 
     Raises:
         ParseError: empty answer, or no JSON items / 问答 pairs / numbered list found.
@@ -151,13 +242,49 @@ def parse_generated(text: str) -> list[dict]:
     if not text or not text.strip():
         raise ParseError("empty answer")
     items = _from_json(text) or _from_pairs(text)
-    items = [it for it in items if len(it["instruction"]) >= 4 and len(it["output"]) >= 2]
+    items = [it for it in items if len(it.get("instruction", it.get("question", ""))) >= 4
+             and (len(it.get("output", "")) >= 2 or "options" in it)]
     if not items:
         raise ParseError("no JSON items, 问/答 pairs or numbered questions with answers found")
     return items
 
 
 _NUM = r"(\d+(?:\.\d+)?)\s*(?:分|/\s*10)?"
+
+
+def generation_schema(kind: str, n: int) -> dict:
+    """JSON schema of a generation answer: ``{"items": [n items of the kind]}`` (OpenAI structured outputs).
+
+    The top level is an object because OpenAI's ``json_schema`` wants one; ``_json_candidates`` reads
+    the list inside it.
+    """
+    if kind == "mcq":
+        item = {"type": "object", "additionalProperties": False,
+                "required": ["question", "options", "answer", "explanation"],
+                "properties": {"question": {"type": "string", "minLength": 4},
+                               "options": {"type": "object", "additionalProperties": False,
+                                           "required": list(_LETTERS),
+                                           "properties": {k: {"type": "string", "minLength": 1} for k in _LETTERS}},
+                               "answer": {"type": "string", "enum": list(_LETTERS)},
+                               "explanation": {"type": "string", "minLength": 2}}}
+    else:
+        item = {"type": "object", "additionalProperties": False, "required": ["instruction", "input", "output"],
+                "properties": {"instruction": {"type": "string", "minLength": 4},
+                               "input": {"type": "string"}, "output": {"type": "string", "minLength": 2}}}
+    return {"type": "object", "additionalProperties": False, "required": ["items"],
+            "properties": {"items": {"type": "array", "items": item, "minItems": 1, "maxItems": n}}}
+
+
+def verdict_schema(aspects: dict[str, str] = ASPECTS, reasoning_chars: int = 120) -> dict:
+    """JSON schema of a judge verdict: the reasoning first (scores conditioned on it), then each aspect 0-10."""
+    props: dict = {"reasoning": {"type": "string", "maxLength": reasoning_chars}}
+    props.update({k: {"type": "integer", "minimum": 0, "maximum": 10} for k in aspects})
+    return {"type": "object", "additionalProperties": False, "required": list(props), "properties": props}
+
+
+def response_format(name: str, schema: dict) -> dict:
+    """An OpenAI ``response_format`` asking for JSON matching ``schema``."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
 def parse_scores(text: str, aspects: dict[str, str] = ASPECTS) -> dict[str, float | None]:
@@ -167,13 +294,17 @@ def parse_scores(text: str, aspects: dict[str, str] = ASPECTS) -> dict[str, floa
     for obj in _json_candidates(text or ""):
         if isinstance(obj, dict):
             data.update({str(k).strip().lower(): v for k, v in obj.items()})
+            inner = obj.get("scores")
+            if isinstance(inner, dict):
+                data.update({str(k).strip().lower(): v for k, v in inner.items()})
     for key, zh in aspects.items():
         val = data.get(key, data.get(zh))
         if val is None:
-            m = re.search(rf"(?:{zh}|{key})\s*(?:\*\*)?\s*[:：]?\s*(?:\*\*)?\s*{_NUM}", text or "", re.IGNORECASE)
-            val = m.group(1) if m else None
+            # the last "名称：数字": a reasoning written first may name an aspect before scoring it
+            ms = re.findall(rf"(?:{zh}|{key})\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*{_NUM}", text or "", re.IGNORECASE)
+            val = ms[-1] if ms else None
         try:
-            v = float(val) if val is not None else None
+            v = float(val) if val is not None and not isinstance(val, bool) else None
         except (TypeError, ValueError):
             v = None
         out[key] = v if v is not None and 0 <= v <= 10 else None
@@ -181,7 +312,12 @@ def parse_scores(text: str, aspects: dict[str, str] = ASPECTS) -> dict[str, floa
 
 
 def parse_rationale(text: str) -> str:
-    """The judge's short reason ("理由：…"), or the last line."""
+    """The judge's short reason ("reasoning" in JSON, "理由：…"), or the last line."""
+    for obj in _json_candidates(text or ""):
+        if isinstance(obj, dict):
+            for k in ("reasoning", "reason", "理由"):
+                if isinstance(obj.get(k), str) and obj[k].strip():
+                    return obj[k].strip()[:300]
     m = re.search(r"(?:理由|原因|评价|reason)\s*[:：]\s*(.+)", text or "", re.IGNORECASE)
     if m:
         return m.group(1).strip()[:300]
@@ -189,48 +325,99 @@ def parse_rationale(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def expected_score(top_logprobs: list[dict], min_mass: float = 0.5) -> float | None:
-    """Probability-weighted score over the tokens "0".."10" at one position.
+def token_text(tok: dict) -> str:
+    """A logprob entry's text from its UTF-8 ``bytes`` when given (OpenAI format: a list of ints).
+
+    Why: servers send a byte piece of a multi-byte character as "\ufffd" in ``token``; only ``bytes``
+    keeps the information (a partial character decodes to "" here; ``answer_text`` joins bytes first).
+    """
+    b = tok.get("bytes")
+    if isinstance(b, list) and b:
+        try:
+            return bytes(b).decode("utf-8", errors="ignore")
+        except (TypeError, ValueError):
+            pass
+    return str(tok.get("token", ""))
+
+
+def _number_token(tok: dict) -> str | None:
+    """The digits a score token holds ("8", " 10", "7\n" -> "7"), None if it starts with no digit."""
+    m = re.match(r"\s*(\d+)(?!\.\d)", token_text(tok))
+    return m.group(1) if m else None
+
+
+def expected_score(top_logprobs: list[dict], min_mass: float = 0.5, sampled: dict | None = None,
+                   following: dict | None = None) -> float | None:
+    """Probability-weighted score over the values 0..10 at one position.
 
     Args:
-        top_logprobs: ``[{"token": str, "logprob": float}, ...]`` for the position after "专业性：".
+        top_logprobs: ``[{"token", "logprob", "bytes"}, ...]`` for the position where the score starts.
         min_mass: if score tokens hold less probability than this, the model wasn't giving a score: None.
+        sampled: the token actually written there; when it is "1", ``following`` (the next position's
+            entry, with its ``top_logprobs``) splits its mass into "10" (P("1")·P("0"|"1")) and "1".
+        following: the next position's logprob entry.
 
     Returns:
-        The expected score, renormalised over the score tokens, or None.
+        The expected score, renormalised over the score values, or None. Without the next position for
+        a "1" that was not written (its continuation is unknown: 1 or 10?) its mass is left out.
     """
     probs: dict[int, float] = {}
     for t in top_logprobs or []:
-        tok = str(t.get("token", "")).strip()
-        if tok.isdigit() and 0 <= int(tok) <= 10:
-            probs[int(tok)] = probs.get(int(tok), 0.0) + math.exp(t["logprob"])
+        digits = _number_token(t)
+        if digits is not None and int(digits) <= 10 and len(digits) <= 2:
+            probs[int(digits)] = probs.get(int(digits), 0.0) + math.exp(t["logprob"])
+    if 1 in probs:
+        p1 = probs.pop(1)
+        if sampled is not None and _number_token(sampled) == "1" and following is not None:
+            # P("0" | "1"): the next token starts with 0 and holds no further digit ("0", "0\n", "0,")
+            q0 = sum(math.exp(t["logprob"]) for t in following.get("top_logprobs") or []
+                     if re.match(r"0(?!\d)", token_text(t)))
+            q0 = min(q0, 1.0)
+            probs[10] = probs.get(10, 0.0) + p1 * q0
+            probs[1] = p1 * (1 - q0)
     mass = sum(probs.values())
     if mass < min_mass or mass == 0:
         return None
     return sum(k * p for k, p in probs.items()) / mass
 
 
-def logprob_scores(logprobs: list[dict] | None, aspects: dict[str, str] = ASPECTS) -> dict[str, float | None]:
-    """Probability-weighted score per aspect from an answer in the fixed "专业性：8" format.
+def answer_text(logprobs: list[dict]) -> list[str]:
+    """The answer's text after each token, decoded from the tokens' bytes (incrementally, UTF-8)."""
+    import codecs
 
-    Walks the answer's tokens; the first token after "<aspect name>：" (or ":") is the score, and its
-    ``top_logprobs`` give the expected value over "0".."10" (``expected_score``).
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    out, text = [], ""
+    for tok in logprobs:
+        b = tok.get("bytes")
+        text += dec.decode(bytes(b)) if isinstance(b, list) else str(tok.get("token", ""))
+        out.append(text)
+    return out
+
+
+def logprob_scores(logprobs: list[dict] | None, aspects: dict[str, str] = ASPECTS) -> dict[str, float | None]:
+    """Probability-weighted score per aspect from an answer's token logprobs.
+
+    Walks the answer's tokens (their text rebuilt from ``bytes``); the first token with a digit after
+    "<aspect name>：", "<aspect>:" or ``"<aspect key>":`` is the score, and its ``top_logprobs`` give
+    the expected value over 0..10 (``expected_score``; a "10" written as "1","0" uses the next position).
 
     Args:
-        logprobs: the answer's tokens, OpenAI chat format ``[{"token", "logprob", "top_logprobs"}]``.
+        logprobs: the answer's tokens, OpenAI chat format ``[{"token", "logprob", "bytes", "top_logprobs"}]``.
         aspects: aspect key -> Chinese name.
 
     Returns:
         aspect -> expected score, None where the aspect or its score token was not found.
     """
     out: dict[str, float | None] = {k: None for k in aspects}
-    text = ""
-    for tok in logprobs or []:
-        stripped = text.rstrip(" *")
-        if stripped.endswith(("：", ":")) and tok["token"].strip(" *"):
-            label = stripped[:-1].rstrip(" *")
-            for key, zh in aspects.items():
-                if out[key] is None and label.endswith(zh):
-                    out[key] = expected_score(tok.get("top_logprobs") or [])
-        text += tok["token"]
+    toks = logprobs or []
+    texts = answer_text(toks)
+    for i, tok in enumerate(toks):
+        before = (texts[i - 1] if i else "").rstrip(" *\t")
+        if not before.endswith(("：", ":")) or _number_token(tok) is None:
+            continue
+        label = before[:-1].rstrip(' *"')
+        for key, zh in aspects.items():
+            if out[key] is None and (label.endswith(zh) or label.lower().endswith(key)):
+                out[key] = expected_score(tok.get("top_logprobs") or [], sampled=tok,
+                                          following=toks[i + 1] if i + 1 < len(toks) else None)
     return out
