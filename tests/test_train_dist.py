@@ -88,3 +88,97 @@ def test_sigkill_then_resume_ends_at_the_same_weights(tmp_path, tiny_model_dir):
     assert _max_diff(_weights(tmp_path / "clean"), _weights(killed)) < 1e-6
     clean_curve = dict(_manifest(tmp_path / "clean")["metrics"]["loss_curve"])
     assert abs(clean_curve[24] - resumed["metrics"]["loss_curve"][-1][1]) < 1e-5
+
+
+# ---- FSDP (emulated on CPU) and rank-aware stages ------------------------------------------------------
+
+# accelerate only enables FSDP for GPU-like distributed types; on CPU/gloo the same FSDP2 code path
+# (fully_shard per decoder layer, DTensor shards, accelerator.get_state_dict) runs once the state says FSDP.
+FSDP_CPU_LAUNCHER = '''
+import sys
+import accelerate.state as S
+from accelerate.utils import DistributedType
+
+_init = S.AcceleratorState.__init__
+
+def _init_fsdp_on_cpu(self, *a, **kw):
+    _init(self, *a, **kw)
+    if kw.get("fsdp_plugin") is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        self.distributed_type, self.fsdp_plugin = DistributedType.FSDP, kw["fsdp_plugin"]
+
+S.AcceleratorState.__init__ = _init_fsdp_on_cpu
+from hypnos.cli import main
+sys.exit(main())
+'''
+FSDP = {"fsdp": "full_shard auto_wrap", "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+                                                        "state_dict_type": "FULL_STATE_DICT", "reshard_after_forward": True}}
+
+
+def _recipe(path: Path, model: Path, batch: int, **extra) -> Path:
+    train = {"max_steps": 2, "per_device_train_batch_size": batch, "learning_rate": 0.01, "warmup_steps": 0,
+             "report_to": [], "save_strategy": "no", "train_sampling_strategy": "sequential", **extra}
+    data = [str(FIX / "qa.jsonl")]
+    stages = [{"name": "full", "kind": "sft", "model": str(model), "data": data, "training": train},
+              {"name": "lora", "kind": "sft", "model": str(model), "data": data, "training": train,
+               "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}]
+    path.write_text(yaml.safe_dump({"name": "t", "stages": stages}), encoding="utf-8")
+    return path
+
+
+def test_fsdp_two_processes_save_the_trained_weights(tmp_path, tiny_model_dir):
+    """2 processes under FSDP2 (gloo) save full and LoRA-merged models equal to one process's training."""
+    one = _recipe(tmp_path / "one.yaml", tiny_model_dir, 4)
+    two = _recipe(tmp_path / "two.yaml", tiny_model_dir, 2, **FSDP)
+    launcher = tmp_path / "fsdp_cpu.py"
+    launcher.write_text(FSDP_CPU_LAUNCHER, encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "hypnos.cli", "run", str(one), "--output-dir", str(tmp_path / "r1")],
+                   check=True, env=_env(), capture_output=True)
+    proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(launcher), "run",
+                           str(two), "--output-dir", str(tmp_path / "r2")],
+                          env=_env(), capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "gathered from shards" in (tmp_path / "r2" / "t" / "run.log").read_text()
+    base = load_file(tiny_model_dir / "model.safetensors")
+    for stage in ("full", "lora"):
+        w1 = load_file(tmp_path / "r1" / "t" / stage / "model" / "model.safetensors")
+        w2 = load_file(tmp_path / "r2" / "t" / stage / "model" / "model.safetensors")
+        assert set(w1) == set(w2)
+        assert _max_diff(w1, base) > 1e-3, stage   # training moved the weights...
+        assert _max_diff(w1, w2) < 1e-5, stage     # ...and the sharded run saved the same ones
+    assert (tmp_path / "r2" / "t" / "lora" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_two_processes_call_apis_and_write_manifests_once(tmp_path, tiny_model_dir):
+    """Reward augmentation and endpoint rejection sampling under 2 processes: every request sent once."""
+    from faulty_server import FaultyServer
+
+    ranked = [json.loads(x) for x in (FIX / "ranked.jsonl").read_text(encoding="utf-8").splitlines()]
+    fast = {"max_steps": 1, "per_device_train_batch_size": 2, "report_to": [], "save_strategy": "no"}
+    with FaultyServer() as server:
+        endpoints = {"strong": {"model": "s", "base_url": server.base_url},
+                     "weak": {"model": "w", "base_url": server.base_url}}
+        stages = [{"name": "reward", "kind": "reward", "model": str(tiny_model_dir), "data": [str(FIX / "ranked.jsonl")],
+                   "eval_fraction": 0, "augment": {"stronger": "strong", "weaker": "weak", "max_tokens": 8},
+                   "training": fast},
+                  {"name": "rs", "kind": "rejection_sampling", "model": str(tiny_model_dir), "reward_model": "@reward",
+                   "prompts": [str(FIX / "ranked.jsonl")], "k": 2, "endpoint": "strong", "heldout_fraction": 0.25,
+                   "max_new_tokens": 4, "training": fast}]
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(yaml.safe_dump({"name": "t", "endpoints": endpoints, "stages": stages}, allow_unicode=True),
+                          encoding="utf-8")
+        proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "hypnos.cli",
+                               "run", str(recipe), "--output-dir", str(tmp_path / "runs")],
+                              env=_env(), capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        held = 2  # 25% of 8 prompts
+        assert server.requests == 2 * len(ranked) + 2 * (len(ranked) - held)  # augmentation + k=2 samples
+        assert max(server.counts.values()) <= 2 + 2  # a question: strong + weak + 2 samples at most, never doubled
+    run_dir = tmp_path / "runs" / "t"
+    writes = [line for line in (run_dir / "run.log").read_text().splitlines() if "manifest" in line and "written" in line]
+    assert len(writes) == 4 and len({w.split("by pid ")[1] for w in writes}) == 1  # running + done, per stage
+    cache = (run_dir / "reward" / "llm_cache" / "strong.jsonl").read_text().splitlines()
+    assert len(cache) == len(ranked)
+    m = json.loads((run_dir / "rs" / "manifest.json").read_text())
+    assert m["counts"]["heldout"] == held and m["metrics"]["mean_reward_after"] is not None
+    samples = (run_dir / "rs" / "iter0" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == len(ranked) - held

@@ -291,8 +291,8 @@ def check_ref(recipe: Recipe, current: str, ref: str | None, what: str) -> list[
             return [f"stage {current!r}: {what} {ref!r} refers to a later stage"]
         known = output_names(recipe, stage)
         if output is not None and known and output not in known:
-            return [f"stage {current!r}: {what} {ref!r}: stage {stage!r} has no output {output!r} "
-                    f"(it has: {', '.join(known)})"]
+            return [(f"stage {current!r}: {what} {ref!r}: stage {stage!r} has no output {output!r} "
+                     f"(it has: {', '.join(known)})")]
         return []
     p = resolve_ref(recipe, ref)
     return [] if p.exists() else [f"stage {current!r}: {what} {ref!r}: file not found ({p})"]
@@ -459,9 +459,10 @@ def read_manifest(stage_dir: Path) -> dict | None:
 
 
 def _write_manifest(stage_dir: Path, manifest: dict) -> None:
-    tmp = stage_dir / f"manifest.json.tmp{os.getpid()}"  # under accelerate/torchrun every rank writes it
+    tmp = stage_dir / f"manifest.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, stage_dir / "manifest.json")
+    log.info("manifest %s written (%s) by pid %d", stage_dir.name, manifest.get("status"), os.getpid())
 
 
 _FP_CACHE: dict[tuple, str] = {}
@@ -598,6 +599,41 @@ def _select(recipe: Recipe, from_stage: str | None, only: list[str] | None) -> l
     return list(recipe.stages)
 
 
+def run_stage(recipe: Recipe, spec: StageSpec, force: bool = False) -> dict:
+    """Run one stage (or skip it when its config and inputs are unchanged); return its manifest.
+
+    Under torchrun/accelerate the skip decision, folder clearing and manifest writes happen on the main
+    process only (``common/dist.py``); every process runs the stage itself.
+    """
+    from hypnos.common import dist
+
+    out_dir = recipe.stage_dir(spec.name)
+    manifest = dist.run_on_main(_start_stage, recipe, spec, force)
+    if manifest.get("skipped"):
+        return manifest
+    started = time.time()
+    ctx = StageContext(name=spec.name, kind=spec.kind, out_dir=out_dir, run_dir=recipe.output_dir / recipe.name,
+                       recipe=recipe, seed=recipe.seed)
+    _set_seed(recipe.seed)
+    try:
+        result, reading = _run_reading(spec, ctx)
+    except BaseException as e:
+        manifest.update(status="failed", error=f"{type(e).__name__}: {e}")
+        manifest["timings"]["failed_after_s"] = round(time.time() - started, 2)
+        if dist.is_main():
+            _write_manifest(out_dir, manifest)
+        raise
+    manifest.update(status="done", outputs=result.outputs, counts=result.counts, dropped=result.dropped,
+                    metrics=result.metrics, usage=result.usage or ctx.usage(), resolved_inputs=ctx.inputs)
+    if dist.is_main():
+        _note_reading(manifest, reading, out_dir)
+        manifest["output_fingerprints"] = output_fingerprints(out_dir, result.outputs)
+    manifest["timings"].update(finished=_dt.datetime.now().isoformat(timespec="seconds"),
+                               seconds=round(time.time() - started, 2))
+    dist.run_on_main(_write_manifest, out_dir, manifest)  # the others wait: the next stage reads it
+    return manifest
+
+
 MAX_STAGE_REJECTS = 50
 """With ``on_error: quarantine``, how many rows a stage itself may reject (each costs a re-run) before the
 runner gives up and asks for the input to be fixed."""
@@ -662,8 +698,8 @@ def _note_reading(manifest: dict, policy: Any, out_dir: Path) -> None:
         manifest["warnings"] = warnings
 
 
-def run_stage(recipe: Recipe, spec: StageSpec, force: bool = False) -> dict:
-    """Run one stage (or skip it when its config and inputs are unchanged); return its manifest."""
+def _start_stage(recipe: Recipe, spec: StageSpec, force: bool) -> dict:
+    """Main process: skip (manifest with ``skipped``) or clear a changed folder and write the running manifest."""
     out_dir = recipe.stage_dir(spec.name)
     inputs = stage_inputs(recipe, spec)
     fp = _fingerprint(spec, inputs, recipe.seed)
@@ -683,10 +719,8 @@ def run_stage(recipe: Recipe, spec: StageSpec, force: bool = False) -> dict:
         # A different config or input: earlier partial work would be wrong to resume from.
         for child in out_dir.iterdir():
             if child.name not in KEEP_ON_CONFIG_CHANGE:
-                # missing_ok: under accelerate/torchrun every rank cleans the same folder
                 shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     manifest = {
         "stage": spec.name, "kind": spec.kind, "recipe": str(recipe.path), "status": "running",
         "fingerprint": fp, "config": spec.config.model_dump(mode="json"), "inputs": inputs,
@@ -694,23 +728,6 @@ def run_stage(recipe: Recipe, spec: StageSpec, force: bool = False) -> dict:
         "timings": {"started": _dt.datetime.now().isoformat(timespec="seconds")},
         "resumed": bool(old and old.get("fingerprint") == fp and old.get("status") != "done"),
     }
-    _write_manifest(out_dir, manifest)
-    ctx = StageContext(name=spec.name, kind=spec.kind, out_dir=out_dir, run_dir=recipe.output_dir / recipe.name,
-                       recipe=recipe, seed=recipe.seed)
-    _set_seed(recipe.seed)
-    try:
-        result, reading = _run_reading(spec, ctx)
-    except BaseException as e:
-        manifest.update(status="failed", error=f"{type(e).__name__}: {e}")
-        manifest["timings"]["failed_after_s"] = round(time.time() - started, 2)
-        _write_manifest(out_dir, manifest)
-        raise
-    manifest.update(status="done", outputs=result.outputs, counts=result.counts, dropped=result.dropped,
-                    metrics=result.metrics, usage=result.usage or ctx.usage(), resolved_inputs=ctx.inputs)
-    _note_reading(manifest, reading, out_dir)
-    manifest["output_fingerprints"] = output_fingerprints(out_dir, result.outputs)
-    manifest["timings"].update(finished=_dt.datetime.now().isoformat(timespec="seconds"),
-                               seconds=round(time.time() - started, 2))
     _write_manifest(out_dir, manifest)
     return manifest
 
@@ -739,7 +756,10 @@ def run_recipe(recipe: Recipe, from_stage: str | None = None, only: list[str] | 
         raise ConfigError(f"{recipe.path}: recipe is not valid:\n  - " + "\n  - ".join(problems))
     run_dir = recipe.output_dir / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+    from hypnos.common.dist import is_main
+
+    # one run.log writer; the other processes of a torchrun/accelerate job log to their stderr only
+    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8") if is_main() else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     manifests = []

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +61,16 @@ class TrainStageConfig(StageConfig):
     """Model to train: ``"@stage"`` (an earlier stage's output), a local checkpoint dir or a built-in name."""
     lora: LoraSpec | None = None
     """LoRA settings; null (the default) trains all weights."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype while training and in the saved checkpoint; ``auto`` = bfloat16 on GPUs that have it, float32
+    elsewhere (CPUs without bf16 run it ≈14x slower). ``float32`` keeps fp32 master weights under bf16 autocast."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "auto"
+    """Attention kernel; ``auto`` = ``flash_attention_2`` when flash-attn is installed and a GPU is used, else sdpa."""
+    chat_template: str | None = None
+    """How chats are rendered: ``chatml``, ``llama-2``, ``ziya`` or a Jinja string; null = the tokenizer's own
+    (base models such as Llama-2-7B and Ziya have none: ``validate`` then asks for this field)."""
+
+    needs_chat_template: ClassVar[bool] = True  # pretrain overrides: it trains on plain text
     training: dict[str, Any] = Field(default_factory=dict)
     """Passed to transformers ``TrainingArguments`` (TRL's config for dpo) after our CPU-sane defaults, e.g.
     ``{learning_rate: 1e-4, num_train_epochs: 2, per_device_train_batch_size: 8, save_steps: 100}``."""
@@ -75,7 +86,21 @@ class TrainStageConfig(StageConfig):
             training_arguments(ctx, self.training, self.default_training())
         except (TypeError, ValueError) as e:
             problems.append(f"stage {ctx.name!r}: training: {e}")
-        return problems
+        return problems + self.check_chat_template(ctx)
+
+    def check_chat_template(self, ctx: StageContext) -> list[str]:
+        """A named/Jinja ``chat_template`` must resolve; without one, the model must bring its own."""
+        from hypnos.train.chat_templates import FIELD_HINT, model_has_chat_template, resolve_chat_template
+
+        if self.chat_template is not None:
+            try:
+                resolve_chat_template(self.chat_template)
+            except ValueError as e:
+                return [f"stage {ctx.name!r}: {e}"]
+            return []
+        if self.needs_chat_template and model_has_chat_template(ctx.recipe, self.model) is False:
+            return [f"stage {ctx.name!r}: model {self.model!r} has no chat template; {FIELD_HINT}"]
+        return []
 
     def default_training(self) -> dict[str, Any]:
         """Stage-specific defaults under the user's ``training`` (learning rate depends on LoRA)."""
@@ -152,36 +177,75 @@ def training_arguments(ctx: StageContext, user: dict[str, Any], stage_defaults: 
 
 # ---- models ---------------------------------------------------------------------------------------
 
-def load_tokenizer_for_training(ref: str) -> PreTrainedTokenizerBase:
-    """The model's tokenizer, with a pad token (the EOS token when it has none) and right padding."""
+def load_tokenizer_for_training(ref: str, chat_template: str | None = None,
+                                require_template: bool = True) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token (the EOS token when it has none), right padding, a chat template.
+
+    Args:
+        ref: a resolved model reference.
+        chat_template: the stage's ``chat_template`` (a name or Jinja); replaces the tokenizer's own.
+        require_template: fail (naming the field to set) when the tokenizer ends up without a template.
+    """
     from hypnos.common.models import load_tokenizer
+    from hypnos.common.stage import ConfigError
+    from hypnos.train.chat_templates import FIELD_HINT, resolve_chat_template
 
     tok = load_tokenizer(ref)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
+    if chat_template is not None:
+        tok.chat_template = resolve_chat_template(chat_template)
+    if require_template and not tok.chat_template:
+        raise ConfigError(f"model {ref!r} has no chat template; {FIELD_HINT}")
     return tok
 
 
-def load_model_for_training(ref: str, seed: int, kind: str = "causal_lm", **kwargs) -> PreTrainedModel:
-    """Load fp32 weights for training (bf16 autocast, if any, comes from TrainingArguments).
+def training_dtype(requested: str = "auto"):
+    """The torch dtype weights are trained (and saved) in: see ``TrainStageConfig.dtype``."""
+    import torch
+
+    if requested != "auto":
+        return getattr(torch, requested)
+    return torch.bfloat16 if has_cuda() and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def has_flash_attn() -> bool:
+    """flash-attn importable and a GPU present (its varlen kernel serves padding-free packing)."""
+    import importlib.util
+
+    return has_cuda() and importlib.util.find_spec("flash_attn") is not None
+
+
+def attention_kernel(requested: str = "auto") -> str:
+    """The ``attn_implementation`` passed to ``from_pretrained``."""
+    if requested != "auto":
+        return requested
+    return "flash_attention_2" if has_flash_attn() else "sdpa"
+
+
+def load_model_for_training(ref: str, seed: int, kind: str = "causal_lm", dtype: str = "auto",
+                            attn_implementation: str = "auto", **kwargs) -> PreTrainedModel:
+    """Load weights for training in the training dtype (``training_dtype``) with the chosen attention kernel.
 
     Args:
         ref: a resolved model reference (``ctx.resolve_model``).
         seed: seeds torch first, so new weights (a reward head, LoRA matrices added next) are reproducible.
         kind: ``causal_lm`` or ``reward`` (sequence classification with one output).
+        dtype: ``TrainStageConfig.dtype``.
+        attn_implementation: ``TrainStageConfig.attn_implementation``.
         **kwargs: passed to ``from_pretrained``.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
     from hypnos.common.models import resolve_model
 
     set_seed(seed)
     path = resolve_model(ref)
+    kw = {"dtype": training_dtype(dtype), "attn_implementation": attention_kernel(attn_implementation), **kwargs}
     if kind == "reward":
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32, **kwargs)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kw)
+    return AutoModelForCausalLM.from_pretrained(path, **kw)
 
 
 def apply_lora(model: PreTrainedModel, lora: LoraSpec | None, task_type: str = "CAUSAL_LM",
@@ -197,30 +261,81 @@ def apply_lora(model: PreTrainedModel, lora: LoraSpec | None, task_type: str = "
     return model
 
 
-def save_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> dict[str, str]:
-    """Write the trained model as a plain HF checkpoint ``out_dir/model`` (LoRA merged in).
+def _sharded(trainer: Trainer) -> bool:
+    """Weights split across processes (FSDP, DeepSpeed ZeRO-3): saving must gather them on every rank."""
+    acc = trainer.accelerator
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    return bool(getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3)
 
-    With LoRA the adapter is also saved to ``out_dir/adapter``. Only the main process writes; all
-    processes return once the files exist.
+
+def full_state_dict(trainer: Trainer) -> dict:
+    """The full (unsharded) state dict, gathered through accelerate; call on EVERY process.
+
+    ``accelerator.get_state_dict`` gathers ZeRO-3 (16-bit consolidation) and FSDP weights. FSDP2 on a device
+    where its CPU offload is a no-op (CPU/gloo) hands back DTensor shards; those are gathered here too.
+    """
+    from torch.distributed.tensor import DTensor
+
+    model = trainer.model_wrapped if getattr(trainer, "is_deepspeed_enabled", False) else trainer.model
+    state = trainer.accelerator.get_state_dict(model)
+    # every rank walks the same keys in the same order, so the collectives pair up
+    return {k: (v.full_tensor().cpu() if isinstance(v, DTensor) else v) for k, v in state.items()}
+
+
+def _untie(model: PreTrainedModel, state: dict) -> dict:
+    """Drop the copies of tied weights (the LM head of a tied model) from a gathered state dict.
+
+    Gathering returns tied parameters as separate tensors; saved as such, a reload would see two weights.
+    They must be equal: a difference means the tie broke during training, which is an error, not a detail.
+    """
+    import torch
+
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    out = dict(state)
+    for target, source in tied.items():
+        if target in out and source in out:
+            if not torch.equal(out[target], out[source]):
+                raise RuntimeError(f"tied weights {target} and {source} differ after training; not saving")
+            del out[target]
+    return out
+
+
+def save_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+               load_base: Callable[[], PreTrainedModel] | None = None) -> dict[str, str]:
+    """Write the trained model as a plain HF checkpoint ``out_dir/model`` (LoRA merged in), from every process.
+
+    Every process joins the gather of sharded weights (FSDP/ZeRO-3); the main process writes. With LoRA the
+    adapter goes to ``out_dir/adapter``; when the weights were sharded, the main process merges it into a fresh
+    copy of the base (``load_base()``, in the training dtype) since the trained modules hold only shards.
 
     Returns:
         Stage outputs: ``{"model": "model"}`` plus ``"adapter"`` with LoRA.
     """
     from peft import PeftModel
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    outputs = {"model": MODEL_DIR}
+    acc = trainer.accelerator
+    acc.wait_for_everyone()
+    sharded = _sharded(trainer)
+    state = full_state_dict(trainer) if sharded else None
+    model = acc.unwrap_model(trainer.model)
     is_lora = isinstance(model, PeftModel)
-    if is_lora:
-        outputs["adapter"] = ADAPTER_DIR
-    trainer.accelerator.wait_for_everyone()
+    outputs = {"model": MODEL_DIR, **({"adapter": ADAPTER_DIR} if is_lora else {})}
     if trainer.is_world_process_zero():
         if is_lora:
-            model.save_pretrained(out_dir / ADAPTER_DIR)
+            model.save_pretrained(out_dir / ADAPTER_DIR, state_dict=state)
+            if sharded:
+                if load_base is None:
+                    raise RuntimeError("save_model: LoRA under FSDP/ZeRO-3 needs load_base to merge the adapter")
+                model = PeftModel.from_pretrained(load_base(), out_dir / ADAPTER_DIR)
+                state = None
             model = model.merge_and_unload()
-        model.save_pretrained(out_dir / MODEL_DIR)
+        model.save_pretrained(out_dir / MODEL_DIR, state_dict=_untie(model, state) if state is not None else None)
         tokenizer.save_pretrained(out_dir / MODEL_DIR)
-    trainer.accelerator.wait_for_everyone()
+        log.info("saved %s (%s, %s)", out_dir / MODEL_DIR, next(model.parameters()).dtype,
+                 "gathered from shards" if sharded else "unsharded")
+    acc.wait_for_everyone()
     return outputs
 
 

@@ -26,6 +26,7 @@ from hypnos.common.io import DataError
 from hypnos.common.stage import StageContext, StageResult
 from hypnos.train.common import (
     TrainStageConfig,
+    attention_kernel,
     load_model_for_training,
     load_tokenizer_for_training,
     save_model,
@@ -61,7 +62,7 @@ class Config(TrainStageConfig):
             training_arguments(ctx, self.training, self.default_training(), cls=dpo_config_cls())
         except (TypeError, ValueError) as e:
             problems.append(f"stage {ctx.name!r}: training: {e}")
-        return problems
+        return problems + self.check_chat_template(ctx)
 
     def default_training(self) -> dict[str, Any]:
         """DPO defaults: small learning rates (DPO drifts fast), TRL's own log/ckpt extras off on CPU."""
@@ -91,9 +92,14 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     if not rows:
         raise DataError(cfg.data[0], None, "no preference pairs in the dpo data")
     model_ref = ctx.resolve_model(cfg.model)
-    tok = load_tokenizer_for_training(model_ref)
+    tok = load_tokenizer_for_training(model_ref, cfg.chat_template)
     args = training_arguments(ctx, cfg.training, cfg.default_training(), cls=dpo_config_cls())
-    model = load_model_for_training(model_ref, args.seed)
+
+    def load():
+        return load_model_for_training(model_ref, args.seed, dtype=cfg.dtype,
+                                       attn_implementation=attention_kernel(cfg.attn_implementation))
+
+    model = load()
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=cfg.lora.to_peft(model) if cfg.lora else None)
     metrics = train_and_resume(trainer)
@@ -101,6 +107,6 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         vals = [h[key] for h in trainer.state.log_history if key in h]
         if vals:
             metrics[key.replace("/", "_") + "_last"] = round(vals[-1], 4)
-    outputs = save_model(trainer, tok, ctx.out_dir)
+    outputs = save_model(trainer, tok, ctx.out_dir, load_base=load)
     counts = {"in": len(records), "kept": len(records), "dropped": 0, "pairs": len(rows)}
     return StageResult(outputs=outputs, counts=counts, metrics=metrics)

@@ -18,6 +18,7 @@ output head are trained too, also under LoRA (``modules_to_save``; kept tied whe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -48,9 +49,11 @@ class Config(TrainStageConfig):
             problems += ctx.check_ref(d, "data")
         return problems
 
+    needs_chat_template: ClassVar[bool] = False  # plain text: no chat rendering
+
     def default_training(self) -> dict:
-        """Pretraining defaults: a lower LR for full training, like the SFT stage."""
-        return {"learning_rate": 2e-4 if self.lora else 5e-5}
+        """Pretraining defaults: a lower LR for full training, like the SFT stage; blocks in corpus order."""
+        return {"learning_rate": 2e-4 if self.lora else 5e-5, "train_sampling_strategy": "random"}
 
 
 def read_documents(path: Path) -> list[str]:
@@ -86,7 +89,7 @@ def wants_embeddings(cfg: Config, ctx: StageContext) -> bool:
 def run(cfg: Config, ctx: StageContext) -> StageResult:
     """Tokenize the corpus into blocks, train, write the merged model."""
     model_ref = ctx.resolve_model(cfg.model)
-    tok = load_tokenizer_for_training(model_ref)
+    tok = load_tokenizer_for_training(model_ref, cfg.chat_template, require_template=False)
     docs = []
     for d in cfg.data:
         docs += read_documents(ctx.resolve(d))
@@ -96,8 +99,9 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     embeddings = wants_embeddings(cfg, ctx)
     log.info("pretrain: %d documents -> %d blocks of <= %d tokens; embeddings trained: %s",
              len(docs), len(blocks), cfg.block_size, embeddings or cfg.lora is None)
-    outputs, metrics = finetune(ctx, model_ref, tok, blocks, lora=cfg.lora, training=cfg.training,
-                                stage_defaults=cfg.default_training(), packing=True,
+    # Blocks are block_size long (the last may be shorter): plain rows, no packing and no per-example mask.
+    outputs, metrics = finetune(ctx, model_ref, tok, blocks, cfg=cfg, stage_defaults=cfg.default_training(),
+                                packing="padded", max_length=cfg.block_size,
                                 extra_modules=EMBEDDINGS if embeddings else [])
     metrics["embeddings_trained"] = embeddings or cfg.lora is None
     counts = {"in": len(docs), "kept": len(docs), "dropped": 0, "blocks": len(blocks),

@@ -29,12 +29,14 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from hypnos.common import dist
 from hypnos.common.io import DataError, ReadReport, write_jsonl
 from hypnos.common.records import Ranked, read_records
 from hypnos.common.stage import StageContext, StageResult, log
 from hypnos.train.common import (
     TrainStageConfig,
     apply_lora,
+    attention_kernel,
     load_model_for_training,
     load_tokenizer_for_training,
     save_model,
@@ -127,6 +129,13 @@ def augment_rankings(records: list[Ranked], spec: AugmentSpec, ctx: StageContext
                 failed += 1
         out.append(rec.model_copy(update={"responses": responses, "labels": labels if any(labels) else []}))
     return out, failed
+
+
+def augment_and_write(records: list[Ranked], spec: AugmentSpec, ctx: StageContext) -> tuple[list[Ranked], int]:
+    """``augment_rankings`` and write ``ranked_augmented.jsonl`` (the stage output ``data``)."""
+    records, failed = augment_rankings(records, spec, ctx)
+    write_jsonl(ctx.out_dir / "ranked_augmented.jsonl", (r.to_dict() for r in records))
+    return records, failed
 
 
 def encode_record(tok, rec: Ranked, max_length: int) -> list[list[int]]:
@@ -223,20 +232,25 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         raise DataError(cfg.data[0], None, "no ranked records")
     outputs, metrics, failed = {}, {}, 0
     if cfg.augment:
-        records, failed = augment_rankings(records, cfg.augment, ctx)
-        write_jsonl(ctx.out_dir / "ranked_augmented.jsonl", (r.to_dict() for r in records))
+        # API calls, their cache and the augmented file: once, on the main process (common/dist.py)
+        records, failed = dist.run_on_main(augment_and_write, records, cfg.augment, ctx)
         outputs["data"] = "ranked_augmented.jsonl"
         metrics["augment_failed"] = failed
     model_ref = ctx.resolve_model(cfg.model)
-    tok = load_tokenizer_for_training(model_ref)
+    tok = load_tokenizer_for_training(model_ref, cfg.chat_template)
     train_recs, held_recs = split(records, cfg.eval_fraction, ctx.seed)
     train_ex = [{"responses": encode_record(tok, r, cfg.max_length)} for r in train_recs]
     held_ex = [{"responses": encode_record(tok, r, cfg.max_length)} for r in held_recs]
 
     args = training_arguments(ctx, cfg.training, cfg.default_training())
-    model = load_model_for_training(model_ref, args.seed, kind="reward")
-    model.config.pad_token_id = tok.pad_token_id  # the score is read at the last non-pad token
-    model = apply_lora(model, cfg.lora, task_type="SEQ_CLS")
+
+    def load(with_lora: bool = True):
+        model = load_model_for_training(model_ref, args.seed, kind="reward", dtype=cfg.dtype,
+                                        attn_implementation=attention_kernel(cfg.attn_implementation))
+        model.config.pad_token_id = tok.pad_token_id  # the score is read at the last non-pad token
+        return apply_lora(model, cfg.lora, task_type="SEQ_CLS") if with_lora else model
+
+    model = load()
     metrics["heldout_accuracy_before"] = pairwise_accuracy(model, tok, held_ex)
     trainer = Trainer(model=model, args=args, train_dataset=train_ex, data_collator=RankCollator(
         tok.pad_token_id, cfg.pairs), processing_class=tok, compute_loss_func=bradley_terry_loss)
@@ -244,7 +258,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     metrics["heldout_accuracy_after"] = pairwise_accuracy(trainer.model, tok, held_ex)
     log.info("reward: held-out pairwise accuracy %s -> %s", metrics["heldout_accuracy_before"],
              metrics["heldout_accuracy_after"])
-    outputs = {**save_model(trainer, tok, ctx.out_dir), **outputs}
+    outputs = {**save_model(trainer, tok, ctx.out_dir, load_base=lambda: load(with_lora=False)), **outputs}
     n_pairs = sum(len(record_pairs(len(e["responses"]), cfg.pairs)) for e in train_ex)
     counts = {"in": len(records), "kept": len(records), "dropped": 0, "train_records": len(train_ex),
               "heldout_records": len(held_ex), "train_pairs": n_pairs}

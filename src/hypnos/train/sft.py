@@ -9,9 +9,9 @@ Run: ``hypnos sft --config configs/sft/smollm2_lora.yaml`` or as a recipe stage:
       lora: {r: 16, alpha: 32}
       training: {num_train_epochs: 2, per_device_train_batch_size: 8}
 
-Chats are rendered with the model's own chat template. With ``packing`` (default) a batch is one row of
-concatenated examples whose attention stays within each example (see ``packing.py``); the plain HF
-``Trainer`` runs it (TRL's SFTTrainer is ≈1.75x slower on CPU, see STACK.md). General-to-specific
+Chats are rendered with the model's chat template (or the stage's ``chat_template``), tokenized once with
+``datasets.map`` into a cache in the stage folder. The batch layout (``packing``) never builds a dense mask
+over a micro-batch (see ``packing.py``); the plain HF ``Trainer`` runs it (TRL's SFTTrainer is ≈1.75x slower on CPU, see STACK.md). General-to-specific
 (Hypnos) is a recipe: an sft stage with LoRA on general data, then a full sft stage whose ``model`` is
 ``"@that_stage"``.
 """
@@ -27,15 +27,16 @@ from hypnos.common.io import DataError, ReadReport
 from hypnos.common.records import QA, Dialogue, read_records
 from hypnos.common.stage import StageContext, StageResult, log
 from hypnos.train.common import (
-    LoraSpec,
     TrainStageConfig,
     apply_lora,
+    attention_kernel,
     load_model_for_training,
     load_tokenizer_for_training,
     save_model,
     train_and_resume,
     training_arguments,
 )
+from hypnos.train.packing import Layout, choose_layout
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -52,16 +53,23 @@ class Config(TrainStageConfig):
     """System prompt put before every chat that has none (else the chat template's default applies)."""
     max_length: int = Field(1024, ge=16)
     """Longer chats are cut to this many tokens (and counted as ``truncated``)."""
-    packing: bool = True
-    """Padding-free packing (faster on short QA); false pads each batch to its longest example."""
+    packing: Layout | bool = "auto"
+    """Batch layout (``packing.py``): ``auto`` = ``padding_free`` under flash-attention, else ``padded`` grouped
+    by length; ``rows`` packs into rows of ``max_length`` tokens; true = auto, false = padded."""
+    num_proc: int | None = Field(None, ge=1)
+    """Processes for tokenization (``datasets.map``); null = 1 below 20,000 chats, else up to 8."""
     on_error: Literal["raise", "quarantine"] = "raise"
     """Bad input rows: stop at the first (default) or write them to a quarantine file and go on."""
 
     def check(self, ctx: StageContext) -> list[str]:
-        """Model, training arguments and data files."""
+        """Model, training arguments, data files and the batch layout."""
         problems = super().check(ctx)
         for d in self.data:
             problems += ctx.check_ref(d, "data")
+        try:
+            choose_layout(self.packing, attention_kernel(self.attn_implementation))
+        except ValueError as e:
+            problems.append(f"stage {ctx.name!r}: {e}")
         return problems
 
 
@@ -139,22 +147,93 @@ def tokenize_chats(tok, chats: list[list[dict]], max_length: int) -> tuple[list[
     return examples, {"truncated": truncated, **dropped}
 
 
+def _chats_key(tok, chats: list[list[dict]], max_length: int) -> str:
+    """What the tokenized cache depends on: the chats, the tokenizer's vocabulary and template, the length cap."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    h.update(json.dumps([tok.name_or_path.split("/")[-1], len(tok), tok.chat_template, max_length,
+                         tok.bos_token, tok.eos_token, type(tok).__name__]).encode())
+    for c in chats:
+        h.update(json.dumps(c, ensure_ascii=False, sort_keys=True).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def _tokenize_batch(batch: dict[str, list], tok, max_length: int) -> dict[str, list]:
+    import json
+
+    out: dict[str, list] = {"input_ids": [], "labels": [], "truncated": [], "n_targets": [], "length": []}
+    for raw in batch["messages"]:
+        ex = tokenize_chat(tok, json.loads(raw), max_length)
+        out["input_ids"].append(ex["input_ids"])
+        out["labels"].append(ex["labels"])
+        out["truncated"].append(ex["truncated"])
+        out["n_targets"].append(sum(1 for x in ex["labels"][1:] if x != IGNORE))
+        out["length"].append(len(ex["input_ids"]))
+    return out
+
+
+def tokenize_dataset(tok, chats: list[list[dict]], max_length: int, cache_dir: Path, num_proc: int | None = None):
+    """Tokenize chats with ``datasets.map`` into an on-disk Arrow cache that a resumed run reuses.
+
+    The main process tokenizes (``num_proc`` workers); the other processes of a torchrun/accelerate job then
+    memory-map the same files. A cache hit is logged ("tokenize: cache hit").
+
+    Returns:
+        (a ``datasets.Dataset`` of ``input_ids``/``labels``/``length`` without chats that keep no target,
+        stats ``{"truncated": n, "no_answer_within_max_length": n}``).
+    """
+    import json
+
+    from datasets import Dataset
+
+    from hypnos.common import dist
+
+    key = _chats_key(tok, chats, max_length)
+    cache = cache_dir / f"chats-{key}.arrow"
+    procs = num_proc or (1 if len(chats) < 20_000 else min(8, __import__("os").cpu_count() or 1))
+    procs = min(procs, max(1, len(chats)))
+
+    def build():
+        hit = cache.exists() or any(cache_dir.glob(f"chats-{key}_*_of_*.arrow"))
+        log.info("tokenize: %s %s (%d chats)", "cache hit" if hit else "cache miss, tokenizing into", cache,
+                 len(chats))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        raw = Dataset.from_dict({"messages": [json.dumps(c, ensure_ascii=False) for c in chats]})
+        return raw.map(_tokenize_batch, batched=True, batch_size=256, num_proc=procs if procs > 1 else None,
+                       fn_kwargs={"tok": tok, "max_length": max_length}, remove_columns=["messages"],
+                       cache_file_name=str(cache), load_from_cache_file=True, new_fingerprint=key,
+                       desc="tokenize")
+
+    # main first; the others get the memory-mapped result (a file-backed Dataset pickles as its file paths)
+    ds = dist.run_on_main(build)
+    truncated = sum(ds["truncated"])
+    keep = [i for i, n in enumerate(ds["n_targets"]) if n > 0]
+    dropped = len(ds) - len(keep)
+    if dropped:
+        ds = ds.select(keep)
+    ds = ds.remove_columns(["truncated"])
+    return ds, {"truncated": truncated, **({"no_answer_within_max_length": dropped} if dropped else {})}
+
+
 # ---- training (shared with pretrain and rejection_sampling) ---------------------------------------
 
-def finetune(ctx: StageContext, model_ref: str, tok, examples: list[dict], *, lora: LoraSpec | None,
-             training: dict[str, Any], stage_defaults: dict[str, Any], packing: bool = True,
-             out_dir: Path | None = None, extra_modules: list[str] = ()) -> tuple[dict[str, str], dict[str, Any]]:
+def finetune(ctx: StageContext, model_ref: str, tok, examples, *, cfg: TrainStageConfig, stage_defaults: dict[str, Any],
+             packing: Layout | bool = "auto", max_length: int = 1024, out_dir: Path | None = None,
+             extra_modules: list[str] = ()) -> tuple[dict[str, str], dict[str, Any]]:
     """Train a causal LM on tokenized ``{input_ids, labels}`` examples and save it (merged) to ``out_dir/model``.
 
     Args:
         ctx: the stage context (seed, folder).
         model_ref: resolved model reference.
-        tok: its tokenizer.
-        examples: tokenized examples.
-        lora: LoRA settings or None for full fine-tuning.
-        training: the recipe's TrainingArguments overrides.
-        stage_defaults: the stage's defaults under them.
-        packing: padding-free packing, else padded batches.
+        tok: its tokenizer (with the stage's chat template: saved with the model).
+        examples: tokenized examples (a list or a ``datasets.Dataset``).
+        cfg: the stage config (``lora``, ``training``, ``dtype``, ``attn_implementation``).
+        stage_defaults: the stage's TrainingArguments defaults under ``cfg.training``.
+        packing: the batch layout (``packing.py``).
+        max_length: token budget of a packed row (``rows`` layout).
         out_dir: where checkpoints and the model go (default ``ctx.out_dir``).
         extra_modules: modules trained fully under LoRA (embeddings after a vocabulary extension).
 
@@ -163,34 +242,48 @@ def finetune(ctx: StageContext, model_ref: str, tok, examples: list[dict], *, lo
     """
     from transformers import Trainer
 
-    from hypnos.train.packing import PackedCollator, PaddedCollator, causal_lm_loss
+    from hypnos.train.packing import causal_lm_loss, make_collator
 
     out_dir = out_dir or ctx.out_dir
-    args = training_arguments(ctx, training, {**stage_defaults, "output_dir": str(out_dir / "checkpoints")})
-    model = load_model_for_training(model_ref, args.seed)
+    kernel = attention_kernel(cfg.attn_implementation)
+    layout = choose_layout(packing, kernel)
+    defaults = {**stage_defaults, "output_dir": str(out_dir / "checkpoints")}
+    if layout == "padded":
+        defaults.setdefault("train_sampling_strategy", "group_by_length")  # little padding without packing
+    args = training_arguments(ctx, cfg.training, defaults)
+
+    def load(with_lora: bool = True):
+        model = load_model_for_training(model_ref, args.seed, dtype=cfg.dtype, attn_implementation=kernel)
+        return apply_lora(model, cfg.lora, extra_modules=extra_modules) if with_lora else model
+
+    model = load()
     if args.gradient_checkpointing:
         model.config.use_cache = False
-    model = apply_lora(model, lora, extra_modules=extra_modules)
-    collator = PackedCollator() if packing else PaddedCollator(tok.pad_token_id)
+    collator = make_collator(layout, tok.pad_token_id, max_length)
+    log.info("training %s: %s, attention %s, layout %s", model_ref, next(model.parameters()).dtype, kernel, layout)
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator,
                       processing_class=tok, compute_loss_func=causal_lm_loss)
     metrics = train_and_resume(trainer, tokens=collator)
-    metrics["target_tokens"] = sum(sum(1 for x in e["labels"][1:] if x != IGNORE) for e in examples)
-    outputs = save_model(trainer, tok, out_dir)
+    metrics.update(layout=layout, attn_implementation=kernel, dtype=str(next(model.parameters()).dtype))
+    if hasattr(examples, "column_names") and "n_targets" in examples.column_names:
+        metrics["target_tokens"] = int(sum(examples["n_targets"]))
+    else:
+        metrics["target_tokens"] = sum(sum(1 for x in e["labels"][1:] if x != IGNORE) for e in examples)
+    outputs = save_model(trainer, tok, out_dir, load_base=lambda: load(with_lora=False))
     return outputs, metrics
 
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
-    """Tokenize the chats, train, write the merged model (and the LoRA adapter)."""
+    """Tokenize the chats (cached), train, write the merged model (and the LoRA adapter)."""
     model_ref = ctx.resolve_model(cfg.model)
-    tok = load_tokenizer_for_training(model_ref)
+    tok = load_tokenizer_for_training(model_ref, cfg.chat_template)
     chats, bad = load_chats([ctx.resolve(d) for d in cfg.data], cfg.on_error, ctx.out_dir, cfg.system)
-    examples, stats = tokenize_chats(tok, chats, cfg.max_length)
-    if not examples:
+    examples, stats = tokenize_dataset(tok, chats, cfg.max_length, ctx.out_dir / "tokenized", cfg.num_proc)
+    if not len(examples):
         raise DataError(cfg.data[0], None, "no usable training examples in the sft data")
     log.info("sft: %d examples (%d truncated) from %d files", len(examples), stats["truncated"], len(cfg.data))
-    outputs, metrics = finetune(ctx, model_ref, tok, examples, lora=cfg.lora, training=cfg.training,
-                                stage_defaults=cfg.default_training(), packing=cfg.packing)
+    outputs, metrics = finetune(ctx, model_ref, tok, examples, cfg=cfg, stage_defaults=cfg.default_training(),
+                                packing=cfg.packing, max_length=cfg.max_length)
     dropped = {**bad, **{k: v for k, v in stats.items() if k != "truncated"}}
     counts = {"in": len(chats) + sum(bad.values()), "kept": len(examples), "dropped": sum(dropped.values()),
               "truncated": stats["truncated"]}
