@@ -1,72 +1,238 @@
-"""De-identification: hand-checked sentences, checksum validation, and precision/recall on synthetic cases."""
+"""De-identification: the issue's misses and false positives, the independent hand-labelled set, fields,
+manifest, reversible mode, two processes, and the template cases as a consistency check only."""
 
 import json
+import os
+import random
+import stat
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from hypnos.common.runner import load_recipe, run_recipe
 from hypnos.data.deidentify import SYNTH_HOSPITALS, Deidentifier, evaluate, synthetic_cases, valid_resident_id
 
-
-def test_resident_id_checksum():
-    assert valid_resident_id("11010519491231002X")
-    assert not valid_resident_id("110105194912310021")  # same body, wrong check digit
-    assert not valid_resident_id("1101051949123100")
+D = Deidentifier()
 
 
-def test_hand_checked_sentences():
-    d = Deidentifier(["青禾市第一人民医院"])
-    cases = {
-        "患者王建国，男，65岁，于青禾市第一人民医院行胆囊切除术，电话13812345678。":
-            "患者[姓名]，男，65岁，于[医院]行胆囊切除术，电话[电话]。",
-        "李主任与张某某家属沟通，家住浙江省杭州市西湖区文三路90号。": "[姓名]主任与[姓名]家属沟通，家住[地址]。",
-        "身份证号11010519491231002X，医嘱编号110105194912310021。": "身份证号[身份证号]，医嘱编号110105194912310021。",
-        "1985年3月12日出生，2023年5月1日手术。": "[出生日期]出生，2023年5月1日手术。",
-        "座机(010)62345678，手机 138-1234-5678，住院号:ZY20230101": "座机[电话]，手机 [电话]，住院号:[住院号]",
-        # clinical text that must stay as it is
-        "请向医生咨询麻醉方式；患者张口困难；血压120/80mmHg，丙泊酚2mg/kg。":
-            "请向医生咨询麻醉方式；患者张口困难；血压120/80mmHg，丙泊酚2mg/kg。",
-        "经治医生与麻醉医生讨论后决定。": "经治医生与麻醉医生讨论后决定。",
-    }
-    for text, want in cases.items():
-        assert d.scrub(text)[0] == want, text
+def _found(text: str, kind: str) -> list[str]:
+    return [text[s.start : s.end] for s in D.find(text) if s.type == kind]
 
 
-def test_precision_and_recall_on_synthetic_cases():
+# ---- the issue's findings, one case each (all fail on the scrubber before issue 13) -------------------
+
+@pytest.mark.parametrize("text,name", [
+    ("主刀医师：陈志刚", "陈志刚"), ("麻醉医师：林晓燕", "林晓燕"), ("记录者：赵敏", "赵敏"),
+    ("医师签名：周文斌", "周文斌"), ("家属签字：王秀英", "王秀英"), ("患者：李四", "李四"),
+    ("姓名 张三", "张三"), ("联系人为其丈夫何伟）", "何伟"), ("病史由之子王磊提供", "王磊"),
+    ("护士长吴静", "吴静"), ("患者诸葛明，男，40岁", "诸葛明"), ("姓名：欧阳娜娜", "欧阳娜娜"),
+])
+def test_names_by_label_role_kinship_and_compound_surname(text, name):
+    assert _found(text, "name") == [name], D.find(text)
+
+
+@pytest.mark.parametrize("text", [
+    "患者高热3天", "皮肤巩膜黄疸", "患者高龄，合并慢阻肺", "患者曾于2018年行阑尾切除术", "由高年资医生实施麻醉",
+    "出院带药：王氏保赤丸 1瓶", "请向医生咨询麻醉方式", "主任医师查房后指示", "上级医师查房",
+])
+def test_clinical_words_that_look_like_names_stay(text):
+    assert D.scrub(text)[0] == text, D.find(text)
+
+
+@pytest.mark.parametrize("text,hospital", [
+    ("曾于复旦大学附属中山医院就诊", "复旦大学附属中山医院"), ("转至河南省人民医院", "河南省人民医院"),
+    ("在新乡县古固寨镇卫生院输液", "新乡县古固寨镇卫生院"), ("在仁爱诊所就诊", "仁爱诊所"),
+    ("到深圳市妇幼保健院咨询", "深圳市妇幼保健院"),
+])
+def test_hospitals_by_pattern_without_a_list(text, hospital):
+    assert _found(text, "hospital") == [hospital]
+
+
+def test_generic_hospital_words_stay():
+    for text in ("去医院看看", "离县医院比较远", "请到当地医院就诊", "来我院就诊", "转回对方医院"):
+        assert _found(text, "hospital") == [], text
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("身份证号：110105194912310021", "id", "110105194912310021"),      # wrong check digit, labelled
+    ("身份证：320102580607123（旧版）", "id", "320102580607123"),        # 15-digit old format
+    ("病历号：ZY-2024-01234", "record", "ZY-2024-01234"),
+    ("就诊卡号：6228 4801 2233 7791。", "record", "6228 4801 2233 7791"),
+    ("医保卡号：H41018800234567，", "record", "H41018800234567"),
+    ("座机：64041990，", "phone", "64041990"),                            # landline without area code
+    ("手机 +86 186 0371 2299", "phone", "+86 186 0371 2299"),
+    ("出生年月：1958年7月，", "dob", "1958年7月"),
+    ("邮箱 liuhua1962@163.com。", "email", "liuhua1962@163.com"),
+])
+def test_numbers_dates_and_emails(text, kind, value):
+    assert _found(text, kind) == [value], D.find(text)
+
+
+def test_unlabelled_18_digit_needs_checksum_and_birth_date():
+    assert valid_resident_id("11010519491231002X") and not valid_resident_id("110105194912310021")
+    assert _found("证件信息：440306197808221534", "id") == ["440306197808221534"]
+    # passes the checksum, but 1509-12-34 is no birth date: an order number, kept
+    assert valid_resident_id("202403150912345671")
+    assert _found("订单号202403150912345671", "id") == []
+    # of 11k random 18-digit numbers about 1/11 pass the checksum; almost none also carry a real date
+    rng = random.Random(0)
+    nums = ["".join(rng.choice("0123456789") for _ in range(18)) for _ in range(11000)]
+    assert sum(valid_resident_id(n) for n in nums) > 800
+    assert sum(bool(_found(f"单号{n}。", "id")) for n in nums) < 20
+
+
+def test_ages_over_89_only_when_configured():
+    text = "患者系93岁高龄女性，其子65岁。"
+    assert _found(text, "age") == []
+    aged = Deidentifier(ages_over_89=True)
+    assert [text[s.start : s.end] for s in aged.find(text) if s.type == "age"] == ["93岁"]
+
+
+# ---- the independent set --------------------------------------------------------------------------
+
+def test_evaluation_set_is_large_labelled_and_consistent():
+    from hypnos.data.deid_eval import load_parts
+
+    parts = load_parts()
+    allx = parts["dev"] + parts["heldout"]
+    assert len(allx) >= 300 and sum(not e.spans for e in allx) >= 40
+    assert 0.25 <= len(parts["heldout"]) / len(allx) <= 0.4
+    assert {e.genre for e in allx} >= {"admission", "anesthesia", "consent", "discharge", "question", "answer"}
+    for e in allx:
+        for g in e.spans:
+            assert e.text[g.start : g.end] == g.text, e.where
+        assert "{" not in e.text and "}" not in e.text, e.where
+
+
+def test_scorer_oracle_and_hand_computed_case():
+    from hypnos.data.deid_eval import Example, GoldSpan, load_parts, score
+
+    ex = load_parts(["dev"])["dev"]
+    perfect = score(lambda t: next(e.spans for e in ex if e.text == t), ex)
+    assert all(s["precision_exact"] == s["recall_exact"] == 1.0 for s in perfect.values())
+    assert score(lambda t: [], ex)["all"]["recall_overlap"] == 0.0
+    # 患者张三住在X: gold name [2,4); predictions: name [2,3) (overlap, not exact) and a false name [5,6)
+    case = [Example("患者张三住在X", [GoldSpan(2, 4, "name", "张三")], "t", "t:1")]
+    s = score(lambda t: [GoldSpan(2, 3, "name", "张"), GoldSpan(5, 6, "name", "在")], case)["name"]
+    assert (s["recall_overlap"], s["recall_exact"], s["precision_overlap"], s["precision_exact"]) == (1.0, 0.0, 0.5, 0.0)
+
+
+def test_meets_the_bar_on_both_parts_and_keeps_clean_sentences():
+    from hypnos.data.deid_eval import load_parts, score
+
+    deid = Deidentifier(ages_over_89=True)
+    for part, ex in load_parts(["dev"]).items():
+        st = score(deid.find, ex)
+        for kind in ("id", "phone", "record"):
+            assert st[kind]["recall_overlap"] >= 0.99, (part, kind, st[kind])
+        for kind in ("name", "hospital", "address", "dob"):
+            assert st[kind]["recall_overlap"] >= 0.95, (part, kind, st[kind])
+        assert st["all"]["precision_overlap"] >= 0.95, (part, st["all"])
+        changed = [e.where for e in ex if not e.spans and deid.scrub(e.text)[0] != e.text]
+        assert len(changed) <= 0.05 * sum(not e.spans for e in ex), changed
+
+
+def test_template_cases_stay_consistent():
+    """The template generator only checks the scrubber still reads its own templates (no quality claim)."""
     stats = evaluate(Deidentifier(SYNTH_HOSPITALS), synthetic_cases(300, seed=1))
     assert set(stats) == {"name", "id", "phone", "record", "address", "dob", "hospital", "all"}
     for kind, s in stats.items():
-        assert s["recall"] >= 0.95 and s["precision"] >= 0.95, (kind, s)
-    # without the hospital list, hospitals are missed: the evaluation can tell
-    assert evaluate(Deidentifier(), synthetic_cases(300, seed=1))["hospital"]["recall"] == 0
+        assert s["recall"] >= 0.9 and s["precision"] >= 0.9, (kind, s)
 
 
-def test_stage_scrubs_every_text_field_and_counts(tmp_path):
-    rows = [{"id": "a", "instruction": "患者李某，电话13912345678，术前应注意什么？", "output": "联系王医生。",
-             "category": "王医生"},
-            {"id": "b", "conversations": [{"from": "human", "value": "我叫张伟，住院号：123456"},
-                                          {"from": "gpt", "value": "您好"}]},
-            {"id": "c", "text": "张某于青禾市第一人民医院就诊", "entities": []}]
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    (tmp_path / "r.yaml").write_text(textwrap.dedent("""\
+# ---- the stage --------------------------------------------------------------------------------------
+
+ROWS = [
+    {"id": "a", "instruction": "患者李某，电话13912345678，术前应注意什么？", "output": "联系王医生。",
+     "category": "外科", "meta": {"doctor": "主刀医师：陈志刚", "hospital": "河南省人民医院"}},
+    {"id": "b", "conversations": [{"from": "human", "value": "我叫张伟，住院号：123456"},
+                                  {"from": "gpt", "value": "您好，请把邮箱 zw@qq.com 发我"}]},
+    {"id": "c", "question": "患者身份证号110105194912310021，下列哪项正确？", "options": {"A": "联系人：赵敏", "B": "高热"},
+     "answer": "A", "answers": ["家属签字：王秀英"]},
+    {"id": "d", "text": "张某于青禾市第一人民医院就诊", "entities": []},
+]
+SECRETS = ["13912345678", "陈志刚", "河南省人民医院", "张伟", "123456", "zw@qq.com", "110105194912310021", "赵敏",
+           "王秀英", "青禾市"]
+
+
+def _recipe(tmp_path, extra: str = "") -> Path:
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS))
+    (tmp_path / "r.yaml").write_text(textwrap.dedent(f"""\
         name: p
         stages:
-          - {name: deidentify, input: in.jsonl, hospitals: [青禾市第一人民医院]}
+          - {{name: deidentify, input: in.jsonl{extra}}}
         """))
-    [m] = run_recipe(load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs"))
+    return tmp_path / "r.yaml"
+
+
+def _all_text(folder: Path) -> str:
+    return "".join(p.read_text("utf-8", errors="replace") for p in folder.rglob("*") if p.is_file())
+
+
+def test_stage_scrubs_every_text_field_counts_and_writes_no_original(tmp_path):
+    [m] = run_recipe(load_recipe(_recipe(tmp_path), output_dir=tmp_path / "runs"))
     out = [json.loads(x) for x in (tmp_path / "runs/p/deidentify/scrubbed.jsonl").read_text().splitlines()]
     assert out[0]["instruction"] == "患者[姓名]，电话[电话]，术前应注意什么？" and out[0]["output"] == "联系[姓名]医生。"
-    assert out[0]["category"] == "王医生"  # labels are not text
-    assert out[1]["conversations"][0]["value"] == "我叫张伟，住院号：[住院号]"  # 我叫 is no name pattern
-    assert m["metrics"]["replaced"] == {"[姓名]": 3, "[电话]": 1, "[住院号]": 1, "[医院]": 1}
+    assert out[0]["meta"] == {"doctor": "主刀医师：[姓名]", "hospital": "[医院]"} and out[0]["category"] == "外科"
+    assert out[1]["conversations"][0] == {"from": "human", "value": "我叫[姓名]，住院号：[住院号]"}
+    assert out[1]["conversations"][1]["value"] == "您好，请把邮箱 [邮箱] 发我"
+    assert out[2]["options"] == {"A": "联系人：[姓名]", "B": "高热"} and out[2]["answers"] == ["家属签字：[姓名]"]
+    assert out[2]["question"].startswith("患者身份证号[身份证号]") and out[2]["answer"] == "A"
+    # the dropped NER row (张某, 青禾市第一人民医院) counts too: it was scrubbed before being set aside
+    assert m["metrics"]["replaced"] == {"[姓名]": 7, "[电话]": 1, "[住院号]": 1, "[医院]": 2, "[邮箱]": 1,
+                                        "[身份证号]": 1}
     assert m["counts"]["dropped"] == 1  # the NER row's spans no longer fit its text
-    assert "13912345678" not in (tmp_path / "runs/p/deidentify/manifest.json").read_text()
+    leaked = [s for s in SECRETS if s in _all_text(tmp_path / "runs")]
+    assert leaked == []
+    assert not list((tmp_path / "runs").rglob("*mapping*"))  # reversible mode is off by default
 
 
-def test_deid_eval_cli_prints_the_table():
+def test_reversible_mode_writes_a_private_mapping_that_restores_the_text(tmp_path):
+    mapping = tmp_path / "private" / "map.jsonl"
+    [m] = run_recipe(load_recipe(_recipe(tmp_path, f", reversible: true, mapping_file: {mapping}"),
+                                 output_dir=tmp_path / "runs"))
+    assert stat.S_IMODE(os.stat(mapping).st_mode) == 0o600
+    pairs = [json.loads(x) for x in mapping.read_text().splitlines()]
+    assert len({p["placeholder"] for p in pairs}) == len(pairs) == sum(m["metrics"]["replaced"].values())
+    out = [json.loads(x) for x in (tmp_path / "runs/p/deidentify/scrubbed.jsonl").read_text().splitlines()]
+    restored = out[0]["instruction"]
+    for p in pairs:
+        restored = restored.replace(p["placeholder"], p["original"])
+    assert restored == ROWS[0]["instruction"]
+    assert [s for s in SECRETS if s in _all_text(tmp_path / "runs")] == []
+
+
+def test_reversible_mode_needs_a_mapping_file_outside_the_run(tmp_path):
+    with pytest.raises(Exception, match="mapping_file"):
+        load_recipe(_recipe(tmp_path, ", reversible: true"), output_dir=tmp_path / "runs")
+    inside = tmp_path / "runs" / "p" / "map.jsonl"
+    with pytest.raises(Exception, match="outside the run directory"):
+        run_recipe(load_recipe(_recipe(tmp_path, f", reversible: true, mapping_file: {inside}"),
+                               output_dir=tmp_path / "runs"))
+
+
+def test_two_processes_write_outputs_and_mapping_once(tmp_path):
+    mapping = tmp_path / "map.jsonl"
+    recipe = _recipe(tmp_path, f", reversible: true, mapping_file: {mapping}")
+    env = {**os.environ, "HYPNOS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
+                           "-m", "hypnos.cli", "run", str(recipe), "--output-dir", str(tmp_path / "runs")],
+                          env=env, capture_output=True, text=True, check=False, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (tmp_path / "runs/p/deidentify/scrubbed.jsonl").read_text().splitlines()
+    assert len(rows) == 3
+    m = json.loads((tmp_path / "runs/p/deidentify/manifest.json").read_text())
+    assert len(mapping.read_text().splitlines()) == sum(m["metrics"]["replaced"].values())
+
+
+def test_deid_eval_cli_prints_both_parts():
     from hypnos.data.cli import app
 
-    res = CliRunner().invoke(app, ["deid-eval", "--n", "50"])
+    res = CliRunner().invoke(app, ["deid-eval"])
     assert res.exit_code == 0, res.output
-    assert "身份证号" in res.output and "recall" in res.output
+    for word in ("dev", "heldout", "姓名", "身份证号", "exact", "overlap"):
+        assert word in res.output

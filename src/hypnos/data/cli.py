@@ -96,18 +96,34 @@ def import_(
 
 @app.command("deid-eval")
 def deid_eval(
-    n: Annotated[int, typer.Option(help="number of synthetic cases")] = 500,
-    seed: Annotated[int, typer.Option(help="seed of the synthetic cases")] = 0,
-    no_hospitals: Annotated[bool, typer.Option(help="run without the hospital list")] = False,
+    part: Annotated[list[str] | None, typer.Option(help="dev and/or heldout (default: both)")] = None,
+    set_file: Annotated[Path | None, typer.Option("--set", help="another set file in the same {type:text} markup")] = None,
+    ages: Annotated[bool, typer.Option(help="also find ages over 89 (ages_over_89)")] = True,
+    show_errors: Annotated[bool, typer.Option("--errors", help="list every miss and false alarm")] = False,
 ) -> None:
-    """Precision and recall of de-identification per PII type on synthetic cases with injected PII."""
-    from hypnos.data.deidentify import PLACEHOLDER, SYNTH_HOSPITALS, Deidentifier, evaluate, synthetic_cases
+    """Per-type precision and recall of de-identification on the hand-labelled set (tests/deid), exact-span and overlap."""
+    from hypnos.common.io import DataError
+    from hypnos.data.deid_eval import errors, load_parts, load_set, score
+    from hypnos.data.deidentify import PLACEHOLDER, Deidentifier
 
-    stats = evaluate(Deidentifier(() if no_hospitals else SYNTH_HOSPITALS), synthetic_cases(n, seed))
-    table = Table(title=f"de-identification on {n} synthetic cases (seed {seed})")
-    for col in ("type", "gold found", "missed", "false alarms", "precision", "recall"):
-        table.add_column(col, justify="left" if col == "type" else "right")
-    for kind, s in sorted(stats.items(), key=lambda kv: kv[0] == "all"):
-        table.add_row(PLACEHOLDER.get(kind, kind), str(s["tp"]), str(s["fn"]), str(s["fp"]),
-                      f"{s['precision']:.3f}", f"{s['recall']:.3f}")
-    console.print(table)
+    try:
+        parts = {set_file.stem: load_set(set_file)} if set_file else load_parts(part or ("dev", "heldout"))
+    except DataError as e:
+        console.print(f"[red]{e}[/red]", highlight=False)
+        raise typer.Exit(1)
+    deid = Deidentifier(ages_over_89=ages)
+    for name, examples in parts.items():
+        stats = score(deid.find, examples)
+        clean = [e for e in examples if not e.spans]
+        kept = sum(deid.scrub(e.text)[0] == e.text for e in clean)
+        table = Table(title=f"{name}: {len(examples)} sentences, {len(clean)} without PII ({kept} left intact)")
+        for col in ("type", "gold", "predicted", "P exact", "R exact", "P overlap", "R overlap"):
+            table.add_column(col, justify="left" if col == "type" else "right")
+        for kind, s in sorted(stats.items(), key=lambda kv: kv[0] == "all"):
+            table.add_row(PLACEHOLDER.get(kind, kind), str(s["gold"]), str(s["pred"]),
+                          *(f"{s[k]:.3f}" for k in ("precision_exact", "recall_exact", "precision_overlap",
+                                                    "recall_overlap")))
+        console.print(table)
+        if show_errors:
+            for where, what, kind, text in errors(deid.find, examples):
+                console.print(f"{where}: {what} {kind} {text}", highlight=False)

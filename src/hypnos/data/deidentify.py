@@ -5,68 +5,102 @@ Run: ``hypnos deidentify --config deid.yaml`` or as a recipe stage::
     - name: deidentify
       kind: deidentify
       input: "@decontaminate"
-      hospitals: [北京协和医院]
+      hospitals: [北京协和医院]     # optional: names the patterns below would not catch
+      ages_over_89: true            # optional: HIPAA-style, 92岁 -> [年龄]
 
-Replaced with typed placeholders: names ([姓名]: 患者张某某, 张某, 李医生, 王女士, 姓名：…), 18-digit
-resident ID numbers ([身份证号], only with a valid ISO 7064 MOD 11-2 check digit, so a lab value or
-an order number of 18 digits stays), mobile and landline numbers ([电话]), 住院号/病案号/门诊号/病历号
-([住院号]), addresses ([地址]: after 住址/家住/… or starting with a province or municipality),
-dates of birth ([出生日期], dates next to 出生/生于 only; a surgery date stays) and hospitals from a
-configured list ([医院]). Patterns favour precision on clinical text: "向医生咨询" and "张口困难" are
-not names. The manifest counts replacements per type; the original strings are written nowhere.
+What is replaced (placeholder):
 
-``synthetic_cases`` builds test texts with injected fictional PII and known spans; ``evaluate``
-reports precision and recall per type (``hypnos data deid-eval`` prints the table).
+- names ``[姓名]``: after labels, roles and kinship words (姓名 张三, 主刀医师：陈志刚, 家属签字：, 之子王磊,
+  丈夫何伟), before titles (石磊医师, 张医生), compound surnames (诸葛明, 欧阳娜娜), and words jieba's POS
+  tagger marks ``nr`` (see ``deid_names``); a guard list keeps 高热, 黄疸, 高龄, 曾于, 高年资… intact.
+- hospitals ``[医院]``: …医院 / …卫生院 / …诊所 / …保健院 / …中心 (复旦大学附属中山医院, 河南省人民医院) found
+  by pattern, plus an optional list; generic ones (当地医院, 县医院, 我院) stay.
+- resident IDs ``[身份证号]``: any 15- or 18-digit number after 身份证/证件号, whatever its check digit;
+  without a label an 18-digit number needs a valid check digit *and* a plausible birth date (an order
+  number passes the checksum 1 time in 11).
+- record and card numbers ``[住院号]`` after 住院号/病案号/门诊号/病历号/就诊卡号/医保卡号/ID号…, any format
+  (ZY-2024-01234, 6228 4801 2233 7791).
+- phones ``[电话]`` (mobiles with spaces, dashes, +86; landlines with area code, or 7-8 digits after
+  电话/座机), e-mails ``[邮箱]``, addresses ``[地址]``, birth dates ``[出生日期]`` (also 年月 only), and ages
+  over 89 ``[年龄]`` when configured.
+
+The manifest counts replacements per type; the original strings are written nowhere, except, when
+``reversible: true``, into a separate mapping file (mode 0600) the user names for their own audit.
+
+The independent hand-labelled evaluation set is in ``tests/deid`` (``hypnos data deid-eval``, see
+``deid_eval``). ``synthetic_cases`` builds template texts with injected PII: a consistency test only.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
+import os
 import random
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from hypnos.common.io import DataError, iter_rows, write_jsonl
 from hypnos.common.progress import track
 from hypnos.common.stage import StageConfig, StageContext, StageResult
+from hypnos.data.deid_names import find_names
 
 PLACEHOLDER = {"name": "[姓名]", "id": "[身份证号]", "phone": "[电话]", "record": "[住院号]",
-               "address": "[地址]", "dob": "[出生日期]", "hospital": "[医院]"}
+               "address": "[地址]", "dob": "[出生日期]", "hospital": "[医院]", "email": "[邮箱]", "age": "[年龄]"}
 
-# Common surnames. Left out on purpose: characters that are far more often words before 医生/主任
-# in clinical text (向 "ask", 和/与 "and", 由 "by", 麻 of 麻醉, 管 of 管床, 值 of 值班).
-SURNAMES = ("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘蒋蔡余杜叶程苏魏吕丁"
-            "任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方邹熊白孟秦邱侯江尹薛闫段雷龙黎史陶贺顾毛郝龚邵万钱严覃武"
-            "戴莫孔汤")
-_SN = f"[{SURNAMES}]"
-_CJK = "[\u4e00-\u9fff]"
-_TITLES = "医生|大夫|护士长|护士|主任|教授|先生|女士|小姐|老师|阿姨|师傅|同志"
+_CJK = "\u4e00-\u9fff"
 PROVINCES = ("北京|天津|上海|重庆|河北|山西|辽宁|吉林|黑龙江|江苏|浙江|安徽|福建|江西|山东|河南|湖北|湖南|广东|"
              "海南|四川|贵州|云南|陕西|甘肃|青海|台湾|内蒙古|广西|西藏|宁夏|新疆|香港|澳门")
-_DATE = r"(?:19|20)\d{2}\s*(?:年\s*\d{1,2}\s*月\s*\d{1,2}\s*日?|[-/.]\d{1,2}[-/.]\d{1,2})"
+# a date, possibly partial (1958年7月, 1939年, 1972-08-19, 1984.01.01)
+_DATE = (r"(?:19|20)\d{2}\s*年(?:\s*\d{1,2}\s*月(?:\s*\d{1,2}\s*[日号])?)?"
+         r"|(?:19|20)\d{2}[-/.](?:0?[1-9]|1[0-2])(?:[-/.](?:0?[1-9]|[12]\d|3[01]))?(?!\d)")
+_FILL = r"\s*(?:[：:]|为|是|码|号码)?\s*"  # between a label and its value
 
-# (type, pattern); the named group ``v`` (or the whole match) is what gets replaced.
+_ID_LABEL = r"(?:公民身份号码|身份证号码|身份证号|身份证|证件号码|证件号|身份号码)"
+_RECORD_LABEL = (r"(?:住院号码|住院号|病案号|门诊号|病历号码|病历号|就诊卡号|诊疗卡号|医保卡号|社保卡号|健康卡号|"
+                 r"就诊号|登记号|档案号|ID号|卡号)")
+_PHONE_LABEL = r"(?:电话号码|联系电话|电话|座机|固话|手机号码|手机号|手机|联系方式|回电|拨打|打|Tel|TEL|tel)"
+
+# (type, pattern); the named group ``v`` is what gets replaced.
 PATTERNS: list[tuple[str, re.Pattern]] = [
-    ("id", re.compile(r"(?<![0-9A-Za-z])(?P<v>\d{17}[\dXx])(?![0-9A-Za-z])")),
-    ("phone", re.compile(r"(?<![0-9])(?P<v>(?:\+?86[- ]?)?1[3-9]\d(?:[- ]?\d{4}){2})(?![0-9])")),
-    ("phone", re.compile(r"(?<![0-9])(?P<v>(?:[（(]0\d{2,3}[)）]|0\d{2,3}[- －])\d{7,8})(?![0-9])")),
-    ("record", re.compile(r"(?:住院号|病案号|门诊号|病历号|住院号码|ID号)\s*[：:为是]?\s*(?P<v>[A-Za-z]{0,3}\d[\dA-Za-z-]{3,})")),
-    ("dob", re.compile(rf"(?:出生日期|出生年月|出生于|生于|出生)\s*[：:为是]?\s*(?P<v>{_DATE})")),
-    ("dob", re.compile(rf"(?P<v>{_DATE})\s*(?:出生|生)(?!活|理|长|产|命|化)")),
-    ("address", re.compile(r"(?:住址|地址|家住|住在|居住于|居住在|现住|户籍地|户籍所在地)\s*[：:为是]?\s*"
-                           r"(?P<v>[^，。；,;、\s]{3,40})")),
-    ("address", re.compile(rf"(?P<v>(?:{PROVINCES})(?:省|市|自治区|特别行政区)?(?:{_CJK}{{1,5}}[市州盟])?"
-                           rf"(?:{_CJK}{{1,5}}[区县旗])?{_CJK}{{1,10}}(?:路|街|大道|巷|弄|胡同)"
-                           r"[0-9一二三四五六七八九十百]+号(?:[0-9]+(?:号楼|栋|幢|单元|楼|室|层))*)")),
-    ("name", re.compile(rf"(?:姓名|患者姓名|病人姓名|联系人)\s*[：:]\s*(?P<v>{_CJK}{{2,4}})")),
-    ("name", re.compile(rf"(?P<v>{_SN}某{{1,2}})")),
-    ("name", re.compile(rf"(?:患者|病人|患儿|产妇|家属|丈夫|妻子|儿子|女儿)(?P<v>{_SN}{_CJK}{{1,2}}?)"
-                        rf"(?=[，,、。；;（(\s]|[男女]|\d|因|于|主诉|自诉)")),
-    ("name", re.compile(rf"(?P<v>{_SN}{_CJK}{{0,2}}?)(?:{_TITLES})")),
+    ("email", re.compile(r"(?P<v>[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")),
+    ("id", re.compile(rf"{_ID_LABEL}{_FILL}(?P<v>\d{{17}}[\dXx]|\d{{15}})(?![0-9A-Za-z])")),
+    ("id", re.compile(r"(?<![0-9A-Za-z])(?P<v>\d{17}[\dXx])(?![0-9A-Za-z])")),  # checked in _valid_unlabelled_id
+    ("record", re.compile(rf"{_RECORD_LABEL}{_FILL}(?P<v>[A-Za-z]{{0,4}}[-#]?\d[0-9A-Za-z]*(?:[-_/#][0-9A-Za-z]+)*"
+                          r"(?: \d{3,}(?![\d.]))*)")),
+    ("phone", re.compile(r"(?<![0-9A-Za-z])(?P<v>(?:\+?86[-\s]?)?1[3-9]\d(?:[-\s]?\d{4}){2})(?![0-9])")),
+    ("phone", re.compile(r"(?<![0-9])(?P<v>(?:[（(]0\d{2,3}[)）]\s?|0\d{2,3}[-\s－])[2-9]\d{2,3}[-\s]?\d{4})(?![0-9])")),
+    ("phone", re.compile(rf"{_PHONE_LABEL}{_FILL}(?P<v>[2-9]\d{{2,3}}[-\s]?\d{{4}})(?![0-9])")),
+    ("dob", re.compile(rf"(?:出生日期|出生年月|出生于|出生|生于|生日)\s*[：:为是]?\s*(?P<v>{_DATE})")),
+    ("dob", re.compile(rf"(?P<v>{_DATE})\s*(?:出生|生(?![活理长产命化病育殖效]))")),
 ]
-_PRIORITY = {"id": 0, "phone": 1, "record": 2, "dob": 3, "hospital": 4, "address": 5, "name": 6}
+_AGE = re.compile(r"(?<![\d.])(?P<v>(?:9\d|1[0-2]\d)\s*(?:周岁|岁))")
+
+# Hospitals: the name ends in one of these; it starts after a verb/preposition or punctuation.
+_HOSP_END = re.compile(r"(?:医院|卫生院|诊所|保健院|卫生服务中心|卫生服务站|防治中心|医学中心|肿瘤中心|急救中心|门诊部)")
+_HOSP_STOP = set("在于到至往去从自由是的了与及或、打叫找让请把被给对为我您你他她其该这那此本前后转入住出就"
+                 "来回赴离经过诊治查做看拨电话向当地")
+_HOSP_GENERIC = {"县", "市", "省", "区", "镇", "乡", "村", "大", "小", "该", "哪家", "对方", "上级", "基层", "专科",
+                 "综合", "正规", "三甲", "附近", "这家", "那家", "私人", "社区", "公立", "民营", "中", "中医", "西医",
+                 "乡镇", "县级", "市级", "省级", "其他", "别的", "大型", "儿童", "妇幼", "县人民", "市人民",
+                 "省人民", "人民", "市中心", "中心", "县中医", "市中医", "市妇幼", "县妇幼", "市第一人民"}
+
+# Addresses: after a label, up to the last address unit; or province/city + district without one.
+_ADDR_LABEL = re.compile(r"(?:家庭住址|家庭地址|现住址|现住|户籍地址|户籍所在地|户籍地|居住地|居住于|居住在|通讯地址|"
+                         r"联系地址|住址|地址|家住|住在|家在|出生地|籍贯|生于|住)\s*[：:]?\s*")
+_ADDR_UNIT = "省市区县旗镇乡村组屯路街道巷弄号栋幢室楼层单元座院舍园里苑庄湾寨"
+_ADDR_BODY = re.compile(rf"[{_CJK}0-9A-Za-z\-#]{{2,50}}")
+_ADDR_FREE = re.compile(rf"(?:(?:{PROVINCES})(?:省|市|(?:壮族|回族|维吾尔)?自治区)?)?[{_CJK}]{{2,4}}?[市州盟]"
+                        rf"[{_CJK}]{{1,4}}?[区县旗市]"
+                        rf"(?:[{_CJK}0-9A-Za-z\-]{{0,16}}?(?:号|栋|幢|室|村|组|镇|乡|街道|弄|巷|单元)(?![{_CJK}]{{0,1}}[院]))*")
+_ADDR_NOT_AFTER = ("附近", "一带", "旁边", "周边", "那边", "这边", "上班", "工作")
+
+_PRIORITY = {"email": 0, "record": 1, "id": 2, "phone": 3, "dob": 4, "age": 5, "hospital": 6, "address": 7,
+             "name": 8}
 
 
 def valid_resident_id(s: str) -> bool:
@@ -78,6 +112,21 @@ def valid_resident_id(s: str) -> bool:
     return "10X98765432"[total % 11] == s[17].upper()
 
 
+def plausible_birth_date(s: str) -> bool:
+    """Digits 7-14 of an 18-digit ID are a real date between 1900 and today, after a region code 11-82."""
+    if not 11 <= int(s[:2]) <= 82:
+        return False
+    try:
+        d = _dt.date(int(s[6:10]), int(s[10:12]), int(s[12:14]))
+    except ValueError:
+        return False
+    return _dt.date(1900, 1, 1) <= d <= _dt.date.today()
+
+
+def _valid_unlabelled_id(s: str) -> bool:
+    return valid_resident_id(s) and plausible_birth_date(s)
+
+
 @dataclass(frozen=True)
 class PIISpan:
     """A piece of personal information found in a text (end exclusive)."""
@@ -87,16 +136,103 @@ class PIISpan:
     type: str
 
 
+# POS tags that end a hospital name when walking left from 医院: verbs, pronouns, prepositions, adverbs,
+# particles, adjectives, time words, measure words (到|正规|三甲|医院, 一家|权威|医院, 哪个|医院)
+_HOSP_BREAK = ("v", "r", "p", "d", "c", "u", "a", "t", "q", "y", "e", "z", "vn", "ad", "an", "l", "i")
+_HOSP_GENERIC_WORDS = {"权威", "专业", "正规", "专科", "综合", "大型", "公立", "私立", "民营", "省立", "市立", "县立",
+                       "三甲", "二甲", "三级", "二级", "一级", "甲等", "最好", "附近", "当地", "本地", "外地", "基层",
+                       "社区", "乡镇", "县级", "市级", "省级", "上级", "下级", "大", "小", "好", "该"}
+
+
+@lru_cache(maxsize=65536)
+def _hospital_head(head: str) -> int:
+    """How many leading characters of ``head`` (the text before 医院/诊所…) to drop so that what remains
+    is a hospital's own name; ``len(head)`` when nothing specific remains (专科医院, 一家权威医院)."""
+    from hypnos.data.deid_names import _jieba
+
+    toks = _jieba()[1].lcut(head)
+    start, pos = 0, 0
+    for w, f in toks:  # keep only what follows the last verb/pronoun/adverb… (留意|决定|一家|权威)
+        pos += len(w)
+        if (f.startswith(_HOSP_BREAK) and not w.startswith("第")) or (f == "m" and not re.search(r"\d|第", w)):
+            start = pos
+    while start < len(head):  # drop leading generic words (正规|专科)
+        for g in sorted(_HOSP_GENERIC_WORDS, key=len, reverse=True):
+            if head.startswith(g, start):
+                start += len(g)
+                break
+        else:
+            break
+    name = head[start:]
+    specific = any(f in ("ns", "nt", "nz", "j") or (f.startswith("nr") and len(w) >= 2)
+                   for w, f in _jieba()[1].lcut(name)) if name else False
+    # a university, a numbered hospital (第二, 324) or a place with its unit (古固寨镇, 王家店乡) is specific
+    if re.search(r"大学|学院|医科|\d|第[一二三四五六七八九十]|[\u4e00-\u9fff]{2}[省市县区镇乡村]", name):
+        specific = True
+    return start if specific and len(name) >= 2 and not re.search("[您你我他她哪啥]", name) else len(head)
+
+
+def _hospitals(text: str) -> list[tuple[int, int]]:
+    out = []
+    for m in _HOSP_END.finditer(text):
+        s = m.start()
+        while s > 0 and m.start() - s < 24 and ("\u4e00" <= text[s - 1] <= "\u9fff" or text[s - 1].isdigit()) \
+                and text[s - 1] not in _HOSP_STOP:
+            s -= 1
+        head = text[s : m.start()]
+        if head in _HOSP_GENERIC:
+            continue
+        s += _hospital_head(head)
+        if s < m.start():
+            out.append((s, m.end()))
+    return out
+
+
+def _addresses(text: str) -> list[tuple[int, int]]:
+    out = []
+    for m in _ADDR_LABEL.finditer(text):
+        b = _ADDR_BODY.match(text, m.end())
+        if not b:
+            continue
+        v = b.group()
+        for tail in _ADDR_NOT_AFTER:  # 住在文三路259号附近 -> the address ends before 附近
+            k = v.find(tail)
+            if k > 0:
+                v = v[:k]
+        # end at the last address unit (号, 栋, 村, 区 …); a province or city alone is not an address
+        last = max((k for k, c in enumerate(v) if c in _ADDR_UNIT), default=-1)
+        v = v[: last + 1]
+        if re.fullmatch(rf"(?:{PROVINCES})?[省市]?", v) or len(v) < 3 or not re.search("[区县旗镇乡村路街号栋巷弄组]", v):
+            continue
+        if re.fullmatch(_DATE, v):
+            continue
+        out.append((m.end(), m.end() + len(v)))
+    for m in _ADDR_FREE.finditer(text):
+        s, e = m.span()
+        if not re.match(PROVINCES, text[s:]):
+            # no province: the city name is the 2-4 characters before 市/州, after any verb (我住在|杭州市)
+            c = re.search("[市州盟]", text[s:e]).start() + s
+            s = c
+            while s > m.start() and c - s < 4 and text[s - 1] not in _HOSP_STOP:
+                s -= 1
+            if c - s < 2:
+                continue
+        out.append((s, e))
+    return out
+
+
 class Deidentifier:
     """Finds and replaces PII in Chinese text.
 
     Args:
-        hospitals: hospital names to replace with [医院] (longest first, so a branch beats its parent).
+        hospitals: extra hospital names to replace with [医院] (longest first) beyond the patterns.
+        ages_over_89: also replace ages of 90 and over (HIPAA-style) with [年龄].
     """
 
-    def __init__(self, hospitals: list[str] | tuple[str, ...] = ()):
+    def __init__(self, hospitals: list[str] | tuple[str, ...] = (), ages_over_89: bool = False):
         names = sorted({h for h in hospitals if h}, key=len, reverse=True)
         self.hospital_re = re.compile("|".join(map(re.escape, names))) if names else None
+        self.ages_over_89 = ages_over_89
 
     def find(self, text: str) -> list[PIISpan]:
         """Non-overlapping PII spans in ``text``, sorted by start."""
@@ -104,33 +240,56 @@ class Deidentifier:
         for kind, pat in PATTERNS:
             for m in pat.finditer(text):
                 start, end = m.span("v")
-                if kind == "id" and not valid_resident_id(m.group("v")):
+                if kind == "id" and m.group(0) == m.group("v") and not _valid_unlabelled_id(m.group("v")):
                     continue
                 found.append(PIISpan(start, end, kind))
+        if self.ages_over_89:
+            found += [PIISpan(*m.span("v"), "age") for m in _AGE.finditer(text)]
+        found += [PIISpan(s, e, "hospital") for s, e in _hospitals(text)]
         if self.hospital_re is not None:
             found += [PIISpan(*m.span(), "hospital") for m in self.hospital_re.finditer(text)]
-        # higher-priority (more certain) types first, then longer spans; drop anything overlapping
-        found.sort(key=lambda s: (_PRIORITY[s.type], -(s.end - s.start), s.start))
-        taken: list[PIISpan] = []
-        for s in found:
-            if all(s.end <= t.start or s.start >= t.end for t in taken):
-                taken.append(s)
+        found += [PIISpan(s, e, "address") for s, e in _addresses(text)]
+        taken = _resolve(found)
+        taken += [PIISpan(s, e, "name") for s, e in find_names(text, [(t.start, t.end) for t in taken])]
         return sorted(taken, key=lambda s: s.start)
 
     def scrub(self, text: str) -> tuple[str, dict[str, int]]:
         """``text`` with every PII span replaced by its placeholder, and counts per type."""
+        new, counts, _ = self.scrub_with_map(text)
+        return new, counts
+
+    def scrub_with_map(self, text: str, tag=None) -> tuple[str, dict[str, int], list[tuple[str, str, str]]]:
+        """Like ``scrub``; ``tag(type) -> placeholder`` numbers placeholders for reversible mode, and the
+        third result lists (placeholder, type, original) for the mapping file."""
         counts: dict[str, int] = {}
-        out, pos = [], 0
+        out, pos, mapping = [], 0, []
         for s in self.find(text):
-            out += [text[pos : s.start], PLACEHOLDER[s.type]]
+            ph = tag(s.type) if tag else PLACEHOLDER[s.type]
+            out += [text[pos : s.start], ph]
+            if tag:
+                mapping.append((ph, s.type, text[s.start : s.end]))
             pos = s.end
             counts[s.type] = counts.get(s.type, 0) + 1
         out.append(text[pos:])
-        return "".join(out), counts
+        return "".join(out), counts, mapping
+
+
+def _resolve(found: list[PIISpan]) -> list[PIISpan]:
+    """Higher-priority (more certain) types first, then longer spans; drop anything overlapping."""
+    found.sort(key=lambda s: (_PRIORITY[s.type], -(s.end - s.start), s.start))
+    taken: list[PIISpan] = []
+    for s in found:
+        if all(s.end <= t.start or s.start >= t.end for t in taken):
+            taken.append(s)
+    return taken
 
 
 # ---- evaluation on synthetic cases ----------------------------------------------------------------
 
+# the surnames the templates draw from (a fixed string, so the cases stay the same across versions)
+_SYNTH_SURNAMES = ("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘蒋蔡余杜叶程苏魏吕丁"
+                   "任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方邹熊白孟秦邱侯江尹薛闫段雷龙黎史陶贺顾毛郝龚邵万钱严覃武"
+                   "戴莫孔汤")
 _GIVEN = "建国伟芳秀英敏静丽强磊军洋勇艳杰娟涛明超霞平刚桂兰海燕晓红春华志文玉梅子涵浩宇欣怡"
 _CITIES = [("浙江省", "杭州市", "西湖区"), ("广东省", "广州市", "天河区"), ("北京市", "", "朝阳区"),
            ("四川省", "成都市", "武侯区"), ("湖北省", "武汉市", "洪山区"), ("上海市", "", "徐汇区")]
@@ -154,7 +313,7 @@ def _fake_id(rng: random.Random) -> str:
 
 
 def _fake(kind: str, rng: random.Random) -> str:
-    sn = rng.choice(SURNAMES)
+    sn = rng.choice(_SYNTH_SURNAMES)
     if kind == "name":
         return rng.choice([sn + "某某", sn + "某", sn + "".join(rng.sample(_GIVEN, rng.randint(1, 2)))])
     if kind == "id":
@@ -207,7 +366,7 @@ def synthetic_cases(n: int = 200, seed: int = 0) -> list[dict]:
                 text += str(rng.randint(1, 90))
                 continue
             kind = "name" if slot == "name_title" else slot
-            value = rng.choice(SURNAMES) if slot == "name_title" else _fake(kind, rng)
+            value = rng.choice(_SYNTH_SURNAMES) if slot == "name_title" else _fake(kind, rng)
             spans.append({"start": len(text), "end": len(text) + len(value), "type": kind})
             text += value
         if rng.random() < 0.35:
@@ -246,9 +405,9 @@ def evaluate(deid: Deidentifier, cases: list[dict]) -> dict[str, dict[str, float
 
 # ---- the stage ------------------------------------------------------------------------------------
 
-# keys whose values are labels, ids or answers letters, never free text to scrub
-_NOT_TEXT = {"id", "source", "category", "kind", "difficulty", "split", "answer", "labels", "domain", "from",
-             "meta", "type", "start", "end"}
+# Keys whose values are structure, never free text: everything else (instruction, input, output, answers,
+# options, meta, dialogue turns, categories) is scrubbed, recursively.
+_STRUCTURAL = {"id", "kind", "source", "split", "from", "role", "type", "start", "end", "lang", "label", "labels"}
 
 
 class Config(StageConfig):
@@ -257,52 +416,110 @@ class Config(StageConfig):
     input: str
     """Rows to scrub (path or "@stage[.output]"); any record kind."""
     hospitals: list[str] = Field(default_factory=list)
-    """Hospital names to replace with [医院]."""
+    """Hospital names to replace with [医院] beyond those the patterns find."""
     hospitals_file: str | None = None
     """A text file with one more hospital name per line."""
+    ages_over_89: bool = False
+    """Also replace ages of 90 and over with [年龄] (HIPAA Safe Harbor)."""
+    reversible: bool = False
+    """Number the placeholders ([姓名#3]) and write placeholder -> original to ``mapping_file`` (mode 0600)
+    for the user's own audit. Off by default: then nothing original is written anywhere."""
+    mapping_file: str | None = None
+    """Where the reversible mapping goes; required with ``reversible``, must lie outside the run directory."""
+
+    @model_validator(mode="after")
+    def _mapping_needs_reversible(self):
+        if self.reversible and not self.mapping_file:
+            raise ValueError("reversible: true needs mapping_file: a path outside the run directory")
+        if self.mapping_file and not self.reversible:
+            raise ValueError("mapping_file is only written with reversible: true")
+        return self
 
     def check(self, ctx: StageContext) -> list[str]:
         return ctx.check_ref(self.input, "input") + ctx.check_ref(self.hospitals_file, "hospitals_file")
 
 
-def _scrub_obj(obj, deid: Deidentifier, counts: dict[str, int]):
+def _scrub_obj(obj, scrub, counts: dict[str, int]):
     if isinstance(obj, str):
-        new, c = deid.scrub(obj)
+        new, c = scrub(obj)
         for k, v in c.items():
             counts[k] = counts.get(k, 0) + v
         return new
     if isinstance(obj, list):
-        return [_scrub_obj(v, deid, counts) for v in obj]
+        return [_scrub_obj(v, scrub, counts) for v in obj]
     if isinstance(obj, dict):
-        return {k: (v if k in _NOT_TEXT else _scrub_obj(v, deid, counts)) for k, v in obj.items()}
+        return {k: (v if k in _STRUCTURAL and not isinstance(v, (dict, list)) else _scrub_obj(v, scrub, counts))
+                for k, v in obj.items()}
     return obj
 
 
+def _open_private(path: Path):
+    """A new file only its owner can read or write (0600 from creation, not chmod-ed afterwards)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode under O_CREAT: force it
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
 def run(cfg: Config, ctx: StageContext) -> StageResult:
-    """Write ``scrubbed`` rows; NER rows whose text changed move to ``dropped`` (their spans no longer fit)."""
+    """Write ``scrubbed`` rows; NER rows whose text changed move to ``dropped`` (their spans no longer fit).
+
+    Under torchrun only the main process scrubs and writes (outputs, mapping file); the others wait.
+    """
+    from hypnos.common import dist
+
+    return dist.run_on_main(_run, cfg, ctx)
+
+
+def _run(cfg: Config, ctx: StageContext) -> StageResult:
     hospitals = list(cfg.hospitals)
     if cfg.hospitals_file:
         hospitals += [ln.strip() for ln in Path(ctx.resolve(cfg.hospitals_file)).read_text("utf-8").splitlines()]
-    deid = Deidentifier(hospitals)
+    deid = Deidentifier(hospitals, ages_over_89=cfg.ages_over_89)
+    mapping_out = None
+    if cfg.reversible:
+        mpath = Path(ctx.resolve(cfg.mapping_file)).resolve()
+        if mpath.is_relative_to(Path(ctx.run_dir).resolve()):
+            raise DataError(mpath, None, "mapping_file must lie outside the run directory (it holds the originals)")
+        mapping_out = _open_private(mpath)
+    serial: dict[str, int] = {}
+
+    def tag(kind: str) -> str:
+        serial[kind] = serial.get(kind, 0) + 1
+        return f"{PLACEHOLDER[kind][:-1]}#{serial[kind]}]"
+
+    def scrub(text: str) -> tuple[str, dict[str, int]]:
+        if mapping_out is None:
+            return deid.scrub(text)
+        new, c, pairs = deid.scrub_with_map(text, tag)
+        for ph, kind, orig in pairs:
+            mapping_out.write(json.dumps({"placeholder": ph, "type": kind, "original": orig}, ensure_ascii=False) + "\n")
+        return new, c
+
     counts: dict[str, int] = {}
     kept, dropped, changed = [], [], 0
-    for item in track(list(iter_rows(ctx.resolve(cfg.input))), desc="deidentify", unit="row"):
-        if isinstance(item, DataError):
-            raise item
-        row_counts: dict[str, int] = {}
-        new = _scrub_obj(item.data, deid, row_counts)
-        if row_counts:
-            changed += 1
-            for k, v in row_counts.items():
-                counts[k] = counts.get(k, 0) + v
-        if "entities" in new and new.get("text") != item.data.get("text"):
-            dropped.append({"id": new.get("id"), "reason": "ner_spans_invalidated", "replaced": row_counts})
-        else:
-            kept.append(new)
+    try:
+        for item in track(list(iter_rows(ctx.resolve(cfg.input))), desc="deidentify", unit="row"):
+            if isinstance(item, DataError):
+                raise item
+            row_counts: dict[str, int] = {}
+            new = _scrub_obj(item.data, scrub, row_counts)
+            if row_counts:
+                changed += 1
+                for k, v in row_counts.items():
+                    counts[k] = counts.get(k, 0) + v
+            if "entities" in new and new.get("text") != item.data.get("text"):
+                dropped.append({"id": new.get("id"), "reason": "ner_spans_invalidated", "replaced": row_counts})
+            else:
+                kept.append(new)
+    finally:
+        if mapping_out is not None:
+            mapping_out.close()
     write_jsonl(ctx.out_dir / "scrubbed.jsonl", kept)
     write_jsonl(ctx.out_dir / "dropped.jsonl", dropped)
     return StageResult(outputs={"scrubbed": "scrubbed.jsonl", "dropped": "dropped.jsonl"},
                        counts={"in": len(kept) + len(dropped), "kept": len(kept), "dropped": len(dropped),
                                "rows_changed": changed},
                        dropped={"ner_spans_invalidated": len(dropped)} if dropped else {},
-                       metrics={"replaced": {PLACEHOLDER[k]: v for k, v in sorted(counts.items())}})
+                       metrics={"replaced": {PLACEHOLDER[k]: v for k, v in sorted(counts.items())},
+                                "reversible": cfg.reversible})

@@ -1,0 +1,355 @@
+"""Person names in Chinese clinical text: context rules first, jieba's POS tagger second.
+
+Three sources, each cheap before it is precise:
+
+1. **Anchors before a name**: labels and roles (``姓名``, ``主刀医师：``, ``家属签字：``, ``记录者``),
+   kinship (``丈夫``, ``之子``, ``我老公``) and ``患者``/``我叫``. The name starts right after the
+   anchor; where it ends comes from a field boundary (``：王秀英   与患者关系``) or, inside running text,
+   from jieba's segmentation (``上级医师杨帆指导下…`` → 杨帆).
+2. **Titles after a name**: ``石磊医师``, ``丁慧敏主任``, ``张医生`` (a bare surname only right after a
+   boundary, so ``请向医生咨询``, ``主任医师`` stay).
+3. **jieba's POS tagger** (``nr``, model shipped in the package): run only on the clauses that hold a
+   surname followed by a plausible given-name character, and cached. jieba tags many dictionary
+   words nr (麻醉, 何首乌, 康复), so a tagged word is kept only when it is *not* a dictionary word
+   (a name the HMM found) or is a three-character dictionary name, starts with a surname, and uses
+   given-name characters.
+
+Every candidate is checked against a guard list of clinical words that look like names
+(``deid_guard.txt``: 高热, 黄疸, 高龄, 曾于, 高年资, 王氏…) and against drug/herb suffixes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+
+COMPOUND = ("欧阳 司马 诸葛 上官 司徒 慕容 端木 皇甫 令狐 赫连 东方 夏侯 尉迟 公孙 长孙 宇文 澹台 呼延 万俟 轩辕 "
+            "南宫 西门 独孤 拓跋 钟离 申屠 太史 闻人 百里 东郭 公冶 濮阳 淳于 单于 仲孙 闾丘 左丘 乐正 司空 "
+            "司寇 羊舌 微生 即墨 夹谷 第五 巫马 公羊 梁丘 呼延 宗政 亓官").split()
+# Single-character surnames (the few hundred that cover nearly all of China).
+SURNAMES = set(
+    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘蒋蔡余杜叶程苏魏吕丁"
+    "任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方邹熊白孟秦邱侯江尹薛闫段雷龙黎史陶贺顾毛郝龚邵万钱严覃武"
+    "戴莫孔汤向常温康施文牛樊葛邢安齐易乔伍庞颜倪庄聂章鲁岳翟殷詹申欧耿关兰焦俞左柳甘祝包宁尚符舒阮"
+    "柯纪梅童凌毕单季裴霍涂成苗谷盛曲翁冉骆蓝路游辛靳管柴蒙鲍华喻祁蒲房滕屈饶解牟艾尤阳时穆农司卓古"
+    "吉缪简车项连芦麦褚娄窦戚岑景党宫费卜冷晏席卫米柏宗瞿桂全佟应臧闵苟邬边卞姬师仇栾隋商刁沙荣巫寇"
+    "桑郎甄丛仲虞敖巩佘池查苑迟邝官封谈匡鞠惠荆乐冀郁胥南班储栗燕楚鄢劳谌奚皮粟冼蔺楼盘闻厉伊仝郜"
+    "阚权帅屠豆朴盖练廉禹井祖漆巴丰支卿狄计索宣晋初云容敬扈晁芮普阙浦戈伏鹿薄邸雍辜羊乌母裘亓修邰"
+    "赫杭况宿鲜印逯隆茹诸战慕危玉银亢嵇哈湛宾戎勾茅於揭干尉冶斯束檀衣展阴昝幸奉植衡富尧闭于阎")
+# Surname characters that are, before a title or inside running text, far more often a word of
+# their own (请向医生咨询, 主任医师, 全科医生, 于术后, 和医生沟通): not trusted there.
+WEAK_SURNAMES = set("向于全时平原海花强都来相门信国云明位冷乐满初计元利但展智幸富井支练任管麻和由同合区"
+                    "应单成安方连易文华才官商资年常解查")
+
+_CJK = "\u4e00-\u9fff"
+# Never part of a given name in running text: function words, numbers, units, titles, clinical heads.
+NOT_GIVEN = set("的了是在和与及或等为于因由被把将向对从自到至给让请说诉称要已未不无有没也都又再还就才即便谢"
+                "而且但并之其此该这那每各某些们我你您他她它谁啥么吗呢吧啊呀哦嗯男女岁氏医师护士主任教授术"
+                "院科室床号月日年时分秒周天次例病症痛炎疸诊治疗查检验血压肿瘤癌药片丸汤散针剂液胶囊服用"
+                "一二三四五六七八九十百千万两个位名岁后前中内外上下左右再也已代签字述诉陪同提供办理同意"
+                "患者属儿子孙孩妈爸哥姐弟妹爷奶公婆夫妻伴人家亲友边行做去来看说问答向")
+# Characters jieba's names contain but that, without any context, mostly belong to foods, drugs and
+# anatomy (温开水, 牛羊肉, 窦性心, 谷维素, 阴道镜): not trusted in a name the POS tagger alone proposes.
+_NOT_GIVEN_ALONE = set("水肉性心酸叶素皮草药丙丁甲乙体力缘母宝羊牛鸡鱼虾蛋米面油盐糖茶酒菜果根茎籽仁膏丸片胶囊"
+                       "颗粒剂针镜道腔窦壁管脉骨筋膜肝肾肺胃肠脑舌齿牙眼耳鼻喉唇背腹腰腿足脚手头颈胸乳臀阴阳虚寒湿"
+                       "热燥火风痰瘀气血精神黄白红绿蓝紫黑灰色粉汁露霜剂康舒灵宁定乐克林特星沙松尔斯达普罗丁霖"
+                       "参辛亭坦玛蛇奇尼埃通树固麻萨洛芬巴")
+TITLES = ("护士长", "主任医师", "副主任", "主任", "医生", "医师", "大夫", "教授", "护士", "院长", "老师",
+          "先生", "女士", "小姐", "阿姨", "师傅", "同志", "主治")
+# Labels and roles after which a name follows. A colon after them makes the anchor "strong".
+LABELS = ("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓名 姓名 紧急联系人 家属联系人 联系人 签名 签字 主刀医师 主刀医生 "
+          "主刀 主麻 副麻 麻醉医师 麻醉医生 手术医师 手术医生 器械护士 巡回护士 护士长 主管护士 随访护士 责任护士 "
+          "记录者 记录人 记录医师 记录医生 书写医师 审核医师 审核人 上级医师 主治医师 住院医师 主任医师 经治医师 "
+          "谈话医师 谈话医生 主管医生 主管医师 管床医生 管床医师 接诊医生 接诊医师 值班医生 主治医生 科主任 第一助手 "
+          "第二助手 助手 助理 交接人 接收人 见证人 授权委托人 委托人 受托人 代理人 法定代理人 监护人 陈述者 病史陈述者 "
+          "申请人 联系人姓名 患者 病人 患儿 产妇 家属 本人 我叫 我是 丈夫 妻子 老公 老婆 爱人 老伴 配偶 之子 之女 之孙 "
+          "之妻 之夫 其子 其女 其妻 其夫 儿子 女儿 父亲 母亲 外孙 外孙女 孙子 孙女 我妈 我爸 我哥 我姐 我弟 我妹 "
+          "我奶奶 我爷爷 我母亲 我父亲 我爱人 他爸 她妈 孩子他爸 孩子他妈 兄弟 委托").split()
+_LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True)) + ")"
+                       r"(?P<colon>\s*[：:]\s*|\s+|)")
+_TITLE_RE = re.compile("|".join(sorted(TITLES, key=len, reverse=True)))
+# A name is followed by these when it is the head of a clause: 患者万里，男 / 姓名 张三  性别
+_STRONG_AFTER = re.compile(r"(?:\s*[，,、]?\s*[男女](?![士儿])|\s*[（(]|\s{2,}|\s*$)")
+# Drug and herb names ending: a "name" followed by these is a drug (孟鲁司特钠, 牛黄解毒片)
+_DRUG_AFTER = re.compile(r"[丸散膏丹汤片剂液钠酸素霉醇胺酯酮唑嗪平定林]")
+_BOUNDARY_BEFORE = set("，,。；;：:、（(）)\"“”'‘’ \t\n是找请问让叫给跟和与同的位谢系询挂约见着了过")
+# Given-name characters that are common today but rare among the (older) names in jieba's dictionary.
+_COMMON_GIVEN = ("伟芳娜敏静丽强磊军洋勇艳杰娟涛明超霞平刚桂英华兰梅玲燕红萍鹏辉斌宇浩凯健俊帆帅旭宁龙林峰波"
+                 "飞鑫瑞琳婷雪慧颖倩欣怡涵轩泽博文晨阳佳嘉琪悦彤雨思梓子诗晓小秀玉春冬志国建德金海荣永亮成"
+                 "东立新云霖昊然睿哲瑶璐蕾薇莹菲媛婉琦璇妍馨钰淼森炜昕皓晟翔宏毅坤峥铭锋楠榕桐杨柳桦")
+_GUARD_FILE = Path(__file__).with_name("deid_guard.txt")
+
+
+@lru_cache(maxsize=1)
+def guard_words() -> frozenset[str]:
+    words = set()
+    for line in _GUARD_FILE.read_text("utf-8").splitlines():
+        words.update(line.split("#", 1)[0].split())
+    return frozenset(words)
+
+
+@lru_cache(maxsize=1)
+def _jieba():
+    """jieba with its dictionary loaded once (the POS model ships inside the package: no download)."""
+    import jieba
+    import jieba.posseg as pseg
+
+    jieba.setLogLevel(logging.WARNING)
+    jieba.initialize()
+    pseg.dt.initialize()
+    return jieba, pseg
+
+
+@lru_cache(maxsize=1)
+def given_chars() -> frozenset[str]:
+    """Characters of given names: those seen at least 8 times in the three-character names of
+    jieba's dictionary (tag nr, first character a surname), less function and clinical characters."""
+    _, pseg = _jieba()
+    c: Counter[str] = Counter()
+    for w, t in pseg.dt.word_tag_tab.items():
+        if t == "nr" and len(w) == 3 and w[0] in SURNAMES:
+            c.update(w[1:])
+    common = set(_COMMON_GIVEN)
+    return frozenset(ch for ch, n in c.items() if n >= 8 or ch in common) - NOT_GIVEN
+
+
+def _dict_tag(word: str) -> str | None:
+    jieba, pseg = _jieba()
+    if not jieba.dt.FREQ.get(word):
+        return None
+    return pseg.dt.word_tag_tab.get(word, "x")
+
+
+def surname_at(text: str, i: int, weak_ok: bool = True) -> str:
+    """The surname starting at ``i`` ('' if none); compound surnames first."""
+    if text[i : i + 2] in COMPOUND:
+        return text[i : i + 2]
+    ch = text[i : i + 1]
+    if ch in SURNAMES and (weak_ok or ch not in WEAK_SURNAMES):
+        return ch
+    return ""
+
+
+def _guarded(text: str, i: int) -> bool:
+    g = guard_words()
+    return any(text[i : i + k] in g for k in (2, 3, 4, 5))
+
+
+@lru_cache(maxsize=65536)
+def _segment(window: str) -> tuple[str, ...]:
+    return tuple(_jieba()[0].lcut(window, HMM=True))
+
+
+def _name_length(text: str, i: int, sn: str, strong: bool) -> int:
+    """Length of the name starting at ``i`` with surname ``sn`` (0 if there is none)."""
+    gc = given_chars()
+    j = i + len(sn)
+    run = 0
+    while run < 2 and j + run < len(text) and not _TITLE_RE.match(text, j + run) and (
+            text[j + run] in gc or (strong and "\u4e00" <= text[j + run] <= "\u9fff"
+                                    and (text[j + run] not in NOT_GIVEN or text[j + run] in "一二三四五六七八九"))):
+        run += 1
+    if run == 0:
+        return 0
+    if run == 2:
+        after = j + 2
+        # a field or clause boundary, a title or a sex right after two given characters: take both
+        ends = after >= len(text) or not ("\u4e00" <= text[after] <= "\u9fff") or _TITLE_RE.match(text, after) \
+            or text[after] in "男女"
+        if not ends:
+            # inside running text: let jieba decide where the name ends (杨帆|指导, 姜浩|车祸, 赵丽|的)
+            toks, n = _segment(text[i : i + 8]), 0
+            for t in toks:
+                n += len(t)
+                if n > len(sn):
+                    break
+            run = max(1, min(2, n - len(sn)))
+    return len(sn) + run
+
+
+def _is_word(s: str) -> bool:
+    """A dictionary word that is no name (谢谢 is tagged nr by jieba, hence the guard list too)."""
+    return s in guard_words() or _dict_tag(s) not in (None, "nr")
+
+
+def _acceptable(text: str, i: int, length: int, strong: bool) -> bool:
+    name = text[i : i + length]
+    if _guarded(text, i) or name in guard_words():
+        return False
+    if i > 0 and _is_word(text[i - 1 : i + 1]):
+        return False  # the surname character ends a word: 手段|帮助, 上皮|增厚, 谢谢|胡医生
+    if _DRUG_AFTER.match(text, i + length):
+        return False
+    if not strong:
+        tag = _dict_tag(name)
+        # a dictionary word is a name only if jieba's dictionary says so (高峰, 白雪, 雷鸣)
+        if tag is not None and tag != "nr":
+            return False
+    return True
+
+
+def name_after(text: str, i: int, strong: bool) -> int:
+    """Length of a name starting at ``i`` (right after an anchor), 0 if none."""
+    if i >= len(text):
+        return 0
+    sn = surname_at(text, i)
+    if not sn:
+        return 0
+    length = _name_length(text, i, sn, strong)
+    if not strong:
+        # 患者李四，男 / 姓名 张三  性别: a clause head may use any character (四, 三)
+        loose = _name_length(text, i, sn, True)
+        if loose and _STRONG_AFTER.match(text, i + loose):
+            length, strong = loose, True
+    if not strong:
+        # in running text jieba's first word must not be an ordinary word (患者|平素|体健, 医师|查房)
+        first = _segment(text[i : i + 8])[0]
+        if len(first) >= 2 and _dict_tag(first) not in (None, "nr", "ns", "nz", "nrt", "nrfg") \
+                and first[:2] not in COMPOUND:
+            return 0
+        # a weak surname (于, 平, 时 …) only when jieba reads the whole name as one word (其子|于海洋|代签,
+        # not 患者|于|入院)
+        if sn in WEAK_SURNAMES and len(first) != length:
+            return 0
+    if not length:
+        return 0
+    strong = strong or bool(_STRONG_AFTER.match(text, i + length))
+    return length if _acceptable(text, i, length, strong) else 0
+
+
+def name_before(text: str, e: int) -> int:
+    """Start of a name ending at ``e`` (right before a title), -1 if none."""
+    gc = given_chars()
+    for k in (4, 3, 2):  # compound surname + 2, surname + 2, surname + 1 (or compound + 1 = 3)
+        s = e - k
+        if s < 0:
+            continue
+        sn = surname_at(text, s, weak_ok=False)
+        if not sn or len(sn) + 2 < k or (k == 4 and len(sn) != 2):
+            continue
+        given = text[s + len(sn) : e]
+        if k == 3 and len(sn) == 1 and _is_word(text[s : s + 2]):
+            continue  # 许多|水医生: a word, then a character
+        if given and all(c in gc for c in given) and _acceptable(text, s, k, strong=True) \
+                and not (_dict_tag(text[s:e]) not in (None, "nr") and k == 2):
+            return s
+    s = e - 1
+    title = _TITLE_RE.match(text, e).group()
+    # a bare surname right after a boundary (张医生您好, 我是许大夫); at the very start even 常/时医生;
+    # never the head of a word that includes the title (班主任)
+    if s >= 0 and surname_at(text, s, weak_ok=s == 0 and text[s] not in "向于和由同与在为对从") \
+            and (s == 0 or text[s - 1] in _BOUNDARY_BEFORE) and _dict_tag(text[s] + title) in (None, "nr") \
+            and (s == 0 or not _is_word(text[s - 1 : s + 1])):
+        return s
+    return -1
+
+
+_MOU_RE = re.compile("(?:" + "|".join(COMPOUND) + "|[" + "".join(sorted(SURNAMES - WEAK_SURNAMES)) + "])某{1,2}(?![地处些种天日时年月次个项类位件])")
+_SPLIT = re.compile(r"[，,。；;！!？?\n（）()、：:\s]")
+
+
+@lru_cache(maxsize=65536)
+def _pos_names(clause: str) -> tuple[tuple[int, int], ...]:
+    """Names jieba's POS tagger finds in ``clause`` (offsets within it)."""
+    _, pseg = _jieba()
+    toks = [(w, f) for w, f in pseg.lcut(clause, HMM=True)]
+    out, pos, gc = [], 0, given_chars() - _NOT_GIVEN_ALONE
+    k = 0
+    while k < len(toks):
+        w, f = toks[k]
+        start = pos
+        # jieba often splits surname | given name (王|秀英, 戴|红梅): join them back
+        if len(w) == 1 and surname_at(w, 0, weak_ok=False) and k + 1 < len(toks) and toks[k + 1][1] == "nr" \
+                and len(toks[k + 1][0]) == 2 and all(c in gc for c in toks[k + 1][0]):
+            w2 = toks[k + 1][0]
+            if _acceptable(clause, start, 1 + len(w2), strong=True):
+                out.append((start, start + 1 + len(w2)))
+            pos += len(w) + len(w2)
+            k += 2
+            continue
+        if f.startswith("nr"):
+            sn = surname_at(w, 0, weak_ok=False)
+            given = w[len(sn):]
+            tag = _dict_tag(w)
+            # without context only full names: surname + two given characters the HMM found (谷丙, 窦性,
+            # 温开水 are not in the dictionary either, but fail the given-name characters)
+            if sn and len(given) == 2 and all(c in gc for c in given) and _dict_tag(w[:2]) in (None, "nr") \
+                    and (tag is None or (tag == "nr" and len(w) == 3)) and _acceptable(clause, start, len(w), True):
+                out.append((start, start + len(w)))
+        pos += len(w)
+        k += 1
+    return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def _gate():
+    """Surname + given-name character: the only places worth running the POS tagger on."""
+    sn = "".join(sorted(SURNAMES - WEAK_SURNAMES))
+    gc = "".join(sorted(given_chars()))
+    return re.compile(f"(?:{'|'.join(COMPOUND)}|[{sn}])[{gc}]")
+
+
+def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """Name spans (start, end) in ``text``; ``taken`` are spans already claimed by other types."""
+    spans: list[tuple[int, int]] = []
+    blocked = list(taken or [])
+
+    def free(s: int, e: int) -> bool:
+        return all(e <= a or s >= b for a, b in blocked + spans)
+
+    def add(s: int, e: int) -> None:
+        if e > s and free(s, e):
+            spans.append((s, e))
+            # lists: 手术医师：黄建军、吴涛
+            while e < len(text) and text[e] == "、":
+                n = name_after(text, e + 1, strong=True)
+                if not n or not free(e + 1, e + 1 + n):
+                    break
+                spans.append((e + 1, e + 1 + n))
+                e = e + 1 + n
+
+    for m in _MOU_RE.finditer(text):  # 张某, 李某某: already pseudonymous, still a surname
+        add(*m.span())
+    for m in _LABEL_RE.finditer(text):
+        i = m.end()
+        n = name_after(text, i, strong=bool(m.group("colon").strip()) or len(m.group("colon")) >= 2)
+        if n:
+            add(i, i + n)
+    for m in _TITLE_RE.finditer(text):
+        s = name_before(text, m.start())
+        if s >= 0:
+            add(s, m.start())
+    for s, e in _name_like(text):
+        if not free(s, e):
+            continue
+        add(s, e)
+    return sorted(spans)
+
+
+def _name_like(text: str) -> list[tuple[int, int]]:
+    """POS-tagger names, run only on clauses with a surname + given-name character."""
+    gate = _gate()
+    out: list[tuple[int, int]] = []
+    done: set[int] = set()
+    for m in gate.finditer(text):
+        i = m.start()
+        if _guarded(text, i):
+            continue
+        tag = _dict_tag(m.group())
+        if tag is not None and tag != "nr":
+            continue  # 高热, 黄疸, 平素: a word
+        # the clause around the candidate
+        a = i
+        while a > 0 and not _SPLIT.match(text, a - 1) and i - a < 20:
+            a -= 1
+        if a in done:
+            continue
+        b = i
+        while b < len(text) and not _SPLIT.match(text, b) and b - i < 20:
+            b += 1
+        done.add(a)
+        out += [(a + s, a + e) for s, e in _pos_names(text[a:b])]
+    return out
