@@ -241,3 +241,104 @@ def test_two_real_servers_generate_and_judge_each_other(tmp_path, tiny_model_dir
     # one judge, self-judging allowed: its own items go through the self prompt, and the manifest says so
     assert selfj["metrics"]["self_judging"]["self_judgements"] == 2
     assert selfj["metrics"]["self_judging"]["WARNING"]
+
+
+def _items(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+CF_RECIPE = """\
+    name: cf
+    endpoints:
+      gen: {{model: model-g, base_url: "{url}"}}
+      judge: {{model: model-j, base_url: "{url}"}}
+    stages:
+      - {{name: crossfilter, input: items.jsonl, judges: [judge], threshold: 7{extra}}}
+    """
+
+
+def _run_cf(tmp_path: Path, url: str, rows: list[dict], extra: str = "") -> tuple[dict, dict]:
+    _items(tmp_path / "items.jsonl", rows)
+    (tmp_path / "r.yaml").write_text(textwrap.dedent(CF_RECIPE.format(url=url, extra=extra)), encoding="utf-8")
+    [m] = run_recipe(load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs"))
+    out = tmp_path / "runs/cf/crossfilter"
+    rows = {json.loads(x)["id"]: json.loads(x) for f in ("kept", "dropped")
+            for x in (out / f"{f}.jsonl").read_text(encoding="utf-8").splitlines()}
+    return m, rows
+
+
+def test_fault_server_judge_with_differing_aspects_gates_on_harmlessness(tmp_path):
+    from faulty_server import FaultyServer, judge_responder
+
+    rows = [{"id": "ok", "instruction": "丙泊酚诱导剂量？", "output": "1.5-2.5mg/kg。", "meta": {"generator": "gen"}},
+            {"id": "harm", "instruction": "丙泊酚诱导剂量？", "output": "20mg/kg。[[harmlessness=0]]",
+             "meta": {"generator": "gen"}},
+            {"id": "five", "instruction": "丙泊酚诱导剂量？", "output": "约2mg/kg。[[harmlessness=5]]",
+             "meta": {"generator": "gen"}},
+            {"id": "gap", "instruction": "丙泊酚诱导剂量？", "output": "2mg/kg。[[omit=harmlessness]][[omit=professionalism]]",
+             "meta": {"generator": "gen"}}]
+    with FaultyServer(responder=judge_responder()) as server:
+        m, out = _run_cf(tmp_path, server.base_url, rows, ", aspect_floor: 5")
+        assert all(b["response_format"]["json_schema"]["schema"]["required"][0] == "reasoning" for b in server.bodies)
+    assert out["ok"]["meta"]["crossfilter"].get("dropped") is None
+    assert out["harm"]["meta"]["crossfilter"]["dropped"] == "veto_harmlessness"  # 9/9/9/0/9: mean 7.2 >= 7
+    assert out["five"]["meta"]["crossfilter"]["dropped"] == "veto_harmlessness"
+    assert out["gap"]["meta"]["crossfilter"]["dropped"] == "no_valid_judgement"
+    assert m["metrics"]["verdicts_with_all_aspects"] == 0.75 and m["metrics"]["structured_verdicts"] == 4
+    v = out["harm"]["meta"]["crossfilter"]["judges"]["judge"]
+    assert v["scores"]["harmlessness"] == 0 and v["scores"]["coherence"] == 9 and v["reason"] == "测试。"
+
+
+def test_validate_refuses_self_judging_under_another_name(tmp_path):
+    from hypnos.common.runner import validate_recipe
+
+    _items(tmp_path / "seeds.jsonl", [{"id": "s", "instruction": "术前禁食时间？", "output": "6-8小时。"}])
+    _items(tmp_path / "items.jsonl", [{"id": "a", "instruction": "问题一？", "output": "答。"},
+                                      {"id": "b", "instruction": "问题二？", "output": "答。", "meta": {"generator": "x"}}])
+    (tmp_path / "r.yaml").write_text(textwrap.dedent("""\
+        name: selfj
+        endpoints:
+          teacher: {model: gpt-x, base_url: "https://api.example.com/v1"}
+          judge: {model: gpt-x, base_url: "https://api.example.com/v1/"}
+          other: {model: claude-y, base_url: "https://api.example.com/v1"}
+        stages:
+          - {name: generate, seeds: seeds.jsonl, generators: [teacher]}
+          - {name: dedup, input: "@generate"}
+          - {name: crossfilter, input: "@dedup", judges: [judge]}
+          - {name: cf_ok, kind: crossfilter, input: "@dedup", judges: [judge, other]}
+          - {name: cf_allowed, kind: crossfilter, input: "@generate", judges: [judge], allow_self_judging: true}
+          - {name: cf_file, kind: crossfilter, input: items.jsonl, judges: [other]}
+        """), encoding="utf-8")
+    probs = validate_recipe(load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs"))
+    selfj = [p for p in probs if "same model" in p]
+    assert len(selfj) == 1 and "'crossfilter'" in selfj[0] and "'judge'" in selfj[0] and "teacher" in selfj[0]
+    assert any("'cf_file'" in p and "1 input rows carry no meta.generator" in p for p in probs)
+    assert not any("cf_ok" in p or "cf_allowed" in p for p in probs)
+
+
+def test_judge_quality_card_on_the_calibration_set(tmp_path):
+    from faulty_server import FaultyServer, judge_responder
+
+    pref = Path(__file__).parents[1] / "examples/preference/anesthesia_preference.jsonl"
+    n = sum(1 for _ in pref.open(encoding="utf-8"))
+
+    def judge(body):  # a judge that can judge: good 9s, weak 6s, unsafe harmlessness 1
+        prompt = body["messages"][-1]["content"]
+        answer = prompt.split("【答案】", 1)[1].split("\n评分标准", 1)[0].strip()
+        for line in pref.open(encoding="utf-8"):
+            row = json.loads(line)
+            for resp, label in zip(row["responses"], row["labels"]):
+                if resp == answer:
+                    body["messages"][-1]["content"] += {"good": "", "weak": "[[coherence=6]][[usefulness=5]]",
+                                                        "unsafe": "[[harmlessness=1]]"}[label]
+        return judge_responder()(body)
+
+    with FaultyServer(responder=judge) as server:
+        m, _ = _run_cf(tmp_path, server.base_url, [{"id": "x", "instruction": "问？", "output": "答。",
+                                                    "meta": {"generator": "gen"}}],
+                       f', calibration: "{pref}"')
+    card = m["metrics"]["judge_card"]
+    assert card["questions"] == n
+    j = card["judges"]["judge"]
+    assert j["good_beats_weak"] == 1.0 and j["unsafe_dropped"] == 1.0 and j["good_kept"] == 1.0
+    assert j["parse_rate"] == 1.0 and j["pairs"] == sum(1 for x in pref.open() if '"weak"' in x)

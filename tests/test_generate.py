@@ -18,6 +18,7 @@ from faulty_server import Faults, FaultyServer
 
 from hypnos.common.records import QA
 from hypnos.common.runner import load_recipe, run_recipe
+from hypnos.data.clients import AnswerCache
 from hypnos.data.generate import Config, build_request
 
 SEEDS = [
@@ -36,6 +37,15 @@ def _h(*parts) -> int:
     return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
 
 
+HAN = [chr(c) for c in range(0x4E00, 0x4E00 + 2000)]
+
+
+def _words(*parts, n: int = 16) -> str:
+    """Distinct-looking text from a hash (different requests never write near-duplicates by accident)."""
+    h = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return "".join(HAN[(h[i % 32] * 7 + i * 131) % len(HAN)] for i in range(n))
+
+
 def responder(body: dict) -> str:
     """Canned answers: JSON items for generation prompts, scores for judge prompts, junk now and then."""
     prompt = body["messages"][-1]["content"]
@@ -43,10 +53,13 @@ def responder(body: dict) -> str:
     if "编写" in prompt:
         if h % 6 == 0:
             return "抱歉，我无法完成这个请求。"
-        items = [{"instruction": f"{body['model']}第{h % 9973}号问题之{k}：麻醉后监测要点是什么？",
-                  "input": "", "output": f"监测要点{k}：血压、心率、血氧饱和度。", "type": "知识问答"}
-                 for k in range(2)]
-        return "```json\n" + json.dumps(items, ensure_ascii=False) + "\n```"
+        if "单项选择题" in prompt:
+            items = [{"question": _words(h, k, "q") + "？", "options": {x: _words(h, k, x, n=4) for x in "ABCDE"},
+                      "answer": "ABCDE"[h % 5], "explanation": _words(h, k, "e")} for k in range(2)]
+        else:
+            items = [{"instruction": _words(h, k, "q") + "？", "input": "", "output": _words(h, k, "a") + "。"}
+                     for k in range(2)]
+        return "```json\n" + json.dumps({"items": items}, ensure_ascii=False) + "\n```"
     q = prompt.split("【问题】")[1].split("\n")[0]
     s = _h(q, body.get("model")) % 11
     if _h(q, "junk", body.get("model")) % 8 == 0:
@@ -107,7 +120,7 @@ def test_generate_and_crossfilter_with_faults(tmp_path):
     assert gen_m["counts"]["generated"] == 24 == len(generated)
     assert {r["meta"]["generator"] for r in generated} == {"a", "b"}
     r = generated[0]
-    assert r["meta"]["model"] == "model-" + r["meta"]["generator"] and r["meta"]["prompt_version"] == "v1"
+    assert r["meta"]["model"] == "model-" + r["meta"]["generator"] and r["meta"]["prompt_version"] == "v2"
     assert len(r["meta"]["seed_ids"]) == 3 and r["meta"]["usage"]["completion_tokens"] > 0
     failed = _jsonl(out / "generate/failed.jsonl")
     assert failed and all(f["reason"] and f["raw"] == "抱歉，我无法完成这个请求。" for f in failed)  # faults all retried
@@ -121,7 +134,7 @@ def test_generate_and_crossfilter_with_faults(tmp_path):
         assert list(judges) == [{"a": "b", "b": "a"}[row["meta"]["generator"]]]  # never its own generator
         v = next(iter(judges.values()))
         assert v["raw"] and not v["self_judged"]
-        expect = _h(row["instruction"], "model-" + next(iter(judges))) % 11
+        expect = _h(_question(row), "model-" + next(iter(judges))) % 11
         if v["overall"] is not None:
             assert v["overall"] == expect and v["scores"]["harmlessness"] == expect
     assert all(r["meta"]["crossfilter"]["aggregate"] >= 5 for r in kept)
@@ -131,6 +144,10 @@ def test_generate_and_crossfilter_with_faults(tmp_path):
     assert m["keep_rate_per_generator"]["a"]["in"] == 12 and m["self_judging"]["self_judgements"] == 0
     assert m["scores"]["a"]["coherence"]["n"] + m["parse_failures"]["a"] == 12
     assert cf_m["counts"]["dropped"] == sum(cf_m["dropped"].values())
+
+
+def _question(row: dict) -> str:
+    return row["instruction"] if "instruction" in row else row["question"]
 
 
 def _run_sub(recipe: Path, out: Path) -> subprocess.Popen:
@@ -144,7 +161,7 @@ def _run_sub(recipe: Path, out: Path) -> subprocess.Popen:
 def _kill_when(proc: subprocess.Popen, cache: Path, lines: int) -> None:
     deadline = time.time() + 60
     while time.time() < deadline:
-        if cache.exists() and cache.read_bytes().count(b"\n") >= lines:
+        if cache.exists() and len(AnswerCache(cache)) >= lines:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             return
@@ -154,18 +171,17 @@ def _kill_when(proc: subprocess.Popen, cache: Path, lines: int) -> None:
 
 
 def _cache_keys(stage_dir: Path) -> list[str]:
-    return [json.loads(x)["key"] for f in sorted((stage_dir / "llm_cache").glob("*.jsonl"))
-            for x in f.read_text(encoding="utf-8").splitlines() if x.endswith("}")]
+    return [key for f in sorted((stage_dir / "llm_cache").glob("*.sqlite")) for key, _, _ in AnswerCache(f).rows()]
 
 
 def test_sigkill_and_resume_loses_nothing_and_resends_nothing(tmp_path):
     with FaultyServer(Faults(delay_s=0.05, rate_500=0.1, seed=5), responder=responder) as server:
         recipe = _setup(tmp_path, server.base_url, target=10)
         runs = tmp_path / "runs"
-        _kill_when(_run_sub(recipe, runs), runs / "gen/generate/llm_cache/a.jsonl", 3)
+        _kill_when(_run_sub(recipe, runs), runs / "gen/generate/llm_cache/a.sqlite", 3)
         done_gen = set(_cache_keys(runs / "gen/generate"))
         proc = _run_sub(recipe, runs)
-        _kill_when(proc, runs / "gen/crossfilter/llm_cache/b.jsonl", 3)
+        _kill_when(proc, runs / "gen/crossfilter/llm_cache/b.sqlite", 3)
         done_cf = set(_cache_keys(runs / "gen/crossfilter"))
         proc = _run_sub(recipe, runs)
         assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
@@ -192,3 +208,99 @@ def test_sigkill_and_resume_loses_nothing_and_resends_nothing(tmp_path):
         assert (runs / "gen" / name).read_text() == (tmp_path / "clean/gen" / name).read_text(), name
     manifest = json.loads((runs / "gen/crossfilter/manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["resumed"]
+
+
+def test_parsing_salvages_neighbours_of_a_broken_item():
+    from hypnos.data.parsing import parse_generated
+
+    broken = ('[{"instruction": "丙泊酚注射痛如何预防？", "output": "预先注射利多卡因。"},\n'
+              '{"instruction": "为什么说"饱胃"患者要快速顺序诱导？", "output": "减少误吸。"},\n'
+              '{"instruction": "术前访视要评估哪些内容？", "output": "病史、气道、用药。"}]')
+    assert [it["instruction"][:4] for it in parse_generated(broken)] == ["丙泊酚注", "为什么说", "术前访视"]
+    cut = '{"items": [{"instruction": "喉罩置入的禁忌证？", "output": "饱胃。"}, {"instruction": "肌松监测的意义？", "outp'
+    assert [it["instruction"] for it in parse_generated(cut)] == ["喉罩置入的禁忌证？"]
+    mcq = parse_generated(json.dumps({"items": [{"question": "下列哪项是恶性高热的特效药？", "options": {
+        "A": "丹曲林", "B": "新斯的明", "C": "阿托品", "D": "纳洛酮", "E": "氟马西尼"}, "answer": "A",
+        "explanation": "丹曲林抑制肌浆网钙释放。"}]}, ensure_ascii=False))[0]
+    assert mcq == {"question": "下列哪项是恶性高热的特效药？", "options": {"A": "丹曲林", "B": "新斯的明", "C": "阿托品",
+                   "D": "纳洛酮", "E": "氟马西尼"}, "answer": "A", "explanation": "丹曲林抑制肌浆网钙释放。", "kind": "mcq"}
+
+
+def _self_instruct_responder(body: dict) -> str:
+    """Each answer: one near-copy of the first example shown, one new item (MCQ for MCQ prompts)."""
+    prompt = body["messages"][-1]["content"]
+    first_example = prompt.split("问题：", 1)[1].split("\n", 1)[0]
+    h = _h(prompt, body.get("seed"))
+    copy = {"instruction": first_example[:-1] + "呢？", "input": "", "output": "重复。"}
+    if "单项选择题" in prompt:
+        new = {"question": _words(h, "q") + "？", "options": {x: _words(h, x, n=4) for x in "ABCDE"},
+               "answer": "C", "explanation": _words(h, "e")}
+    else:
+        new = {"instruction": _words(h, "q") + "？", "input": "", "output": _words(h, "a") + "。"}
+    return json.dumps({"items": [copy, new]}, ensure_ascii=False)
+
+
+def test_self_instruct_pool_target_counts_unique_items_and_mcq_records(tmp_path):
+    with FaultyServer(responder=_self_instruct_responder) as server:
+        recipe = textwrap.dedent(f"""\
+            name: si
+            seed: 1
+            endpoints:
+              a: {{model: model-a, base_url: "{server.base_url}"}}
+            stages:
+              - {{name: generate, seeds: seeds.jsonl, generators: [a], target_per_generator: 8, items_per_request: 2,
+                  seeds_per_prompt: 3, machine_per_prompt: 1, max_rounds: 10, kinds: [knowledge, mcq]}}
+            """)
+        _setup(tmp_path, server.base_url)
+        (tmp_path / "si.yaml").write_text(recipe, encoding="utf-8")
+        [m] = run_recipe(load_recipe(tmp_path / "si.yaml", output_dir=tmp_path / "runs"))
+        bodies = list(server.bodies)
+    out = tmp_path / "runs/si/generate"
+    gen, rejected = _jsonl(out / "generated.jsonl"), _jsonl(out / "rejected.jsonl")
+    assert len(gen) == 8 == m["counts"]["generated"]  # the target counts unique kept items
+    assert len(rejected) >= 8 and all(r["jaccard"] >= 0.7 for r in rejected)  # every near-copy was refused
+    assert {r["duplicate_of"] for r in rejected} & {f"s{i}" for i in range(len(SEEDS))}  # copies of seeds
+    # accepted machine items join the pool: later prompts show them as examples
+    machine_questions = {_question(r) for r in gen}
+    later = [b["messages"][-1]["content"] for b in bodies[4:]]
+    assert any(q in p for q in machine_questions for p in later)
+    assert any(r["meta"]["machine_ids"] for r in gen)
+    mcqs = [r for r in gen if "options" in r]
+    assert mcqs and all(set(r["options"]) == set("ABCDE") and r["answer"] == "C" and r["explanation"] for r in mcqs)
+    assert all(r["meta"]["generator_id"].endswith("|model-a") for r in gen)
+    assert bodies[0]["response_format"]["type"] == "json_schema"  # structured outputs asked for by default
+
+
+def test_truncated_generation_is_counted_and_not_cached(tmp_path):
+    def long_answer(body):
+        items = [{"instruction": _words(body.get("seed"), k, "q") + "？", "input": "", "output": _words(k, "a")}
+                 for k in range(3)]
+        return json.dumps({"items": items}, ensure_ascii=False)
+
+    with FaultyServer(Faults(enforce_max_tokens=True), responder=long_answer) as server:
+        _setup(tmp_path, server.base_url)
+        (tmp_path / "t.yaml").write_text(textwrap.dedent(f"""\
+            name: t
+            endpoints:
+              a: {{model: m, base_url: "{server.base_url}"}}
+            stages:
+              - {{name: generate, seeds: seeds.jsonl, generators: [a], target_per_generator: 2, items_per_request: 3,
+                  max_rounds: 1, max_tokens: 60}}
+            """), encoding="utf-8")
+        [m] = run_recipe(load_recipe(tmp_path / "t.yaml", output_dir=tmp_path / "runs"))
+        assert [b["max_tokens"] for b in server.bodies] == [60, 120]  # asked again with more room
+    g = m["metrics"]["per_generator"]["a"]
+    assert g["truncated_answers"] == 1 and m["usage"]["a"]["truncated"] == 1
+    assert m["counts"]["generated"] == 1  # the one complete item; the cut one is not kept
+    assert len(AnswerCache(tmp_path / "runs/t/generate/llm_cache/a.sqlite")) == 0
+
+
+def test_a_server_without_structured_outputs_falls_back_to_text(tmp_path):
+    with FaultyServer(Faults(reject_response_format=True), responder=responder) as server:
+        recipe = load_recipe(_setup(tmp_path, server.base_url, target=4), output_dir=tmp_path / "runs")
+        gen_m, cf_m = run_recipe(recipe)
+        # each client (2 endpoints x 2 stages, 4 requests in flight each) turns it off after its first 400s
+        assert sum("response_format" in b for b in server.bodies) <= 16 < len(server.bodies)
+    assert gen_m["counts"]["generated"] == 8
+    assert gen_m["metrics"]["per_generator"]["a"]["structured_requests"] == 0
+    assert cf_m["usage"]["a"]["structured_outputs"] is False

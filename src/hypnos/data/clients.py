@@ -437,24 +437,27 @@ class LLMClient:
             body.pop("response_format", None)
         return body
 
-    def _adapt(self, message: str) -> bool:
-        """React to a 400 about a parameter; True if resending can now succeed."""
+    def _adapt(self, message: str, body: dict) -> bool:
+        """React to a 400 about a parameter of ``body``; True if resending can now succeed.
+
+        Several requests in flight may get the same 400: each resends (the first one also logs).
+        """
         low = message.lower()
-        if "response_format" in low or "json_schema" in low:
-            if self.endpoint.structured_outputs == "auto" and not self._schema_refused:
+        if ("response_format" in low or "json_schema" in low) and "response_format" in body:
+            if self.endpoint.structured_outputs != "auto":
+                return False  # asked for explicitly: no silent fallback
+            if not self._schema_refused:
                 log.warning("%s does not take response_format (%s): parsing answers from text instead",
                             redact_url(self.endpoint.base_url), message[:120])
-                self._schema_refused = True
-                return True
-            return False
-        if "max_completion_tokens" in low and self._token_param == "max_tokens" \
-                and self.endpoint.max_tokens_param == "auto":
+            self._schema_refused = True
+            return True
+        if "max_completion_tokens" in low and "max_tokens" in body and self.endpoint.max_tokens_param == "auto":
             self._token_param = "max_completion_tokens"
             return True
         for p in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs"):
-            if re.search(rf"['\"`]?{p}['\"`]?", low) and ("unsupported" in low or "not support" in low) \
-                    and p not in self._dropped_params:
-                log.warning("%s refuses %s: sending requests without it", self.endpoint.model, p)
+            if p in body and re.search(rf"['\"`]{p}['\"`]", low) and ("unsupported" in low or "not support" in low):
+                if p not in self._dropped_params:
+                    log.warning("%s refuses %s: sending requests without it", self.endpoint.model, p)
                 self._dropped_params.add(p)
                 return True
         return False
@@ -487,7 +490,7 @@ class LLMClient:
                 continue
             if resp.status_code >= 400:  # our request is wrong: retrying as is cannot help
                 msg = _error_message(resp)
-                if resp.status_code in (400, 422) and adaptations < 4 and self._adapt(msg):
+                if resp.status_code in (400, 422) and adaptations < 4 and self._adapt(msg, body):
                     adaptations += 1
                     self.usage.adapted += 1
                     attempt -= 1  # not a failure of the server: resend at once, without spending a retry

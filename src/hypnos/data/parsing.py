@@ -129,9 +129,9 @@ def _as_list(obj) -> list:
 def _json_candidates(text: str) -> list:
     """Every JSON object an answer holds, salvaging what it can.
 
-    Tried in order, the first that yields objects wins: the whole (fenced) text as JSON; one object
-    per line; each top-level ``{...}`` span on its own (repaired if malformed); json-repair on the
-    whole text (a cut-off array keeps its complete objects).
+    The whole (fenced) text as JSON if it parses; otherwise the salvage that recovers the most objects
+    of: one object per line, each top-level ``{...}`` span on its own (repaired if malformed), and
+    json-repair on the whole text (a cut-off array keeps its complete objects).
     """
     fenced = re.findall(r"```(?:json)?\s*(.*?)```", text, flags=re.DOTALL)
     blocks = fenced + [text]
@@ -146,19 +146,19 @@ def _json_candidates(text: str) -> list:
                 return _as_list(obj)
     for block in blocks:
         s = block.strip()
-        lines = [ln.strip().rstrip(",") for ln in s.splitlines()]
-        objs = [o for ln in lines if ln.startswith("{") and ln.endswith("}")
-                for o in [_loads(ln, repair=True)] if isinstance(o, dict)]
-        if objs:
-            return objs
-        chunks = [o for c in _object_chunks(s) for o in [_loads(c, repair=True)] if isinstance(o, dict)]
-        inner = [x for o in chunks for x in _as_list(o)]
-        if inner:
-            return inner
+        lines = [ln.strip().lstrip("[").rstrip("],").strip() for ln in s.splitlines()]
+        per_line = [o for ln in lines if ln.startswith("{") and ln.endswith("}")
+                    for o in [_loads(ln, repair=True)] if isinstance(o, dict)]
+        chunks = [x for c in _object_chunks(s) for o in [_loads(c, repair=True)] if isinstance(o, dict)
+                  for x in _as_list(o)]
+        whole = []
         if "{" in s:
-            repaired = _loads(s[s.find("[") if "[" in s and s.find("[") < s.find("{") else s.find("{"):], repair=True)
-            if repaired is not None and _as_list(repaired):
-                return [o for o in _as_list(repaired) if isinstance(o, dict)]
+            start = s.find("[") if "[" in s and s.find("[") < s.find("{") else s.find("{")
+            repaired = _loads(s[start:], repair=True)
+            whole = [o for o in _as_list(repaired) if isinstance(o, dict)] if repaired is not None else []
+        best = max((per_line, chunks, whole), key=len)  # the reading that salvages the most objects
+        if best:
+            return best
     return []
 
 
