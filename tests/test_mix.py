@@ -5,7 +5,7 @@ import random
 import textwrap
 
 from hypnos.common.runner import load_recipe, run_recipe
-from hypnos.data.mix import take
+from hypnos.data.mix import row_key, take
 
 
 def test_take_weights_and_caps():
@@ -35,11 +35,14 @@ def _recipe(tmp_path, seed):
 
 def test_stage_mixes_and_splits_reproducibly(tmp_path):
     [m] = run_recipe(_recipe(tmp_path, 0))
-    assert m["counts"] == {"train": 40, "val": 10, "a.jsonl": 40, "general": 10}
     out = tmp_path / "runs0/m/mix"
     train = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
     val = [json.loads(x) for x in (out / "val.jsonl").read_text().splitlines()]
+    assert len(val) == 6 == m["counts"]["val"]  # 20% of the 30 distinct rows taken (20 of a, 10 of general)
     assert sum(r["meta"]["mix_source"] == "general" for r in train + val) == 10
+    a_train = [r["id"] for r in train if r["meta"]["mix_source"] == "a.jsonl"]
+    assert all(a_train.count(i) == 2 for i in a_train)  # weight 2: every training row of a twice
+    assert len(a_train) == 2 * (20 - sum(r["id"].startswith("a") for r in val))
     run_recipe(_recipe(tmp_path, 0), force=True)
     assert (out / "train.jsonl").read_text() == (tmp_path / "runs0/m/mix/train.jsonl").read_text()
     run_recipe(_recipe(tmp_path, 1))
@@ -58,3 +61,27 @@ def test_file_stats_counts_balance_and_length(tmp_path):
     assert s["balance"] == {"category": {"airway": 2}, "kind": {"knowledge": 1, "case": 1},
                             "labels": {"good": 1, "bad": 1}}
     assert s["mean_chars"] == (len("问题一\n答案") + len("问题二\n答") + len("选哪个\n好")) / 3
+
+
+def test_weighting_never_leaks_validation_rows_into_training(tmp_path):
+    """Old mix repeated rows before the split: 38 of 40 validation ids were also in train."""
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"id": f"a{i}", "text": f"t{i}"}) + "\n" for i in range(100)))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": f"anonymous {i}"}) + "\n" for i in range(30))
+                                      + json.dumps({"id": "a7", "text": "t7"}) + "\n")  # the same row from another source
+    (tmp_path / "r.yaml").write_text(textwrap.dedent("""\
+        name: leak
+        stages:
+          - name: mix
+            sources: [{path: a.jsonl, weight: 3.5}, {path: b.jsonl, weight: 2}]
+            val_fraction: 0.3
+        """))
+    [m] = run_recipe(load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs"))
+    out = tmp_path / "runs/leak/mix"
+    train = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    val = [json.loads(x) for x in (out / "val.jsonl").read_text().splitlines()]
+    key = row_key
+    train_keys = {key({k: v for k, v in r.items() if k != "meta"}) for r in train}
+    val_keys = [key({k: v for k, v in r.items() if k != "meta"}) for r in val]
+    assert val and not train_keys & set(val_keys)
+    assert len(val_keys) == len(set(val_keys)) == round(130 * 0.3)  # one copy each, 30% of distinct rows
+    assert m["counts"]["train"] == len(train) and len(train) > 3 * (100 - len(val))

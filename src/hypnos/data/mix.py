@@ -10,13 +10,19 @@ Run: ``hypnos mix --config mix.yaml`` or as a recipe stage::
         - {path: general/general_medical_qa.jsonl, weight: 0.3}   # 30% of its rows, sampled
       val_fraction: 0.1
 
-Each source contributes ``weight`` x its rows (weight > 1 repeats rows: whole copies plus a sample),
-then at most ``cap`` rows. Sampling, shuffling and the split use the recipe seed, so a rerun gives the
+The split comes first, by row id, and weighting after it, so no row (and no copy of it) is on both
+sides: each source's rows are sampled (weight < 1, or ``cap``), the validation ids are picked from
+all sampled ids (the ones with the smallest seeded hash: one id is on the same side whatever source
+it comes from), and only then are the training rows repeated (weight > 1: whole copies plus a
+sample) and capped. Validation keeps one copy of each row. Rows without an ``id`` are identified by
+a hash of their content. Sampling, shuffling and the split use the recipe seed, so a rerun gives the
 same files. Every row gets ``meta.mix_source`` naming its source.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -62,29 +68,64 @@ def take(rows: list[dict], weight: float, cap: int | None, rng: random.Random) -
     return out
 
 
+def row_key(row: dict) -> str:
+    """What identifies a row for the split: its ``id``, else a hash of its content."""
+    if row.get("id") not in (None, ""):
+        return str(row["id"])
+    return "sha256:" + hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _sampled(rows: list[dict], weight: float, cap: int | None, rng: random.Random) -> list[dict]:
+    """The distinct rows a source puts into the mix (before any repetition)."""
+    k = len(rows) if weight >= 1 else round(weight * len(rows))
+    if cap is not None:
+        k = min(k, cap)
+    return rows if k >= len(rows) else rng.sample(rows, k)
+
+
+def _val_keys(keys: list[str], fraction: float, most: int | None, seed: int) -> set[str]:
+    n = round(len(keys) * fraction)
+    if most is not None:
+        n = min(n, most)
+    order = sorted(keys, key=lambda k: hashlib.sha256(f"{seed}|{k}".encode()).digest())
+    return set(order[:n])
+
+
 def run(cfg: Config, ctx: StageContext) -> StageResult:
-    """Write ``train`` (and ``val`` when ``val_fraction`` > 0)."""
+    """Write ``train`` (and ``val`` when ``val_fraction`` > 0); no row id is in both."""
     rng = random.Random(ctx.seed)
-    mixed: list[dict] = []
-    per_source: dict[str, int] = {}
+    picked: list[tuple[Source, str, list[dict]]] = []
     for src in cfg.sources:
         name = src.name or src.path
-        rows = []
+        rows, seen = [], set()
         for item in iter_rows(ctx.resolve(src.path)):
             if isinstance(item, DataError):
                 raise item
-            rows.append(item.data)
-        picked = take(rows, src.weight, src.cap, rng)
-        per_source[name] = len(picked)
-        mixed += [{**r, "meta": {**r.get("meta", {}), "mix_source": name}} for r in picked]
-    rng.shuffle(mixed)
-    n_val = round(len(mixed) * cfg.val_fraction)
-    if cfg.val_max is not None:
-        n_val = min(n_val, cfg.val_max)
-    val, train = mixed[:n_val], mixed[n_val:]
+            key = row_key(item.data)
+            if key not in seen:  # a source listing a row twice would put it on both sides
+                seen.add(key)
+                rows.append(item.data)
+        picked.append((src, name, _sampled(rows, src.weight, src.cap, rng)))
+    keys = list(dict.fromkeys(row_key(r) for _, _, rows in picked for r in rows))
+    val_keys = _val_keys(keys, cfg.val_fraction, cfg.val_max, ctx.seed)
+    train: list[dict] = []
+    val: list[dict] = []
+    val_seen: set[str] = set()
+    per_source: dict[str, int] = {}
+    for src, name, rows in picked:
+        tr = [r for r in rows if row_key(r) not in val_keys]
+        va = [r for r in rows if row_key(r) in val_keys and row_key(r) not in val_seen]
+        val_seen.update(row_key(r) for r in va)
+        tr = take(tr, max(src.weight, 1.0), src.cap, rng)  # repetition only now, after the split
+        per_source[name] = len(tr) + len(va)
+        train += [{**r, "meta": {**r.get("meta", {}), "mix_source": name}} for r in tr]
+        val += [{**r, "meta": {**r.get("meta", {}), "mix_source": name}} for r in va]
+    rng.shuffle(train)
+    rng.shuffle(val)
     outputs = {"train": "train.jsonl"}
     write_jsonl(ctx.out_dir / "train.jsonl", train)
     if cfg.val_fraction > 0:
         write_jsonl(ctx.out_dir / "val.jsonl", val)
         outputs["val"] = "val.jsonl"
-    return StageResult(outputs=outputs, counts={"train": len(train), "val": len(val), **per_source})
+    return StageResult(outputs=outputs, counts={"train": len(train), "val": len(val), **per_source},
+                       metrics={"distinct_rows": len(keys), "train_val_overlap": 0})
