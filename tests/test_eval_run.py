@@ -68,9 +68,11 @@ def evaluated(tiny_model_dir, serve_model, tmp_path_factory):
     (tmp / "tasks" / "mine").mkdir(parents=True)
     (tmp / "tasks" / "mine" / "d.jsonl").write_text(
         "".join(json.dumps({"id": f"p{i}", "question": f"私有问题{i}", "options": {"A": "甲", "B": "乙"},
-                            "answer": "AB"[i % 2]}, ensure_ascii=False) + "\n" for i in range(4)), encoding="utf-8")
+                            "answer": "AB"[i % 2], "split": "dev" if i == 4 else "test"}, ensure_ascii=False) + "\n"
+                for i in range(5)), encoding="utf-8")
     (tmp / "tasks" / "mine" / "mine.yaml").write_text(
-        "task: hospital_private\noutput_type: multiple_choice\ndataset_path: d.jsonl\nprivate: true\n", encoding="utf-8")
+        "task: hospital_private\noutput_type: multiple_choice\ndataset_path: d.jsonl\nprivate: true\n"
+        "test_split: test\nfewshot_split: dev\n", encoding="utf-8")
     from hypnos.eval.tasks import get_tasks
 
     leaked = get_tasks(["anesthesia_openqa"])[0].load(limit=1)[0][0]["instruction"]
@@ -82,6 +84,7 @@ def evaluated(tiny_model_dir, serve_model, tmp_path_factory):
                        "tasks": ["anesthesia_mcq", "anesthesia_openqa", "anesthesia_cases", "medical_ner", "cami",
                                  "hospital_private"],
                        "include_paths": [str(tmp / "tasks")], "limit": 3, "max_new_tokens": 8, "batch_size": 2,
+                       "num_fewshot": 1, "circular": True,
                        "judge": "judge", "pairs": [["local", "api"]]},
                       {"name": "report", "kind": "report", "eval": "@eval",
                        "notes": ["Tiny random model: numbers are a smoke test."]}]}
@@ -122,7 +125,17 @@ def test_scores_for_every_model_and_task(evaluated):
     rows = [json.loads(x) for x in (pred / "anesthesia_mcq" / "local.jsonl").read_text(encoding="utf-8").splitlines()]
     assert abs(sum(2.718281828 ** v for v in rows[0]["logprobs"].values()) - 1) < 1e-3
     assert "answer_text" in json.loads((pred / "anesthesia_mcq" / "api.jsonl").read_text(encoding="utf-8").splitlines()[0])
-    assert manifests[0]["metrics"]["anesthesia_mcq/local"] == mcq["local"]["accuracy"]
+    assert manifests[0]["metrics"]["anesthesia_mcq/local"] == round(mcq["local"]["accuracy"], 4)
+    # the scoring method is recorded per model x task; few-shot and circular accuracy sit beside accuracy
+    assert res["methods"]["anesthesia_mcq"] == {"local": "loglik", "api": "generation"}
+    assert mcq["local"]["num_fewshot"] == 1 and 0 <= mcq["local"]["circular_accuracy"] <= mcq["local"]["accuracy"]
+    assert len(rows) == 15 and {r["rotation"] for r in rows} == set(range(5))  # 3 items x 5 rotations
+    assert rows[0]["id"] == rows[1]["id"] and rows[0]["gold"] != rows[1]["gold"]
+    # every model pair gets a paired difference over the same items
+    (pair, pm), = res["paired"]["anesthesia_mcq"].items()  # the recipe's model order (YAML sorted: api, local)
+    assert pair == "api vs local" and pm["n"] == 3 and "mcnemar_p" in pm and pm["ci"][0] <= pm["diff"] <= pm["ci"][1]
+    assert res["paired"]["medical_ner"][pair]["metric"] == "f1"
+    assert "private" in res["paired"]["hospital_private"]["note"] and "cami" not in res["paired"]
 
 
 def test_private_task_keeps_scores_only(evaluated):

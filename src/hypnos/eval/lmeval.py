@@ -27,7 +27,7 @@ SUPPORTED = {"task", "include", "dataset_path", "dataset_kwargs", "dataset_name"
              "training_split", "fewshot_split", "output_type", "doc_to_text", "doc_to_target", "doc_to_choice",
              "target_delimiter", "fewshot_delimiter", "num_fewshot", "generation_kwargs", "metric_list", "metadata",
              "tag", "description"}
-LM_EVAL_ONLY = {"include", "dataset_kwargs", "dataset_name", "validation_split", "training_split", "fewshot_split",
+LM_EVAL_ONLY = {"include", "dataset_kwargs", "dataset_name", "validation_split", "training_split",
                 "metadata"}
 METRICS = {"multiple_choice": {"acc"}, "generate_until": {"exact_match", "bleu", "rouge"}}
 

@@ -89,9 +89,14 @@ class Config(StageConfig):
         """Tasks exist, pair labels are models, the judge is an endpoint, stage references are earlier."""
         problems = []
         try:
-            get_tasks(self.tasks, self.include_paths)
+            tasks = get_tasks(self.tasks, self.include_paths)
         except TaskError as e:
             problems.append(f"stage {ctx.name!r}: {e}")
+            tasks = []
+        for t in tasks:
+            if self.num_fewshot and t.output_type == "multiple_choice" and not (t.fewshot_path or t.fewshot_split):
+                problems.append(f"stage {ctx.name!r}: num_fewshot {self.num_fewshot} but task {t.task} has no "
+                                "few-shot data (fewshot_path or fewshot_split in its YAML)")
         for p in self.pairs:
             problems += [f"stage {ctx.name!r}: pair label {x!r} is not in models" for x in p if x not in self.models]
         if self.pairs and not self.judge:

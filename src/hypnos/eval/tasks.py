@@ -24,6 +24,7 @@ import glob
 import importlib.util
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -79,7 +80,10 @@ class Task(BaseModel):
     num_fewshot: int = Field(0, ge=0)
     """Solved examples before each question (the stage's ``num_fewshot`` overrides it)."""
     fewshot_path: str | None = None
-    """Few-shot examples: a path or glob read like ``dataset_path`` (same format)."""
+    """Few-shot examples: a path or glob read like ``dataset_path`` (same format); default: ``dataset_path``
+    when ``fewshot_split`` is set."""
+    fewshot_split: str | None = None
+    """Keep only few-shot rows whose ``split`` equals this (e.g. ``dev`` beside ``test_split: test``)."""
     prompt_description: str = ""
     """Text put once before the few-shot examples (lm-eval's ``description``)."""
     entity_types: dict[str, str] = Field(default_factory=dict)
@@ -140,11 +144,16 @@ class Task(BaseModel):
 
     def load_fewshot(self) -> list[dict]:
         """The few-shot examples (``fewshot_path``), or a TaskError when the task has none."""
-        if not self.fewshot_path:
+        if not self.fewshot_path and not self.fewshot_split:
             raise TaskError(f"task {self.task}: num_fewshot > 0 but the task has no fewshot_path / fewshot_split")
+        if self.fewshot_split and self.fewshot_split == self.test_split:
+            raise TaskError(f"task {self.task}: fewshot_split equals test_split: shots would be test items")
         docs: list[dict] = []
-        for f in _files(self.fewshot_path, self.folder):
-            docs += self._read(f, None, ReadReport())
+        with tempfile.TemporaryDirectory() as tmp:  # rejected rows are dropped here as in load()
+            for f in _files(self.fewshot_path or self.dataset_path, self.folder):
+                docs += self._read(f, Path(tmp), ReadReport())
+        if self.fewshot_split:
+            docs = [d for d in docs if d.get("split") == self.fewshot_split]
         return docs
 
     def _read(self, f: Path, quarantine_dir: Path | None, report: ReadReport) -> list[dict]:
