@@ -158,7 +158,7 @@ def test_a_50_mb_row_is_hashed_in_bounded_memory(tmp_path):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print([int(x) for x in r.duplicate_of], (peak - base) // 1024)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     dups, extra_mb = out.stdout.split("]")
     assert dups.strip("[ ") == "-1, 0, -1"
