@@ -72,7 +72,7 @@ _LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, 
                        r"(?P<colon>\s*[：:]\s*|\s+|)")
 _TITLE_RE = re.compile("|".join(sorted(TITLES, key=len, reverse=True)))
 # A name is followed by these when it is the head of a clause: 患者万里，男 / 姓名 张三  性别
-_STRONG_AFTER = re.compile(r"(?:\s*[，,、]?\s*[男女](?![士儿])|\s*[（(]|\s{2,}|\s*$)")
+_STRONG_AFTER = re.compile(r"(?:\s*[，,、]?\s*[男女](?![士儿])|\s*[（(]|\s{2,})")
 # Drug and herb names ending: a "name" followed by these is a drug (孟鲁司特钠, 牛黄解毒片)
 _DRUG_AFTER = re.compile(r"[丸散膏丹汤片剂液钠酸素霉醇胺酯酮唑嗪平定林]")
 _BOUNDARY_BEFORE = set("，,。；;：:、（(）)\"“”'‘’ \t\n是找请问让叫给跟和与同的位谢系询挂约见着了过")
@@ -315,7 +315,12 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         add(*m.span())
     for m in _LABEL_RE.finditer(text):
         i = m.end()
-        n = name_after(text, i, strong=bool(m.group("colon").strip()) or len(m.group("colon")) >= 2)
+        label = m.group()[: len(m.group()) - len(m.group("colon"))]
+        fielded = bool(m.group("colon").strip()) or len(m.group("colon")) >= 2  # 签名：卓越 / 姓名  张三
+        forced = not fielded and label.endswith(("姓名", "签名", "签字"))
+        n = name_after(text, i, strong=fielded or forced)
+        if n and forced and _is_word(text[i : i + n]):
+            n = 0  # 签名时间, 签字日期: a word, no name
         if n:
             add(i, i + n)
     for m in _TITLE_RE.finditer(text):
