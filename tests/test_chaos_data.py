@@ -9,7 +9,7 @@
    (a random number of answered requests; the seed is printed on failure, ``HYPNOS_CHAOS_SEED`` replays
    it): the final outputs are byte-identical to an uninterrupted run and no request is answered twice.
 
-Bounded: about 40 s on 2 cores.
+Bounded: about 25 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -147,7 +146,7 @@ def test_two_stages_account_for_every_row_without_a_traceback(corpus):
 
 
 def test_file_level_and_row_errors_are_one_line_messages(corpus):
-    d, files = corpus
+    d, _ = corpus
     cfg = d / "mix_garbage.yaml"
     cfg.write_text("sources: [{path: garbage.jsonl}]\non_error: quarantine\n", encoding="utf-8")
     r = _hypnos("mix", "--config", cfg, "--output-dir", d / "runs1")
@@ -158,3 +157,149 @@ def test_file_level_and_row_errors_are_one_line_messages(corpus):
     r = _hypnos("mix", "--config", cfg, "--output-dir", d / "runs2")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"{d / 'bad_byte.jsonl'}:3: not valid UTF-8 text" in r.stderr
+
+
+# ---- hard kills of generate + crossfilter ----------------------------------------------------------------
+class Gate:
+    """Wraps a responder of the fault-injecting server: counts every answer by request, and can hold new
+    answers back while a client is killed, so that "answered" means "answered to a client that got it".
+
+    ``close()`` holds every answer not yet under way; ``drain()`` waits until the answers already under way
+    have been sent (and, 0.3 s later, stored by the client); after the kill, ``reopen()`` fails the held
+    requests (their client is dead) and lets the next client's requests through.
+    """
+
+    def __init__(self, responder):
+        self.responder = responder
+        self.cond = threading.Condition()
+        self.closed, self.epoch, self.under_way, self.total = False, 0, 0, 0
+        self.answered: dict[str, int] = {}
+        self.generation_requests = 0
+
+    def __call__(self, body: dict):
+        with self.cond:
+            epoch = self.epoch
+            while self.closed:
+                self.cond.wait()
+            if self.epoch != epoch:
+                raise ConnectionAbortedError("held for a client that was killed: never answered")
+            self.under_way += 1
+        try:
+            answer = self.responder(body)
+        finally:
+            with self.cond:
+                self.under_way -= 1
+        key = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        with self.cond:
+            self.answered[key] = self.answered.get(key, 0) + 1
+            self.total += 1
+            self.generation_requests += "编写" in body["messages"][-1]["content"]
+            self.cond.notify_all()
+        return answer
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+
+    def drain(self) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.under_way == 0, timeout=30)
+        time.sleep(0.3)  # the last answers reach the client and its cache
+
+    def reopen(self) -> None:
+        with self.cond:
+            self.closed = False
+            self.epoch += 1
+            self.cond.notify_all()
+
+    def reset(self) -> None:
+        with self.cond:
+            self.answered.clear()
+            self.total = self.generation_requests = 0
+
+
+def _start(recipe: Path, out: Path) -> subprocess.Popen:
+    code = ("import sys; from hypnos.common.runner import load_recipe, run_recipe; "
+            "run_recipe(load_recipe(sys.argv[1], output_dir=sys.argv[2]))")
+    return subprocess.Popen([sys.executable, "-c", code, str(recipe), str(out)],
+                            env={**os.environ, "HYPNOS_NO_PROGRESS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _kill_at(gate: Gate, proc: subprocess.Popen, answered: int, runs: Path) -> str:
+    """SIGKILL the run once ``answered`` answers have been given in all; return the stage it was in."""
+    deadline = time.time() + 60
+    while gate.total < answered:
+        assert proc.poll() is None, f"the run ended before {answered} answers:\n{proc.stderr.read().decode()[-2000:]}"
+        assert time.time() < deadline, "the run never got far enough to be killed"
+        time.sleep(0.005)
+    gate.close()
+    gate.drain()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    gate.reopen()
+    m = runs / "gen/crossfilter/manifest.json"
+    return "crossfilter" if m.exists() else "generate"
+
+
+OUTPUTS = ("generate/generated.jsonl", "generate/failed.jsonl", "crossfilter/kept.jsonl", "crossfilter/dropped.jsonl")
+
+
+INJECTED = {"answers": 0}
+
+
+def _with_line_separators(responder):
+    """Answers with U+2028 and U+0085 inside (LLMs write them): caches and outputs must keep them whole."""
+
+    def respond(body: dict):
+        answer = responder(body)
+        if isinstance(answer, str) and "。" in answer:
+            INJECTED["answers"] += 1
+            return answer.replace("。", "。\u2028", 1).replace("。", "。\u0085", 2)
+        return answer
+
+    return respond
+
+
+def test_sigkill_5_times_gives_the_same_bytes_and_answers_nothing_twice(tmp_path):
+    from faulty_server import Faults, FaultyServer
+    from test_generate import _setup, responder
+
+    seed = int(os.environ.get("HYPNOS_CHAOS_SEED") or time.time_ns() % 1_000_000)
+    rng = random.Random(seed)
+    gate = Gate(_with_line_separators(responder))
+    with FaultyServer(Faults(delay_s=0.02, rate_500=0.1, seed=5), responder=gate) as server:
+        recipe = _setup(tmp_path, server.base_url, target=8)
+        seeds = tmp_path / "seeds.jsonl"  # seed answers with line separators inside, as real data has
+        seeds.write_text(seeds.read_text(encoding="utf-8").replace("，", "，\u2028", 1).replace("。", "。\u0085"),
+                         encoding="utf-8")
+        clean = _start(recipe, tmp_path / "clean")
+        assert clean.wait(timeout=120) == 0, clean.stderr.read().decode()[-2000:]
+        clean.stderr.close()
+        n_total, n_gen = gate.total, gate.generation_requests
+        assert max(gate.answered.values()) == 1 and n_gen >= 4 and n_total - n_gen >= 4
+
+        server.reset()
+        gate.reset()
+        # 5 random points, at least 2 in each stage
+        points = sorted({*rng.sample(range(1, n_gen), 2), *rng.sample(range(n_gen + 1, n_total), 2),
+                         rng.randrange(1, n_total)})
+        runs, stages = tmp_path / "runs", []
+        for p in points:
+            stages.append(_kill_at(gate, _start(recipe, runs), p, runs))
+        last = _start(recipe, runs)
+        assert last.wait(timeout=120) == 0, last.stderr.read().decode()[-2000:]
+        last.stderr.close()
+
+    why = f"seed {seed} (HYPNOS_CHAOS_SEED replays it), killed at answers {points} in {stages}"
+    assert len(points) >= 4 and {"generate", "crossfilter"} <= set(stages), why
+    repeated = {k: n for k, n in gate.answered.items() if n > 1}
+    assert not repeated, f"{len(repeated)} requests answered twice; {why}"
+    assert gate.total == n_total, why  # not one answer more than the uninterrupted run needed
+    outputs = "".join((runs / "gen" / name).read_text(encoding="utf-8") for name in OUTPUTS)
+    assert INJECTED["answers"] == 0 or "\u2028" in outputs or "\u0085" in outputs
+    for name in OUTPUTS:
+        assert (runs / "gen" / name).read_bytes() == (tmp_path / "clean/gen" / name).read_bytes(), (name, why)
+    m = json.loads((runs / "gen/crossfilter/manifest.json").read_text(encoding="utf-8"))
+    assert m["status"] == "done"
