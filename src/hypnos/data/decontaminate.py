@@ -1,4 +1,4 @@
-"""Drop training rows that share a character n-gram with any benchmark item.
+"""Drop training rows that copy a benchmark item (its question, or its question with its answer).
 
 Run: ``hypnos decontaminate --config decontam.yaml`` or as a recipe stage::
 
@@ -7,16 +7,25 @@ Run: ``hypnos decontaminate --config decontam.yaml`` or as a recipe stage::
       input: "@dedup"
       benchmarks: [bench/anesthesia_mcq.jsonl, bench/anesthesia_openqa.jsonl]
       ngram: 13
+      min_coverage: 0.5
 
 Both sides are normalised first (NFKC, lowercase, no whitespace or punctuation: ``text.normalize``),
 so a benchmark question copied with different punctuation or full-width digits is still caught.
-13 characters is long enough that shared medical phrases ("全身麻醉诱导") don't trigger it and short
-enough that a copied question always does. Benchmark text is the question (+ options) of mcq rows,
-instruction + input of qa rows, the text of text rows; training text includes the answer by default
-because a benchmark question pasted into an answer leaks just as much.
 
-``overlap_report(train_files, bench_files)`` gives the same numbers without writing anything, for the
-eval report.
+A benchmark item is indexed as its parts: the stem (question, or instruction + input), the options'
+texts (without their letters, so a copy of the option text matches) and the answer text (the correct
+option's text, an explanation, or a QA item's reference answer). A training row copies an item when:
+
+- the row holds at least ``min_coverage`` of the stem's 13-character n-grams (one shared medical
+  phrase among many grams is not enough: the old any-one-n-gram rule flagged unrelated cases);
+- for a stem shorter than one n-gram (14 of 77 CMExam anesthesia stems), the row holds the whole stem
+  *and* the correct answer's text, or at least half of the options' texts -- the coverage rule for
+  short items, since a few characters alone are no evidence;
+- or the row holds ``min_coverage`` of the n-grams of a long answer text (a reference answer pasted in).
+
+Training text includes the answer by default because a benchmark question pasted into an answer
+leaks just as much. The stage and ``overlap_report(train_files, bench_files)`` report per benchmark:
+items, short items, rows flagged, items hit and examples with their coverage.
 """
 
 from __future__ import annotations
@@ -32,52 +41,114 @@ from hypnos.common.stage import StageConfig, StageContext, StageResult
 from hypnos.data.text import char_ngrams, normalize, record_text
 
 N_EXAMPLES = 5
+MIN_CHARS = 4  # a stem shorter than this after normalisation is never matched on its own
+MIN_ANSWER_CHARS = 2  # the answer text that must accompany a short stem (e.g. "丹曲林")
+
+
+def item_parts(row: dict) -> tuple[str, list[str], str]:
+    """(stem, option texts, answer text) of a benchmark record of any kind, not normalised."""
+    if isinstance(row.get("options"), dict) or "question" in row and "options" in row:
+        opts = row.get("options") or {}
+        texts = [str(v) for v in opts.values()] if isinstance(opts, dict) else [str(o) for o in opts]
+        ans = row.get("answer")
+        answer = str(opts.get(ans, "")) if isinstance(opts, dict) and isinstance(ans, str) else ""
+        return str(row.get("question", "")), texts, answer or str(row.get("explanation", ""))
+    if "instruction" in row:
+        stem = "\n".join(p for p in (row.get("input", ""), row["instruction"]) if p)
+        return stem, [], str(row.get("output", ""))
+    return record_text(row), [], ""
 
 
 class BenchIndex:
-    """Every n-gram of a set of benchmark files -> (benchmark name, item id) of its first owner.
+    """The n-grams of every benchmark item's stem and answer, to find training rows that copy an item.
 
     Args:
         bench_files: benchmark name -> file.
         ngram: characters per n-gram.
+        min_coverage: fraction of a stem's (or long answer's) n-grams a row must hold to copy it.
     """
 
-    def __init__(self, bench_files: dict[str, Path], ngram: int = 13):
-        self.ngram = ngram
-        self.grams: dict[str, tuple[str, str]] = {}
+    def __init__(self, bench_files: dict[str, Path], ngram: int = 13, min_coverage: float = 0.5):
+        self.ngram, self.min_coverage = ngram, min_coverage
+        self.items: list[dict] = []  # {bench, id, stem, answer, stem_grams, answer_grams}
+        self.stem_grams: dict[str, list[int]] = {}
+        self.answer_grams: dict[str, list[int]] = {}
+        self.short_stems: dict[int, dict[str, list[int]]] = {}  # length -> stem -> items
         self.sizes: dict[str, int] = {}
+        self.short: dict[str, int] = {}
         for name, path in bench_files.items():
-            n = 0
-            for row_id, text in _texts(path, with_answer=False):
+            n = short = 0
+            for row_id, row in _rows(path):
                 n += 1
-                for g in char_ngrams(normalize(text), ngram):
-                    self.grams.setdefault(g, (name, row_id))
-            self.sizes[name] = n
+                stem, opts, answer = (normalize(x) if isinstance(x, str) else [normalize(o) for o in x]
+                                      for x in item_parts(row))
+                k = len(self.items)
+                item = {"bench": name, "id": row_id, "stem": stem, "answer": answer, "stem_n": 0, "answer_n": 0,
+                        "options": [o for o in opts if len(o) >= MIN_ANSWER_CHARS]}
+                if len(stem) >= ngram:
+                    grams = set(char_ngrams(stem, ngram))
+                    item["stem_n"] = len(grams)
+                    for g in grams:
+                        self.stem_grams.setdefault(g, []).append(k)
+                elif len(stem) >= MIN_CHARS:
+                    short += 1
+                    self.short_stems.setdefault(len(stem), {}).setdefault(stem, []).append(k)
+                if len(answer) >= ngram:
+                    grams = set(char_ngrams(answer, ngram))
+                    item["answer_n"] = len(grams)
+                    for g in grams:
+                        self.answer_grams.setdefault(g, []).append(k)
+                self.items.append(item)
+            self.sizes[name], self.short[name] = n, short
 
-    def match(self, text: str) -> tuple[str, str, str] | None:
-        """(benchmark, item id, shared n-gram) of the first n-gram of ``text`` found, else None.
+    def match(self, text: str) -> tuple[str, str, str, float] | None:
+        """(benchmark, item id, how, coverage) of the item ``text`` copies most, else None.
 
-        Texts shorter than ``ngram`` after normalisation are never matched: a handful of characters
-        is no evidence of leakage.
+        ``how`` is "stem", "answer", "short_stem+answer" or "short_stem+options" (half of the options'
+        texts or more); coverage is the fraction of that part found in ``text``.
         """
         t = normalize(text)
-        for i in range(len(t) - self.ngram + 1):
-            hit = self.grams.get(t[i : i + self.ngram])
-            if hit is not None:
-                return hit[0], hit[1], t[i : i + self.ngram]
+        grams = set(char_ngrams(t, self.ngram)) if len(t) >= self.ngram else set()
+        best: tuple[str, str, str, float] | None = None
+        for index, part, total in ((self.stem_grams, "stem", "stem_n"), (self.answer_grams, "answer", "answer_n")):
+            hits: dict[int, int] = {}
+            for g in grams:
+                for k in index.get(g, ()):
+                    hits[k] = hits.get(k, 0) + 1
+            for k, h in hits.items():
+                cov = h / self.items[k][total]
+                if cov >= self.min_coverage and (best is None or cov > best[3]):
+                    best = (self.items[k]["bench"], self.items[k]["id"], part, cov)
+        if best is not None:
+            return best
+        for length, stems in self.short_stems.items():
+            for i in range(len(t) - length + 1):
+                for k in stems.get(t[i : i + length], ()):
+                    it = self.items[k]
+                    if len(it["answer"]) >= MIN_ANSWER_CHARS and it["answer"] in t:
+                        return it["bench"], it["id"], "short_stem+answer", 1.0
+                    opts = it["options"]
+                    if len(opts) >= 2 and sum(o in t for o in opts) * 2 >= len(opts):
+                        return it["bench"], it["id"], "short_stem+options", sum(o in t for o in opts) / len(opts)
         return None
 
 
-def _texts(path: Path, with_answer: bool) -> Iterator[tuple[str, str]]:
-    """(id, text) of every row of a record file; a bad row raises DataError(file, line)."""
+def _rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """(id, row) of every row of a record file; a bad row raises DataError(file, line)."""
     for item in iter_rows(path):
         if isinstance(item, DataError):
             raise item
         try:
-            text = record_text(item.data, with_answer)
+            record_text(item.data)
         except ValueError as e:
             raise DataError(item.path, item.line, str(e)) from None
-        yield str(item.data.get("id", f"{Path(path).name}:{item.line}")), text
+        yield str(item.data.get("id", f"{Path(path).name}:{item.line}")), item.data
+
+
+def _texts(path: Path, with_answer: bool) -> Iterator[tuple[str, str]]:
+    """(id, text) of every row of a record file; a bad row raises DataError(file, line)."""
+    for row_id, row in _rows(path):
+        yield row_id, record_text(row, with_answer)
 
 
 def _bench_names(files: list[str | Path]) -> dict[str, Path]:
@@ -90,7 +161,7 @@ def _bench_names(files: list[str | Path]) -> dict[str, Path]:
 
 
 def overlap_report(train_files: list[str | Path], bench_files: list[str | Path], ngram: int = 13,
-                   with_answer: bool = True) -> dict:
+                   with_answer: bool = True, min_coverage: float = 0.5) -> dict:
     """How much of each benchmark leaks into the training files.
 
     Args:
@@ -98,14 +169,15 @@ def overlap_report(train_files: list[str | Path], bench_files: list[str | Path],
         bench_files: benchmark record files (named by file stem in the report).
         ngram: characters per n-gram.
         with_answer: include training answers in the check.
+        min_coverage: see ``BenchIndex``.
 
     Returns:
-        ``{"ngram", "train_rows", "flagged_rows", "benchmarks": {name: {"items", "train_rows_flagged",
-        "bench_items_hit", "examples": [{"train_id", "bench_id", "ngram"}]}}}``.
+        ``{"ngram", "min_coverage", "train_rows", "flagged_rows", "benchmarks": {name: {"items",
+        "short_items", "train_rows_flagged", "bench_items_hit", "examples": [{"train_id", "bench_id",
+        "matched", "coverage"}]}}}``.
     """
-    index = BenchIndex(_bench_names(bench_files), ngram)
-    per = {name: {"items": size, "train_rows_flagged": 0, "bench_items_hit": set(), "examples": []}
-           for name, size in index.sizes.items()}
+    index = BenchIndex(_bench_names(bench_files), ngram, min_coverage)
+    per = _per_bench(index)
     rows = flagged = 0
     for f in train_files:
         for row_id, text in _texts(Path(f), with_answer):
@@ -116,14 +188,21 @@ def overlap_report(train_files: list[str | Path], bench_files: list[str | Path],
                 _count(per[hit[0]], row_id, hit)
     for v in per.values():
         v["bench_items_hit"] = len(v["bench_items_hit"])
-    return {"ngram": ngram, "train_rows": rows, "flagged_rows": flagged, "benchmarks": per}
+    return {"ngram": ngram, "min_coverage": min_coverage, "train_rows": rows, "flagged_rows": flagged,
+            "benchmarks": per}
 
 
-def _count(entry: dict, row_id: str, hit: tuple[str, str, str]) -> None:
+def _per_bench(index: BenchIndex) -> dict:
+    return {name: {"items": size, "short_items": index.short[name], "train_rows_flagged": 0,
+                   "bench_items_hit": set(), "examples": []} for name, size in index.sizes.items()}
+
+
+def _count(entry: dict, row_id: str, hit: tuple[str, str, str, float]) -> None:
     entry["train_rows_flagged"] += 1
     entry["bench_items_hit"].add(hit[1])
     if len(entry["examples"]) < N_EXAMPLES:
-        entry["examples"].append({"train_id": row_id, "bench_id": hit[1], "ngram": hit[2]})
+        entry["examples"].append({"train_id": row_id, "bench_id": hit[1], "matched": hit[2],
+                                  "coverage": round(hit[3], 3)})
 
 
 # ---- the stage ------------------------------------------------------------------------------------
@@ -138,6 +217,8 @@ class Config(StageConfig):
     """Benchmark files (paths or refs); each is reported under its file stem."""
     ngram: int = Field(13, ge=4)
     """Characters per n-gram, after normalisation."""
+    min_coverage: float = Field(0.5, gt=0, le=1)
+    """Fraction of a benchmark stem's (or long answer's) n-grams a training row must hold to be dropped."""
     with_answer: bool = True
     """Check training answers too, not only the questions."""
 
@@ -150,9 +231,8 @@ class Config(StageConfig):
 
 def run(cfg: Config, ctx: StageContext) -> StageResult:
     """Write ``kept`` (clean rows) and ``dropped`` (rows + the benchmark item and n-gram they share)."""
-    index = BenchIndex(_bench_names([ctx.resolve(b) for b in cfg.benchmarks]), cfg.ngram)
-    per = {name: {"items": size, "train_rows_flagged": 0, "bench_items_hit": set(), "examples": []}
-           for name, size in index.sizes.items()}
+    index = BenchIndex(_bench_names([ctx.resolve(b) for b in cfg.benchmarks]), cfg.ngram, cfg.min_coverage)
+    per = _per_bench(index)
     path = ctx.resolve(cfg.input)
     kept, dropped = [], []
     for item in track(list(iter_rows(path)), desc="decontaminate", unit="row"):
@@ -167,7 +247,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             kept.append(item.data)
             continue
         _count(per[hit[0]], str(item.data.get("id", item.line)), hit)
-        dropped.append({**item.data, "contamination": {"benchmark": hit[0], "bench_id": hit[1], "ngram": hit[2]}})
+        dropped.append({**item.data, "contamination": {"benchmark": hit[0], "bench_id": hit[1], "matched": hit[2],
+                                                       "coverage": round(hit[3], 3)}})
     for v in per.values():
         v["bench_items_hit"] = len(v["bench_items_hit"])
     write_jsonl(ctx.out_dir / "kept.jsonl", kept)
@@ -176,4 +257,4 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
                        counts={"in": len(kept) + len(dropped), "kept": len(kept), "dropped": len(dropped)},
                        dropped={f"overlaps_{k}": v["train_rows_flagged"] for k, v in per.items()
                                 if v["train_rows_flagged"]},
-                       metrics={"ngram": cfg.ngram, "benchmarks": per})
+                       metrics={"ngram": cfg.ngram, "min_coverage": cfg.min_coverage, "benchmarks": per})
