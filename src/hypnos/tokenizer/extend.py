@@ -25,6 +25,7 @@ mixing Chinese and Latin letters or digits would straddle pre-tokens (or digit s
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 from hypnos.common.progress import track
+
+log = logging.getLogger(__name__)
 
 CHINESE_PIECE = re.compile(r"^[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff01-\uff5e]+$")
 """CJK ideographs, CJK punctuation and full-width forms: what a new piece may consist of."""
@@ -74,8 +77,25 @@ class Plan:
     skipped_not_chinese: int = 0
 
 
+def _apply_merges(tokens: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """BPE on top of a base tokenization: repeatedly merge the adjacent pair with the lowest rank in ``ranks``.
+
+    The base tokenization is the fixed point of the base merges, and base merges never involve a new token,
+    so applying only the new merges to it gives what the extended tokenizer does.
+    """
+    tokens = list(tokens)
+    while len(tokens) > 1:
+        best = min(((ranks[p], i) for i, p in enumerate(zip(tokens, tokens[1:])) if p in ranks), default=None)
+        if best is None:
+            break
+        i = best[1]
+        tokens[i : i + 2] = [tokens[i] + tokens[i + 1]]
+    return tokens
+
+
 def _build_plan(pieces: list[str], vocab: set[str], base_tokenize, to_symbols, max_new: int | None,
-                existing_merges: set[tuple[str, str]] = frozenset(), is_whole=lambda s: True) -> Plan:
+                existing_merges: set[tuple[str, str]] = frozenset(), is_whole=lambda s: True,
+                simulate: bool = False, plan: Plan | None = None, allowed=is_chinese_piece) -> Plan:
     """Choose the new tokens and the merges that build them.
 
     Args:
@@ -87,12 +107,20 @@ def _build_plan(pieces: list[str], vocab: set[str], base_tokenize, to_symbols, m
         existing_merges: merges the base already has (not repeated).
         is_whole: whether a symbol string is whole characters (byte-level: valid UTF-8). New intermediate
             tokens that split a character are avoided: they would waste vocabulary on byte fragments.
+        simulate: byte-level BPE: build each piece's tree over what the tokenizer extended *so far* makes of
+            it, not over its base tokenization. Merges added for earlier pieces rank first and may take
+            sub-pieces away (低钾血症 -> 低 + 钾血症 once 钾血症 exists); a tree over the current tokens is
+            always reachable, and later merges cannot break it (an earlier piece is one token by then).
+        plan: continue this plan (its tokens count against ``max_new``).
+        allowed: which pieces may be added (text -> bool).
     """
-    plan = Plan(requested=len(pieces))
-    known = set(vocab)
-    merges = set(existing_merges)
+    plan = plan or Plan()
+    plan.requested += len(pieces)
+    known = set(vocab) | set(plan.tokens)
+    merges = set(existing_merges) | set(plan.merges)
+    ranks = {m: r for r, m in enumerate(plan.merges)}
     for text in track(pieces, desc="plan pieces", unit="piece"):
-        if not is_chinese_piece(text):
+        if not allowed(text):
             plan.skipped_not_chinese += 1
             continue
         sym = to_symbols(text)
@@ -100,6 +128,8 @@ def _build_plan(pieces: list[str], vocab: set[str], base_tokenize, to_symbols, m
             plan.skipped_existing += 1
             continue
         leaves = base_tokenize(sym)
+        if simulate:
+            leaves = _apply_merges(leaves, ranks)
         new_tokens, new_merges = _cheapest_tree(tuple(leaves), known, is_whole)
         if max_new is not None and len(plan.tokens) + len(new_tokens) > max_new:
             break
@@ -109,8 +139,37 @@ def _build_plan(pieces: list[str], vocab: set[str], base_tokenize, to_symbols, m
         for m in new_merges:
             if m not in merges:
                 merges.add(m)
+                ranks[m] = len(plan.merges)
                 plan.merges.append(m)
     return plan
+
+
+def _repair(plan: Plan, base_tokenize, vocab: set[str], existing_merges: set[tuple[str, str]], rounds: int = 4
+            ) -> list[str]:
+    """Make planned tokens encode to themselves alone by appending merges over what they encode to now.
+
+    A tree built over a piece's tokens can still be pre-empted when one of its intermediate pairs was
+    already a merge of an earlier piece with a lower rank. Such a piece gets merges over its actual current
+    tokens (only when no new intermediate token is needed). Returns the tokens still unreachable.
+    """
+    known = set(vocab) | set(plan.tokens)
+    merges = set(existing_merges) | set(plan.merges)
+    failing: list[str] = []
+    for _ in range(rounds):
+        ranks = {m: r for r, m in enumerate(plan.merges)}
+        failing = [t for t in plan.tokens if _apply_merges(base_tokenize(t), ranks) != [t]]
+        if not failing:
+            return []
+        for t in failing:
+            current = _apply_merges(base_tokenize(t), {m: r for r, m in enumerate(plan.merges)})
+            new_tokens, new_merges = _cheapest_tree(tuple(current), known - {t})
+            if new_tokens != [t]:
+                continue  # would need another new token: leave it to be dropped
+            for m in new_merges:
+                if m not in merges:
+                    merges.add(m)
+                    plan.merges.append(m)
+    return failing
 
 
 FRAGMENT_COST = 1000  # a new token holding part of a character: only when no whole-character tree exists
@@ -262,11 +321,19 @@ def load_bytelevel(base: str | Path):
     return Qwen2Tokenizer(vocab=str(base / "vocab.json"), merges=str(base / "merges.txt"))
 
 
-def extend_bytelevel(base: str | Path, pieces: list[str], out_dir: str | Path, max_new: int | None = None) -> dict:
+def extend_bytelevel(base: str | Path, pieces: list[str], out_dir: str | Path, max_new: int | None = None,
+                     corpus: list[str | Path] | None = None, space_variants: int = 64) -> dict:
     """Add pieces as vocabulary entries plus merges to a byte-level BPE ``tokenizer.json``.
 
+    Every added token is checked to encode to itself alone (``_repair``); a requested piece that cannot be
+    made reachable without more tokens is dropped and the plan rebuilt without it. With a ``corpus``, up to
+    ``space_variants`` space-prefixed variants (" 检查发现") are added for the new pieces that most often
+    start a Chinese run after a space there (``CT 检查发现``): both pre-tokenizers glue the space to the run
+    and the base merges glue it to the first byte, so without a variant no piece applies at that spot.
+
     Returns:
-        Summary: base and new sizes, counts, and the new tokens with their base-token ids.
+        Summary: base and new sizes, counts, and the new tokens with their base-token ids; its
+        ``reachability`` (see ``reachability``) is measured on the written tokenizer.
     """
     from tokenizers import Tokenizer
 
@@ -277,8 +344,36 @@ def extend_bytelevel(base: str | Path, pieces: list[str], out_dir: str | Path, m
     vocab: dict[str, int] = model["vocab"]
     old_merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     bpe = Tokenizer.from_str(hf.backend_tokenizer.to_str()).model
-    plan = _build_plan(pieces, set(vocab), lambda s: [t.value for t in bpe.tokenize(s)], to_bytelevel, max_new,
-                       set(old_merges), _is_utf8)
+
+    @cache
+    def base_tokenize(sym: str) -> list[str]:
+        return [t.value for t in bpe.tokenize(sym)]
+
+    def build(cands: list[str]) -> tuple[Plan, list[str]]:
+        plan = _build_plan(cands, set(vocab), base_tokenize, to_bytelevel, max_new, set(old_merges), _is_utf8,
+                           simulate=True)
+        return plan, _repair(plan, base_tokenize, set(vocab), set(old_merges))
+
+    dropped: set[str] = set()
+    for _ in range(4):
+        plan, failing = build([p for p in pieces if p not in dropped])
+        if not failing:
+            break
+        log.warning("%d new tokens do not encode to themselves; dropping them and planning again: %s",
+                    len(failing), ", ".join(_text(t) for t in failing[:10]))
+        dropped |= {_text(t) for t in failing}
+    if failing:
+        raise RuntimeError(f"{len(failing)} new tokens stay unreachable after dropping: "
+                           f"{', '.join(_text(t) for t in failing[:10])}")
+    n_main = len(plan.tokens)
+    if corpus and space_variants:
+        cands = _space_variant_candidates(corpus, plan, base_tokenize, space_variants)
+        plan = _build_plan(cands, set(vocab), base_tokenize, to_bytelevel, None, set(old_merges), _is_utf8,
+                           simulate=True, plan=plan, allowed=lambda t: t[:1] == " " and is_chinese_piece(t[1:]))
+        plan.requested -= len(cands)
+        failing = _repair(plan, base_tokenize, set(vocab), set(old_merges))
+        if failing:  # no requested piece of the main plan can fail here: earlier pieces are single tokens
+            raise RuntimeError(f"space variants unreachable: {', '.join(_text(t) for t in failing[:10])}")
     # Added (special) tokens may sit above the model vocabulary (Qwen2). transformers rebuilds such a tokenizer
     # from the model vocabulary and re-adds them at the next free id, so they go into the vocabulary at their
     # own ids first; the new tokens follow everything.
@@ -294,9 +389,69 @@ def extend_bytelevel(base: str | Path, pieces: list[str], out_dir: str | Path, m
     for stale in ("vocab.json", "merges.txt"):  # tokenizer.json is the one source of truth from here on
         (out_dir / stale).unlink(missing_ok=True)
     (out_dir / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
-    new = [{"id": vocab[tok], "piece": tok, "text": bytes(_unbyte(tok)).decode("utf-8", errors="replace"),
-            "base_ids": [vocab[t.value] for t in bpe.tokenize(tok)]} for tok in plan.tokens]
-    return _summary("bytelevel", base_size, plan, new, out_dir)
+    new = [{"id": vocab[tok], "piece": tok, "text": _text(tok), "base_ids": [vocab[t] for t in base_tokenize(tok)]}
+           for tok in plan.tokens]
+    extra = {"dropped_unreachable": sorted(dropped), "space_variants": len(plan.tokens) - n_main}
+    return _summary("bytelevel", base_size, plan, new, out_dir, extra)
+
+
+def _text(sym: str) -> str:
+    """A byte-level token as text (a character split across tokens shows as U+FFFD)."""
+    return bytes(_unbyte(sym)).decode("utf-8", errors="replace")
+
+
+SPACED_RUN = re.compile(r"(?<= )[\u3400-\u4dbf\u4e00-\u9fff]+")
+
+
+def _space_variant_candidates(corpus: list[str | Path], plan: Plan, base_tokenize, limit: int,
+                              min_count: int = 2) -> list[str]:
+    """" X" for the new tokens X that most often start a Chinese run right after a space in the corpus."""
+    from collections import Counter
+
+    from hypnos.tokenizer.train_spm import iter_corpus_texts
+
+    ranks = {m: r for r, m in enumerate(plan.merges)}
+    new = set(plan.tokens)
+    counts: Counter[str] = Counter()
+    for text in iter_corpus_texts(corpus):
+        for run in SPACED_RUN.findall(text):
+            first = _apply_merges(base_tokenize(to_bytelevel(run)), ranks)[0]
+            if first in new:
+                counts[first] += 1
+    return [" " + _text(t) for t, c in counts.most_common(limit) if c >= min_count]
+
+
+CONTEXTS = {"alone": ("", ""), "after_space": ("CT ", "。"), "after_comma": ("检查，", "。"),
+            "after_period": ("结束。", "。"), "after_latin": ("CT", "。"), "in_sentence": ("患者", "，")}
+"""Where each new piece is tried: prefix and suffix around it (``reachability``)."""
+
+
+def reachability(tok, tokens: list[dict], max_examples: int = 8) -> dict:
+    """How many new pieces come out as one token alone and in typical contexts.
+
+    A piece counts as reached in a context when one token of the encoding is exactly the piece (after a
+    space, the piece or its space-prefixed variant). Space variants themselves are only tried alone.
+    Tokens that split a character (byte fragments, text with U+FFFD) are intermediates and not tried.
+
+    Returns:
+        ``{context: {"checked", "reachable", "examples": [unreached pieces]}}``.
+    """
+    whole = [t for t in tokens if "\ufffd" not in t["text"]]
+    out = {}
+    for ctx, (pre, post) in CONTEXTS.items():
+        cands = whole if ctx == "alone" else [t for t in whole if not t["text"].startswith(" ")]
+        texts = [pre + t["text"] + post for t in cands]
+        encs = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+        ok, bad = 0, []
+        for t, ids in zip(cands, encs):
+            pieces = {tok.decode([i]) for i in ids}
+            # SentencePiece puts a "▁" before a text's first piece; it decodes to nothing and is ignored
+            if ([i for i in ids if tok.decode([i])] == [t["id"]]) if ctx == "alone" else (t["text"] in pieces or " " + t["text"] in pieces):
+                ok += 1
+            elif len(bad) < max_examples:
+                bad.append(t["text"])
+        out[ctx] = {"checked": len(cands), "reachable": ok, "examples": bad}
+    return out
 
 
 def _unbyte(sym: str) -> list[int]:
@@ -314,18 +469,23 @@ def _is_utf8(sym: str) -> bool:
 
 # ---- both -----------------------------------------------------------------------------------------
 
-def _summary(family: str, base_size: int, plan: Plan, new: list[dict], out_dir: Path) -> dict:
+def _summary(family: str, base_size: int, plan: Plan, new: list[dict], out_dir: Path, extra: dict | None = None
+             ) -> dict:
+    from transformers import AutoTokenizer
+
     summary = {
         "family": family, "base_size": base_size, "new_size": base_size + len(new), "added": len(new),
         "requested_pieces": plan.requested, "skipped_existing": plan.skipped_existing,
-        "skipped_not_chinese": plan.skipped_not_chinese, "added_merges": len(plan.merges),
+        "skipped_not_chinese": plan.skipped_not_chinese, "added_merges": len(plan.merges), **(extra or {}),
     }
+    summary["reachability"] = reachability(AutoTokenizer.from_pretrained(out_dir), new)
     (out_dir / NEW_PIECES_FILE).write_text(json.dumps({**summary, "tokens": new}, ensure_ascii=False, indent=0),
                                            encoding="utf-8")
     return summary
 
 
-def extend_tokenizer(base: str | Path, pieces: list[str], out_dir: str | Path, max_new: int | None = None) -> dict:
+def extend_tokenizer(base: str | Path, pieces: list[str], out_dir: str | Path, max_new: int | None = None,
+                     corpus: list[str | Path] | None = None, space_variants: int = 64) -> dict:
     """Extend a base tokenizer of either family with ``pieces`` (best first); see the module docstring.
 
     Args:
@@ -333,13 +493,16 @@ def extend_tokenizer(base: str | Path, pieces: list[str], out_dir: str | Path, m
         pieces: candidate pieces as plain text; existing and non-Chinese ones are skipped.
         out_dir: where the extended tokenizer files and ``new_tokens.json`` go.
         max_new: cap on added tokens (pieces plus the intermediates they need).
+        corpus: byte-level only: the corpus the pieces came from, for space-prefixed variants.
+        space_variants: byte-level only: most space-prefixed variants to add (beyond ``max_new``).
 
     Returns:
         Summary dict (also written, with every new token and its base ids, to ``out_dir/new_tokens.json``).
     """
     family = detect_family(base)
-    fn = extend_sentencepiece if family == "sentencepiece" else extend_bytelevel
-    return fn(base, pieces, out_dir, max_new)
+    if family == "sentencepiece":
+        return extend_sentencepiece(base, pieces, out_dir, max_new)
+    return extend_bytelevel(base, pieces, out_dir, max_new, corpus, space_variants)
 
 
 def read_new_tokens(tok_dir: str | Path) -> dict[int, list[int]]:
