@@ -342,3 +342,11 @@ def test_judge_quality_card_on_the_calibration_set(tmp_path):
     j = card["judges"]["judge"]
     assert j["good_beats_weak"] == 1.0 and j["unsafe_dropped"] == 1.0 and j["good_kept"] == 1.0
     assert j["parse_rate"] == 1.0 and j["pairs"] == sum(1 for x in pref.open() if '"weak"' in x)
+    # the card reaches the report
+    from hypnos.eval.report import build_report
+
+    (tmp_path / "results.json").write_text(json.dumps({"models": {}, "tasks": {}, "scores": {}}), encoding="utf-8")
+    data = build_report(tmp_path / "runs/cf", tmp_path / "results.json", tmp_path / "report.html")
+    assert data["judge_cards"] == [{"stage": "crossfilter", "judge": "judge", "questions": n, **j}]
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert '<table id="judge-card">' in html and "100.0%" in html

@@ -25,7 +25,7 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,6 +53,11 @@ class EndpointSpec(BaseModel):
     max_concurrency: int = Field(4, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
+    structured_outputs: Literal["auto", "json_schema", "json_object", "off"] = "auto"
+    """``response_format`` handling (see ``hypnos.data.clients.Endpoint``): auto sends the JSON schema and
+    falls back to parsing text when the server refuses it."""
+    max_tokens_param: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+    """Name of the length limit; reasoning models want ``max_completion_tokens``."""
 
 
 class StageSpec(BaseModel):
@@ -330,7 +335,8 @@ def endpoint_for(recipe: Recipe, name: str):
     if spec.serve:
         base_url = _local_server(recipe, spec.model)
     return Endpoint(base_url=base_url, model=spec.model, api_key_env=spec.api_key_env,
-                    max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s, max_retries=spec.max_retries)
+                    max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s, max_retries=spec.max_retries,
+                    structured_outputs=spec.structured_outputs, max_tokens_param=spec.max_tokens_param)
 
 
 _SERVERS: dict[str, tuple[Any, str]] = {}

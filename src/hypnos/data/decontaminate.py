@@ -101,24 +101,26 @@ class BenchIndex:
                 self.items.append(item)
             self.sizes[name], self.short[name] = n, short
 
-    def match(self, text: str) -> tuple[str, str, str, float] | None:
-        """(benchmark, item id, how, coverage) of the item ``text`` copies most, else None.
+    def match(self, text: str) -> tuple[str, str, str, float, str] | None:
+        """(benchmark, item id, how, coverage, a shared n-gram) of the item ``text`` copies most, else None.
 
         ``how`` is "stem", "answer", "short_stem+answer" or "short_stem+options" (half of the options'
         texts or more); coverage is the fraction of that part found in ``text``.
         """
         t = normalize(text)
         grams = set(char_ngrams(t, self.ngram)) if len(t) >= self.ngram else set()
-        best: tuple[str, str, str, float] | None = None
+        best: tuple[str, str, str, float, str] | None = None
         for index, part, total in ((self.stem_grams, "stem", "stem_n"), (self.answer_grams, "answer", "answer_n")):
             hits: dict[int, int] = {}
+            shared: dict[int, str] = {}
             for g in grams:
                 for k in index.get(g, ()):
                     hits[k] = hits.get(k, 0) + 1
+                    shared.setdefault(k, g)
             for k, h in hits.items():
                 cov = h / self.items[k][total]
                 if cov >= self.min_coverage and (best is None or cov > best[3]):
-                    best = (self.items[k]["bench"], self.items[k]["id"], part, cov)
+                    best = (self.items[k]["bench"], self.items[k]["id"], part, cov, shared[k])
         if best is not None:
             return best
         for length, stems in self.short_stems.items():
@@ -126,10 +128,11 @@ class BenchIndex:
                 for k in stems.get(t[i : i + length], ()):
                     it = self.items[k]
                     if len(it["answer"]) >= MIN_ANSWER_CHARS and it["answer"] in t:
-                        return it["bench"], it["id"], "short_stem+answer", 1.0
+                        return it["bench"], it["id"], "short_stem+answer", 1.0, it["stem"]
                     opts = it["options"]
                     if len(opts) >= 2 and sum(o in t for o in opts) * 2 >= len(opts):
-                        return it["bench"], it["id"], "short_stem+options", sum(o in t for o in opts) / len(opts)
+                        cov = sum(o in t for o in opts) / len(opts)
+                        return it["bench"], it["id"], "short_stem+options", cov, it["stem"]
         return None
 
 
@@ -197,12 +200,12 @@ def _per_bench(index: BenchIndex) -> dict:
                    "bench_items_hit": set(), "examples": []} for name, size in index.sizes.items()}
 
 
-def _count(entry: dict, row_id: str, hit: tuple[str, str, str, float]) -> None:
+def _count(entry: dict, row_id: str, hit: tuple[str, str, str, float, str]) -> None:
     entry["train_rows_flagged"] += 1
     entry["bench_items_hit"].add(hit[1])
     if len(entry["examples"]) < N_EXAMPLES:
         entry["examples"].append({"train_id": row_id, "bench_id": hit[1], "matched": hit[2],
-                                  "coverage": round(hit[3], 3)})
+                                  "coverage": round(hit[3], 3), "ngram": hit[4]})
 
 
 # ---- the stage ------------------------------------------------------------------------------------
@@ -248,7 +251,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             continue
         _count(per[hit[0]], str(item.data.get("id", item.line)), hit)
         dropped.append({**item.data, "contamination": {"benchmark": hit[0], "bench_id": hit[1], "matched": hit[2],
-                                                       "coverage": round(hit[3], 3)}})
+                                                       "coverage": round(hit[3], 3), "ngram": hit[4]}})
     for v in per.values():
         v["bench_items_hit"] = len(v["bench_items_hit"])
     write_jsonl(ctx.out_dir / "kept.jsonl", kept)

@@ -105,6 +105,18 @@ def funnel(manifests: list[dict]) -> list[dict]:
     return steps
 
 
+def judge_cards(manifests: list[dict]) -> list[dict]:
+    """The judge quality card of every crossfilter stage that ran one (``calibration``), one row per judge."""
+    rows = []
+    for m in manifests:
+        card = (m.get("metrics") or {}).get("judge_card") if m.get("kind") == "crossfilter" else None
+        if m.get("status") != "done" or not card:
+            continue
+        for judge, c in card.get("judges", {}).items():
+            rows.append({"stage": m["stage"], "judge": judge, "questions": card.get("questions"), **c})
+    return rows
+
+
 def _find_curves(obj, prefix: str = "") -> dict[str, list]:
     out = {}
     if isinstance(obj, dict):
@@ -282,6 +294,7 @@ def build_report(run_dir: Path, results_path: Path, out: Path, notes: list[str] 
         "judge": results.get("judge") or {}, "contamination": results.get("contamination") or {},
         "settings": results.get("settings", {}), "columns": cols, "rows": rows, "funnel": steps,
         "curves": {k: v[-1] for k, v in curves.items()}, "tokenizer": tokenizer_analysis(manifests),
+        "judge_cards": judge_cards(manifests),
         "stages": [{"stage": m["stage"], "kind": m["kind"], "status": m.get("status"),
                     "seconds": m.get("timings", {}).get("seconds")} for m in manifests],
     }
