@@ -189,17 +189,22 @@ def test_shipped_scales():
     from hypnos.eval.tasks import discover
 
     tasks = discover()
-    cami = bias.load_scale(tasks["cami"].data_files()[0])
-    mica = bias.load_scale(tasks["mica"].data_files()[0])
-    assert (len(cami["items"]), cami["points"], len(mica["items"]), mica["points"]) == (40, 5, 16, 6)
-    for scale in (cami, mica):
+    assert "cami" not in tasks and "mica" not in tasks  # not the published instruments: not their names
+    com = bias.load_scale(tasks["attitudes_community"].data_files()[0])
+    cli = bias.load_scale(tasks["attitudes_clinician"].data_files()[0])
+    assert (len(com["items"]), com["points"], len(cli["items"]), cli["points"]) == (40, 5, 16, 6)
+    assert "unvalidated" in com["scale"] and "unvalidated" in cli["scale"] and list(cli["subscales"]) == ["TOTAL"]
+    for scale in (com, cli):
         per = len(scale["items"]) // len(scale["subscales"])
         for sub in scale["subscales"]:
             items = [i for i in scale["items"] if i["subscale"] == sub]
             assert len(items) == per and sum(i["reverse"] for i in items) == per // 2
     # answering the same point everywhere lands every subscale exactly mid-scale (balanced keying)
-    s = bias.score_scale(cami, {i["id"]: 1 for i in cami["items"]})
+    s = bias.score_scale(com, {i["id"]: 1 for i in com["items"]})
     assert set(s["subscales"].values()) == {3.0}
+    assert s["total_sum"] == 120 and s["total_range"] == [40, 200] and s["subscale_ranges"]["AU"] == [10, 50]
+    s = bias.score_scale(cli, {i["id"]: 6 for i in cli["items"]})
+    assert s["total_sum"] == 16 * 3.5 and s["total_range"] == [16, 96]
 
 
 def test_scale_errors_name_file_and_line(tmp_path):

@@ -81,7 +81,7 @@ def evaluated(tiny_model_dir, serve_model, tmp_path_factory):
                                                   "api": {"model": "tiny-api", "base_url": api_url}},
                   "stages": [
                       {"name": "eval", "kind": "eval", "models": {"local": str(tiny_model_dir), "api": "api"},
-                       "tasks": ["anesthesia_mcq", "anesthesia_openqa", "anesthesia_cases", "medical_ner", "cami",
+                       "tasks": ["anesthesia_mcq", "anesthesia_openqa", "anesthesia_cases", "medical_ner", "attitudes_community",
                                  "hospital_private"],
                        "include_paths": [str(tmp / "tasks")], "limit": 3, "max_new_tokens": 8, "batch_size": 2,
                        "num_fewshot": 1, "circular": True,
@@ -111,7 +111,7 @@ def evaluated(tiny_model_dir, serve_model, tmp_path_factory):
 def test_scores_for_every_model_and_task(evaluated):
     r, manifests, _ = evaluated
     res = json.loads((r.stage_dir("eval") / "results.json").read_text(encoding="utf-8"))
-    assert set(res["scores"]) == {"anesthesia_mcq", "anesthesia_openqa", "anesthesia_cases", "medical_ner", "cami",
+    assert set(res["scores"]) == {"anesthesia_mcq", "anesthesia_openqa", "anesthesia_cases", "medical_ner", "attitudes_community",
                                   "hospital_private"}
     for task, per in res["scores"].items():
         assert set(per) == {"local", "api"}, task
@@ -120,7 +120,7 @@ def test_scores_for_every_model_and_task(evaluated):
     assert 0 <= mcq["api"]["accuracy"] <= 1 and mcq["api"]["ci"][0] <= mcq["api"]["accuracy"] <= mcq["api"]["ci"][1]
     oqa = res["scores"]["anesthesia_openqa"]["local"]
     assert oqa["max_new_tokens"] == 8 and len(oqa["rougeL_items"]) == 3 and "corpus" in oqa["settings"]["bleu"]
-    assert res["scores"]["cami"]["local"]["answered"] == 40
+    assert res["scores"]["attitudes_community"]["local"]["answered"] == 40
     pred = r.stage_dir("eval") / "predictions"
     rows = [json.loads(x) for x in (pred / "anesthesia_mcq" / "local.jsonl").read_text(encoding="utf-8").splitlines()]
     assert abs(sum(2.718281828 ** v for v in rows[0]["logprobs"].values()) - 1) < 1e-3
@@ -135,7 +135,7 @@ def test_scores_for_every_model_and_task(evaluated):
     (pair, pm), = res["paired"]["anesthesia_mcq"].items()  # the recipe's model order (YAML sorted: api, local)
     assert pair == "api vs local" and pm["n"] == 3 and "mcnemar_p" in pm and pm["ci"][0] <= pm["diff"] <= pm["ci"][1]
     assert res["paired"]["medical_ner"][pair]["metric"] == "f1"
-    assert "private" in res["paired"]["hospital_private"]["note"] and "cami" not in res["paired"]
+    assert "private" in res["paired"]["hospital_private"]["note"] and "attitudes_community" not in res["paired"]
 
 
 def test_private_task_keeps_scores_only(evaluated):

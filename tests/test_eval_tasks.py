@@ -14,9 +14,9 @@ def test_builtin_tasks_found_by_scanning():
     tasks = discover()
     for name in ("anesthesia_mcq", "anesthesia_openqa", "anesthesia_cases", "medical_ner", "cmexam",
                  "cmexam_anesthesia", "cmmlu_medical", "huatuo_anesthesia", "zhongjing_huatuo26m", "ccks2019_ner",
-                 "cmeee_ner", "cami", "mica"):
+                 "cmeee_ner", "attitudes_community", "attitudes_clinician"):
         assert name in tasks
-    assert "cami_items" not in tasks  # a questionnaire YAML is data, not a task
+    assert "attitudes_community_items" not in tasks and "cami" not in tasks  # a questionnaire YAML is data, not a task
 
 
 def test_function_hook_and_split():
@@ -94,7 +94,7 @@ def test_cache_key_covers_every_file_a_task_reads(tmp_path):
                                       "doc_to_text: !function utils.doc_to_text\n", encoding="utf-8")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"name": "r", "stages": [{"name": "eval", "kind": "eval",
-                                      "models": {"m": "smollm2-135m-instruct"}, "tasks": ["mine", "cami"],
+                                      "models": {"m": "smollm2-135m-instruct"}, "tasks": ["mine", "attitudes_community"],
                                       "include_paths": [str(tmp_path / "tasks")]}]}), encoding="utf-8")
     r = load_recipe(recipe, output_dir=tmp_path / "runs")
     files = set(stage_inputs(r, r.stages[0]))

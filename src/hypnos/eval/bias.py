@@ -2,7 +2,7 @@
 
 The questionnaire is a YAML file (format in docs/eval.md)::
 
-    scale: CAMI-style
+    scale: Hypnos community attitudes (unvalidated)
     points: 5                                   # answers 1..points
     labels: [非常不同意, 不同意, 不确定, 同意, 非常同意]
     instruction: 请表明你对下面这句陈述的同意程度。
@@ -13,9 +13,13 @@ The questionnaire is a YAML file (format in docs/eval.md)::
 A local model's answer is the scale point whose continuation (target delimiter + digit) is most likely
 after the prompt (``prompts/likert_v1.jinja``, ending in ``答案：``), scored like a multiple-choice item; an endpoint's is the first digit 1..points in
 its answer. A reverse-keyed item scores ``points + 1 - answer``, so every item points the same way as
-its subscale. Subscale score = mean of its items' keyed scores; ``total`` = mean over all items.
-The shipped items (tasks/cami, tasks/mica) were written for Hypnos in the style of the CAMI (40 items,
-5 points) and MICA (16 items, 6 points) scales; they are not the published wording.
+its subscale. Subscale score = mean of its items' keyed scores; ``total`` = mean over all items; sums are
+reported with the range they can take (answered items x 1 .. x points).
+
+The shipped questionnaires (``attitudes_community``: 40 items, 5 points, 4 subscales; ``attitudes_clinician``:
+16 items, 6 points, one total) were written for Hypnos after the design of the CAMI and the MICA v4, not
+their wording, which we could not reproduce faithfully from public sources. They are unvalidated and named
+so that nobody takes their scores for CAMI or MICA scores.
 """
 
 from __future__ import annotations
@@ -87,6 +91,10 @@ def score_scale(scale: dict, answers: dict[str, int | None]) -> dict:
     return {"scale": scale["scale"], "points": pts,
             "subscales": {s: (sum(v) / len(v) if v else float("nan")) for s, v in by_sub.items()},
             "total": sum(every) / len(every) if every else float("nan"),
+            # sums with the range they can take, so a mean of 3.1 reads as 124 of 40..200, not as a grade
+            "subscale_sums": {s: sum(v) for s, v in by_sub.items()},
+            "subscale_ranges": {s: [len(v), len(v) * pts] for s, v in by_sub.items()},
+            "total_sum": sum(every), "total_range": [len(every), len(every) * pts], "mean_range": [1, pts],
             "answered": len(every), "unparseable": len(scale["items"]) - len(every), "n": len(scale["items"])}
 
 

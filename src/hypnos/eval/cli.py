@@ -71,6 +71,9 @@ def run(
     include_path: Annotated[list[str] | None, typer.Option(help="more task folders")] = None,
     batch_size: Annotated[int | None, typer.Option(help="prompts per forward")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="generation length of open answers")] = None,
+    num_fewshot: Annotated[int | None, typer.Option(help="solved examples before each MCQ (task default: 0)")] = None,
+    circular: Annotated[bool | None, typer.Option("--circular/--no-circular",
+                                                  help="MCQ: also every rotation of the options")] = None,
     name: Annotated[str, typer.Option(help="run name (folder under --output-dir)")] = "eval",
     output_dir: Annotated[Path, typer.Option(help="where runs go")] = Path("runs"),
     report: Annotated[bool, typer.Option(help="also write the HTML report")] = True,
@@ -95,7 +98,8 @@ def run(
     notes = fields.pop("notes", [])
     given = {"models": dict(m.split("=", 1) for m in model or [] if "=" in m) or None, "tasks": task or None,
              "limit": limit, "judge": judge, "pairs": _pairs(pair) or None, "include_paths": include_path or None,
-             "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+             "batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_fewshot": num_fewshot,
+             "circular": circular}
     if any("=" not in m for m in model or []):
         _fail("--model takes LABEL=REF, e.g. -m base=smollm2-135m-instruct")
     fields.update({k: v for k, v in given.items() if v is not None})
