@@ -143,6 +143,14 @@ def _segment(window: str) -> tuple[str, ...]:
     return tuple(_jieba()[0].lcut(window, HMM=True))
 
 
+def _longest_word(text: str, i: int) -> str:
+    freq = _jieba()[0].dt.FREQ
+    for n in (4, 3, 2):
+        if freq.get(text[i : i + n]):
+            return text[i : i + n]
+    return text[i : i + 1]
+
+
 def _name_length(text: str, i: int, sn: str, strong: bool) -> int:
     """Length of the name starting at ``i`` with surname ``sn`` (0 if there is none)."""
     gc = given_chars()
@@ -205,14 +213,15 @@ def name_after(text: str, i: int, strong: bool) -> int:
         if loose and _STRONG_AFTER.match(text, i + loose):
             length, strong = loose, True
     if not strong:
-        # in running text jieba's first word must not be an ordinary word (患者|平素|体健, 医师|查房)
-        first = _segment(text[i : i + 8])[0]
+        # in running text the longest dictionary word here must not be an ordinary word
+        # (患者|平素|体健, 医师|查房, 儿子|周末): a cheap stand-in for jieba's first token
+        first = _longest_word(text, i)
         if len(first) >= 2 and _dict_tag(first) not in (None, "nr", "ns", "nz", "nrt", "nrfg") \
                 and first[:2] not in COMPOUND:
             return 0
         # a weak surname (于, 平, 时 …) only when jieba reads the whole name as one word (其子|于海洋|代签,
         # not 患者|于|入院)
-        if sn in WEAK_SURNAMES and len(first) != length:
+        if sn in WEAK_SURNAMES and len(_segment(text[i : i + 8])[0]) != length:
             return 0
     if not length:
         return 0
@@ -286,10 +295,11 @@ def _pos_names(clause: str) -> tuple[tuple[int, int], ...]:
 
 @lru_cache(maxsize=1)
 def _gate():
-    """Surname + given-name character: the only places worth running the POS tagger on."""
+    """Surname + two given-name characters: the only places the POS tagger may add a name (it keeps only
+    full names there), so the only places worth running it on."""
     sn = "".join(sorted(SURNAMES - WEAK_SURNAMES))
-    gc = "".join(sorted(given_chars()))
-    return re.compile(f"(?:{'|'.join(COMPOUND)}|[{sn}])[{gc}]")
+    gc = "".join(sorted(given_chars() - _NOT_GIVEN_ALONE))
+    return re.compile(f"(?=((?:{'|'.join(COMPOUND)}|[{sn}])[{gc}]{{2}}))")
 
 
 def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
@@ -327,34 +337,26 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         s = name_before(text, m.start())
         if s >= 0:
             add(s, m.start())
-    for s, e in _name_like(text):
-        if not free(s, e):
-            continue
+    for s, e in _name_like(text, free):
         add(s, e)
     return sorted(spans)
 
 
-def _name_like(text: str) -> list[tuple[int, int]]:
-    """POS-tagger names, run only on clauses with a surname + given-name character."""
-    gate = _gate()
+def _name_like(text: str, free) -> list[tuple[int, int]]:
+    """POS-tagger names, run only on a short window around each surname + two given-name characters
+    that no other rule has claimed and that is no dictionary word (高热, 黄疸, 平素 never get here)."""
     out: list[tuple[int, int]] = []
-    done: set[int] = set()
-    for m in gate.finditer(text):
-        i = m.start()
-        if _guarded(text, i):
+    for m in _gate().finditer(text):
+        i, cand = m.start(), m.group(1)
+        if not free(i, i + len(cand)) or _guarded(text, i) or _is_word(cand[:2]) or _is_word(cand) \
+                or (i > 0 and _is_word(text[i - 1 : i + 1])):
             continue
-        tag = _dict_tag(m.group())
-        if tag is not None and tag != "nr":
-            continue  # 高热, 黄疸, 平素: a word
-        # the clause around the candidate
+        # the tagger's context: up to 4 characters either side, within the clause
         a = i
-        while a > 0 and not _SPLIT.match(text, a - 1) and i - a < 20:
+        while a > 0 and i - a < 4 and not _SPLIT.match(text, a - 1):
             a -= 1
-        if a in done:
-            continue
-        b = i
-        while b < len(text) and not _SPLIT.match(text, b) and b - i < 20:
+        b = i + len(cand)
+        while b < len(text) and b - i - len(cand) < 4 and not _SPLIT.match(text, b):
             b += 1
-        done.add(a)
-        out += [(a + s, a + e) for s, e in _pos_names(text[a:b])]
+        out += [(a + s, a + e) for s, e in _pos_names(text[a:b]) if s <= i - a < e]
     return out
