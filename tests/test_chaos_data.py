@@ -157,6 +157,11 @@ def test_file_level_and_row_errors_are_one_line_messages(corpus):
     r = _hypnos("mix", "--config", cfg, "--output-dir", d / "runs2")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"{d / 'bad_byte.jsonl'}:3: not valid UTF-8 text" in r.stderr
+    # a declared encoding is used as declared: wrong -> every non-ASCII line is a bad row, never a guess
+    r = _hypnos("data", "check", "--encoding", "utf-8", "--kind", "qa", d / "long_field.csv")
+    assert r.returncode == 1 and f"{d / 'long_field.csv'}:2: not valid UTF-8 text" in r.stdout
+    r = _hypnos("data", "check", "--encoding", "gb18030", "--kind", "qa", d / "long_field.csv")
+    assert r.returncode == 0 and "2 rows: 2 valid, 0 rejected" in r.stdout
 
 
 # ---- hard kills of generate + crossfilter ----------------------------------------------------------------

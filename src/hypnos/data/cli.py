@@ -77,16 +77,18 @@ def import_(
     src: Path,
     out: Path,
     quarantine: Annotated[bool, typer.Option(help="quarantine bad rows instead of stopping")] = False,
+    encoding: Annotated[str | None, typer.Option(help="the file's text encoding (default: detected)")] = None,
 ) -> None:
     """Convert a public dataset file into Hypnos records (JSONL)."""
-    from hypnos.common.io import DataError, write_jsonl
+    from hypnos.common.io import DataError, ReadPolicy, read_policy, write_jsonl
     from hypnos.data.importers import IMPORTERS, import_file
 
     if fmt not in IMPORTERS:
         console.print(f"[red]unknown format {fmt!r}; known: {', '.join(IMPORTERS)}[/red]")
         raise typer.Exit(2)
-    try:
-        recs, report = import_file(fmt, src, on_error="quarantine" if quarantine else "raise")
+    try:  # the policy only carries the declared encoding; the importer handles bad rows itself
+        with read_policy(ReadPolicy(encoding=encoding, check_types=False)):
+            recs, report = import_file(fmt, src, on_error="quarantine" if quarantine else "raise")
     except DataError as e:
         console.print(f"[red]{e}[/red]", highlight=False)
         raise typer.Exit(1)
