@@ -38,6 +38,8 @@ def test_names_by_label_role_kinship_and_compound_surname(text, name):
 @pytest.mark.parametrize("text", [
     "患者高热3天", "皮肤巩膜黄疸", "患者高龄，合并慢阻肺", "患者曾于2018年行阑尾切除术", "由高年资医生实施麻醉",
     "出院带药：王氏保赤丸 1瓶", "请向医生咨询麻醉方式", "主任医师查房后指示", "上级医师查房",
+    "患者张口困难，Mallampati III级", "谢谢医生！", "患者签名时间：2024-04-02 16:20", "班主任说孩子总咳嗽",
+    "我喝了许多水医生说没关系",
 ])
 def test_clinical_words_that_look_like_names_stay(text):
     assert D.scrub(text)[0] == text, D.find(text)
@@ -236,3 +238,16 @@ def test_deid_eval_cli_prints_both_parts():
     assert res.exit_code == 0, res.output
     for word in ("dev", "heldout", "姓名", "身份证号", "exact", "overlap"):
         assert word in res.output
+
+
+def test_a_bad_label_in_a_set_file_names_file_and_line(tmp_path):
+    from hypnos.common.io import DataError
+    from hypnos.data.deid_eval import load_set
+
+    f = tmp_path / "s.txt"
+    f.write_text("# header\n患者{name:张三}\n患者{nmae:李四}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"s\.txt:3: unknown PII type 'nmae'"):
+        load_set(f)
+    f.write_text("患者{name:张三\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"s\.txt:1: unbalanced"):
+        load_set(f)

@@ -26,9 +26,14 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
-COMPOUND = ("欧阳 司马 诸葛 上官 司徒 慕容 端木 皇甫 令狐 赫连 东方 夏侯 尉迟 公孙 长孙 宇文 澹台 呼延 万俟 轩辕 "
+
+def _words(s: str) -> list[str]:
+    return s.split()
+
+
+COMPOUND = _words("欧阳 司马 诸葛 上官 司徒 慕容 端木 皇甫 令狐 赫连 东方 夏侯 尉迟 公孙 长孙 宇文 澹台 呼延 万俟 轩辕 "
             "南宫 西门 独孤 拓跋 钟离 申屠 太史 闻人 百里 东郭 公冶 濮阳 淳于 单于 仲孙 闾丘 左丘 乐正 司空 "
-            "司寇 羊舌 微生 即墨 夹谷 第五 巫马 公羊 梁丘 呼延 宗政 亓官").split()
+            "司寇 羊舌 微生 即墨 夹谷 第五 巫马 公羊 梁丘 呼延 宗政 亓官")
 # Single-character surnames (the few hundred that cover nearly all of China).
 SURNAMES = set(
     "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘蒋蔡余杜叶程苏魏吕丁"
@@ -60,14 +65,14 @@ _NOT_GIVEN_ALONE = set("水肉性心酸叶素皮草药丙丁甲乙体力缘母�
 TITLES = ("护士长", "主任医师", "副主任", "主任", "医生", "医师", "大夫", "教授", "护士", "院长", "老师",
           "先生", "女士", "小姐", "阿姨", "师傅", "同志", "主治")
 # Labels and roles after which a name follows. A colon after them makes the anchor "strong".
-LABELS = ("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓名 姓名 紧急联系人 家属联系人 联系人 签名 签字 主刀医师 主刀医生 "
+LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓名 姓名 紧急联系人 家属联系人 联系人 签名 签字 主刀医师 主刀医生 "
           "主刀 主麻 副麻 麻醉医师 麻醉医生 手术医师 手术医生 器械护士 巡回护士 护士长 主管护士 随访护士 责任护士 "
           "记录者 记录人 记录医师 记录医生 书写医师 审核医师 审核人 上级医师 主治医师 住院医师 主任医师 经治医师 "
           "谈话医师 谈话医生 主管医生 主管医师 管床医生 管床医师 接诊医生 接诊医师 值班医生 主治医生 科主任 第一助手 "
           "第二助手 助手 助理 交接人 接收人 见证人 授权委托人 委托人 受托人 代理人 法定代理人 监护人 陈述者 病史陈述者 "
           "申请人 联系人姓名 患者 病人 患儿 产妇 家属 本人 我叫 我是 丈夫 妻子 老公 老婆 爱人 老伴 配偶 之子 之女 之孙 "
           "之妻 之夫 其子 其女 其妻 其夫 儿子 女儿 父亲 母亲 外孙 外孙女 孙子 孙女 我妈 我爸 我哥 我姐 我弟 我妹 "
-          "我奶奶 我爷爷 我母亲 我父亲 我爱人 他爸 她妈 孩子他爸 孩子他妈 兄弟 委托").split()
+          "我奶奶 我爷爷 我母亲 我父亲 我爱人 他爸 她妈 孩子他爸 孩子他妈 兄弟 委托")
 _LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True)) + ")"
                        r"(?P<colon>\s*[：:]\s*|\s+|)")
 _TITLE_RE = re.compile("|".join(sorted(TITLES, key=len, reverse=True)))
