@@ -27,8 +27,12 @@ from pydantic import Field
 from hypnos.common.stage import StageConfig, StageContext, StageResult
 
 TEMPLATES = Path(__file__).parent / "templates"
-MAIN_METRIC = {"multiple_choice": ("accuracy", 100, "acc %"), "generate_until": ("rougeL", 100, "ROUGE-L"),
-               "judge": ("rougeL", 100, "ROUGE-L"), "ner": ("f1", 100, "F1"), "likert": ("total", 1, "mean")}
+# (score key, display scale, unit). ROUGE-L stays 0-1 everywhere (bars and per-answer box plots alike);
+# a judge task's headline is the judge's win rate, not a reference metric.
+MAIN_METRIC = {"multiple_choice": ("accuracy", 100, "acc %"), "generate_until": ("rougeL", 1, "ROUGE-L 0–1"),
+               "dialogue": ("rougeL", 1, "ROUGE-L 0–1"), "judge": ("win", 100, "judge win %"),
+               "ner": ("f1", 100, "F1 %"), "likert": ("total", 1, "mean 1–points")}
+METHOD_MARK = {"generation": " (gen)", "external": " (ext)"}  # log-likelihood, the default, has no mark
 FUNNEL_KINDS = ("generate", "crossfilter", "dedup", "decontaminate", "deidentify", "mix")
 
 
@@ -63,20 +67,41 @@ def _fmt(v: float, scale: float = 1, digits: int = 1) -> str:
 
 
 def headline_table(results: dict) -> tuple[list[str], dict[str, list[str]]]:
-    """Column names (tasks) and one row of "value [low, high]" cells per model."""
+    """Column names (tasks) and one row of "value [low, high]" cells per model.
+
+    A multiple-choice score from generated answers is marked "(gen)" (log-likelihood is the default and
+    the two are different measurements); a judge task shows each model's win rate against its pair.
+    """
     cols, rows = [], {m: [] for m in results["models"]}
     for task, info in results["tasks"].items():
         key, scale, unit = MAIN_METRIC[info["output_type"]]
         cols.append(f"{task} ({unit})")
-        digits = 2 if scale == 1 else 1
+        digits = 3 if key == "rougeL" else 2 if scale == 1 else 1
         for m in results["models"]:
+            if info["output_type"] == "judge":
+                rows[m].append(_judge_cell(results, task, m))
+                continue
             s = results["scores"].get(task, {}).get(m, {})
             ci = s.get("ci") if key != "rougeL" else s.get("rougeL_ci")
             cell = _fmt(s.get(key, float("nan")), scale, digits)
             if ci and info["output_type"] != "likert":
                 cell += f" [{_fmt(ci[0], scale, digits)}, {_fmt(ci[1], scale, digits)}]"
+            if info["output_type"] == "multiple_choice":
+                cell += METHOD_MARK.get(s.get("method"), "")
             rows[m].append(cell)
     return cols, rows
+
+
+def _judge_cell(results: dict, task: str, model: str) -> str:
+    """Usefulness win rate of ``model`` against each model it was judged with ("–" when none)."""
+    parts = []
+    for pair, r in (results.get("judge") or {}).get(task, {}).items():
+        a, _, b = pair.partition(" vs ")
+        if model in (a, b):
+            rate = r["criteria"]["usefulness"]["rates"]["win" if model == a else "loss"]
+            parts.append(f"{_fmt(rate['mean'], 100)} [{_fmt(rate['ci'][0], 100)}, {_fmt(rate['ci'][1], 100)}] "
+                         f"vs {b if model == a else a}")
+    return "; ".join(parts) or "–"
 
 
 def _manifests(run_dir: Path) -> list[dict]:
@@ -173,22 +198,40 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _bar_plot(task: str, info: dict, scores: dict) -> str:
+def _bar_plot(task: str, info: dict, scores: dict, models: list[str]) -> str:
+    return _png(bar_figure(task, info, scores, models))
+
+
+def bar_figure(task: str, info: dict, scores: dict, models: list[str]):
+    """One bar per model (a model without a score is shown as "no score", never dropped), with 95% CIs,
+    a chance line for accuracy, and a 1..points axis without intervals for Likert means."""
     import matplotlib.pyplot as plt
 
     key, scale, unit = MAIN_METRIC[info["output_type"]]
-    labels = list(scores)
-    vals = [scores[m].get(key, float("nan")) * scale for m in labels]
-    cis = [scores[m].get("rougeL_ci" if key == "rougeL" else "ci") for m in labels]
-    err = [[max(v - c[0] * scale, 0) if c else 0 for v, c in zip(vals, cis)],
-           [max(c[1] * scale - v, 0) if c else 0 for v, c in zip(vals, cis)]]
-    fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(labels) + 1.5), 2.8))
-    ax.bar(labels, vals, yerr=err if info["output_type"] != "likert" else None, capsize=4, color="#4c78a8")
-    top = 100 if scale == 100 and key != "rougeL" else None  # percentages: the full axis, so 0 looks like 0
-    ax.set_ylim(0, top or max([1e-3, *[v + e for v, e in zip(vals, err[1]) if not math.isnan(v)]]) * 1.1)
-    ax.set_title(f"{task}: {unit} (95% CI)", fontsize=10)
+    likert = info["output_type"] == "likert"
+    vals = [scores.get(m, {}).get(key, float("nan")) * scale for m in models]
+    cis = [None if likert else scores.get(m, {}).get("rougeL_ci" if key == "rougeL" else "ci") for m in models]
+    err = [[max(v - c[0] * scale, 0) if c and not math.isnan(v) else 0 for v, c in zip(vals, cis)],
+           [max(c[1] * scale - v, 0) if c and not math.isnan(v) else 0 for v, c in zip(vals, cis)]]
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(models) + 1.5), 2.8))
+    shown = [0 if math.isnan(v) else v for v in vals]
+    ax.bar(models, shown, yerr=None if likert else err, capsize=4, color="#4c78a8")
+    if likert:
+        points = next((s["points"] for s in scores.values() if "points" in s), 5)
+        ax.set_ylim(1, points)  # a mean on a 1..points scale: the axis starts at 1, not 0
+    else:
+        top = max([1e-3, *[v + e for v, e in zip(shown, err[1])]])
+        ax.set_ylim(0, 100 if scale == 100 else max(1.0, top * 1.1) if key == "rougeL" else top * 1.1)
+    for i, v in enumerate(vals):
+        if math.isnan(v):
+            ax.text(i, ax.get_ylim()[0], "no score", ha="center", va="bottom", fontsize=8, color="#e15759")
+    chance = [scores[m]["chance"] for m in models if scores.get(m, {}).get("chance") is not None]
+    if info["output_type"] == "multiple_choice" and chance:
+        ax.axhline(chance[0] * 100, ls="--", color="#888", lw=1)
+        ax.text(len(models) - 0.5, chance[0] * 100, " chance", va="bottom", ha="right", fontsize=7, color="#666")
+    ax.set_title(f"{task}: {unit}" + ("" if likert else " (95% CI)"), fontsize=10)
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-    return _png(fig)
+    return fig
 
 
 def _dist_plot(task: str, scores: dict) -> str | None:
@@ -262,8 +305,9 @@ def make_plots(results: dict, steps: list[dict], curves: dict) -> list[dict]:
     plots = []
     for task, info in results["tasks"].items():
         scores = results["scores"].get(task, {})
-        plots.append({"title": f"{task}", "png": _bar_plot(task, info, scores)})
-        if info["output_type"] in ("generate_until", "judge") and (png := _dist_plot(task, scores)):
+        if info["output_type"] != "judge":  # a judge task's comparison is the win/tie/loss plot
+            plots.append({"title": f"{task}", "png": _bar_plot(task, info, scores, list(results["models"]))})
+        if info["output_type"] in ("generate_until", "judge", "dialogue") and (png := _dist_plot(task, scores)):
             plots.append({"title": f"{task}: ROUGE-L distribution", "png": png})
     for task, pairs in (results.get("judge") or {}).items():
         if png := _judge_plot(task, pairs):
@@ -293,6 +337,7 @@ def build_report(run_dir: Path, results_path: Path, out: Path, notes: list[str] 
         "models": results["models"], "tasks": results["tasks"], "scores": results["scores"],
         "judge": results.get("judge") or {}, "contamination": results.get("contamination") or {},
         "settings": results.get("settings", {}), "columns": cols, "rows": rows, "funnel": steps,
+        "paired": results.get("paired") or {}, "methods": results.get("methods") or {},
         "curves": {k: v[-1] for k, v in curves.items()}, "tokenizer": tokenizer_analysis(manifests),
         "judge_cards": judge_cards(manifests),
         "stages": [{"stage": m["stage"], "kind": m["kind"], "status": m.get("status"),
