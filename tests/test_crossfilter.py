@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hypnos.common.runner import load_recipe, run_recipe
-from hypnos.data.crossfilter import Config, agreement, decide, score_answer
+from hypnos.data.crossfilter import Config, agreement, decide, judge_request, score_answer
 from hypnos.data.parsing import ParseError, expected_score, logprob_scores, parse_generated, parse_scores
 
 ANSWER = "连贯性：8\n专业性：7分\n有用性: 9/10\n无害性：10\n**友好性**：6\n理由：回答准确但略显生硬。"
@@ -122,6 +122,13 @@ def test_ten_written_as_two_tokens_scores_ten():
     # "1" followed by something else is a one
     toks = [_lp("无害性"), _lp("："), _lp("1", {"1": 1.0}), _lp("\n", {"\n": 0.8, "0": 0.2})]
     assert logprob_scores(toks)["harmlessness"] == pytest.approx(0.2 * 10 + 0.8 * 1)
+    # under a grammar only digits can follow: renormalise over them, whatever their share of the raw mass,
+    # and count the written token even when it is not among the top ones
+    toks = [_lp("无害性"), _lp("："), {**_lp("7", {"的": 0.9, "6": 0.05}), "logprob": math.log(0.05)}, _lp("\n")]
+    assert logprob_scores(toks)["harmlessness"] is None
+    assert logprob_scores(toks, structured=True)["harmlessness"] == pytest.approx(6.5)
+    toks = [_lp('"harmlessness": '), _lp("1", {"1": 0.6, "9": 0.2}), _lp("0", {"0": 0.1, ",": 0.1, "x": 0.8})]
+    assert logprob_scores(toks, structured=True)["harmlessness"] == pytest.approx((0.3 * 10 + 0.3 * 1 + 0.2 * 9) / 0.8)
     # a single "10" token (tiktoken-style vocabularies) and a JSON key label
     toks = [_lp('{"'), _lp("harmlessness"), _lp('":'), _lp(" "), _lp("10", {"10": 0.5, "9": 0.5}), _lp("}")]
     assert logprob_scores(toks)["harmlessness"] == pytest.approx(9.5)
@@ -350,3 +357,22 @@ def test_judge_quality_card_on_the_calibration_set(tmp_path):
     assert data["judge_cards"] == [{"stage": "crossfilter", "judge": "judge", "questions": n, **j}]
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert '<table id="judge-card">' in html and "100.0%" in html
+
+
+def test_logprob_scores_come_from_a_real_hypnos_serve(tiny_model_dir, serve_model):
+    """Structured outputs force `"coherence": <digits>`; the scores must be read from the token logprobs."""
+    from hypnos.data.clients import Endpoint, LLMClient
+
+    cfg = Config(input="x", judges=["a"], scoring="logprobs", max_tokens=300)
+    with serve_model(tiny_model_dir, name="tiny") as url:
+        client = LLMClient(Endpoint(base_url=url, model="tiny"))
+        req = judge_request(cfg, {"instruction": "丙泊酚的诱导剂量是多少？", "output": "成人1.5-2.5mg/kg。"}, False, 0)
+        res = client.chat_sync(req.pop("messages"), **req)
+    assert res.error is None and res.structured and not res.truncated, res
+    v = score_answer(cfg, res.text, res.logprobs, structured=res.structured)
+    assert not v["missing"] and v["source"] == "logprobs", (res.text, v)
+    assert all(0 <= s <= 10 for s in v["scores"].values())
+    # the text the scores were read from is the answer itself, rebuilt from the tokens' bytes
+    from hypnos.data.parsing import answer_text
+
+    assert answer_text(res.logprobs)[-1] == res.text

@@ -421,6 +421,9 @@ class LLMClient:
             room *= 2
             log.info("answer cut off at the length limit: asking again with max_tokens %d", room)
             more = await self._send(http, messages, {**params, "max_tokens": room})
+            if more.error is not None:  # e.g. no room left in the model's context: the cut answer stands
+                log.info("asking with max_tokens %d failed (%s): keeping the cut-off answer", room, more.error)
+                break
             more.usage = {k: more.usage.get(k, 0) + result.usage.get(k, 0) for k in ("prompt_tokens",
                                                                                       "completion_tokens")}
             result = more

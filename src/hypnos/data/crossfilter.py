@@ -216,7 +216,7 @@ def _question_answer(row: dict) -> tuple[str, str]:
     return (row.get("instruction") or record_text(row)), row.get("output", "")
 
 
-def score_answer(cfg: Config, text: str | None, logprobs: list[dict] | None) -> dict:
+def score_answer(cfg: Config, text: str | None, logprobs: list[dict] | None, structured: bool = False) -> dict:
     """One judge's verdict on one item: aspect scores, overall (None unless every aspect scored), reason, source.
 
     ``source`` is "logprobs" when every aspect's score came from token probabilities, "mixed" when some
@@ -225,7 +225,7 @@ def score_answer(cfg: Config, text: str | None, logprobs: list[dict] | None) -> 
     scores = parse_scores(text or "")
     sources = dict.fromkeys(ASPECTS, "text")
     if cfg.scoring == "logprobs" and logprobs:
-        weighted = logprob_scores(logprobs)
+        weighted = logprob_scores(logprobs, structured=structured)
         for k, w in weighted.items():
             if w is not None:
                 scores[k], sources[k] = w, "logprobs"
@@ -304,7 +304,7 @@ async def _verdict(cfg: Config, ctx: StageContext, judge: str, row: dict, self_j
         v = {"scores": dict.fromkeys(ASPECTS), "overall": None, "missing": list(ASPECTS), "reason": "",
              "source": "error"}
     else:
-        v = score_answer(cfg, res.text, res.logprobs)
+        v = score_answer(cfg, res.text, res.logprobs, structured=res.structured)
     v.update(raw=res.text, error=res.error, self_judged=self_judge, truncated=res.finish_reason == "length",
              structured=res.structured, model=res.model or ctx.client(judge).endpoint.model)
     return v

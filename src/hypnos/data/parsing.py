@@ -347,7 +347,7 @@ def _number_token(tok: dict) -> str | None:
 
 
 def expected_score(top_logprobs: list[dict], min_mass: float = 0.5, sampled: dict | None = None,
-                   following: dict | None = None) -> float | None:
+                   following: dict | None = None, structured: bool = False) -> float | None:
     """Probability-weighted score over the values 0..10 at one position.
 
     Args:
@@ -356,29 +356,49 @@ def expected_score(top_logprobs: list[dict], min_mass: float = 0.5, sampled: dic
         sampled: the token actually written there; when it is "1", ``following`` (the next position's
             entry, with its ``top_logprobs``) splits its mass into "10" (P("1")·P("0"|"1")) and "1".
         following: the next position's logprob entry.
+        structured: the answer was decoded under a JSON-schema grammar, which allows only digits here.
+            The grammar's distribution is the model's renormalised over the allowed tokens, so the
+            digits' share of the reported (unconstrained) logprobs is used as is, with no mass
+            requirement, and the written token counts even when it is not among the top ones.
 
     Returns:
         The expected score, renormalised over the score values, or None. Without the next position for
         a "1" that was not written (its continuation is unknown: 1 or 10?) its mass is left out.
     """
     probs: dict[int, float] = {}
-    for t in top_logprobs or []:
+    entries = list(top_logprobs or [])
+    if structured and sampled is not None and not any(_same(t, sampled) for t in entries):
+        entries.append(sampled)
+    for t in entries:
         digits = _number_token(t)
         if digits is not None and int(digits) <= 10 and len(digits) <= 2:
             probs[int(digits)] = probs.get(int(digits), 0.0) + math.exp(t["logprob"])
     if 1 in probs:
         p1 = probs.pop(1)
         if sampled is not None and _number_token(sampled) == "1" and following is not None:
-            # P("0" | "1"): the next token starts with 0 and holds no further digit ("0", "0\n", "0,")
-            q0 = sum(math.exp(t["logprob"]) for t in following.get("top_logprobs") or []
-                     if re.match(r"0(?!\d)", token_text(t)))
-            q0 = min(q0, 1.0)
+            q0 = _p_zero_after_one(following, structured)
             probs[10] = probs.get(10, 0.0) + p1 * q0
             probs[1] = p1 * (1 - q0)
     mass = sum(probs.values())
-    if mass < min_mass or mass == 0:
+    if mass == 0 or (not structured and mass < min_mass):
         return None
     return sum(k * p for k, p in probs.items()) / mass
+
+
+def _same(a: dict, b: dict) -> bool:
+    return token_text(a) == token_text(b)
+
+
+def _p_zero_after_one(following: dict, structured: bool) -> float:
+    """P("0" | "1") at the next position (under a grammar: among "0" and the tokens that end the number)."""
+    entries = list(following.get("top_logprobs") or [])
+    if not any(_same(t, following) for t in entries):
+        entries.append(following)
+    zero = sum(math.exp(t["logprob"]) for t in entries if re.match(r"0(?!\d)", token_text(t)))
+    if not structured:
+        return min(zero, 1.0)
+    end = sum(math.exp(t["logprob"]) for t in entries if re.match(r"[\s,}]", token_text(t)))
+    return zero / (zero + end) if zero + end > 0 else float(_number_token(following) == "0")
 
 
 def answer_text(logprobs: list[dict]) -> list[str]:
@@ -394,7 +414,8 @@ def answer_text(logprobs: list[dict]) -> list[str]:
     return out
 
 
-def logprob_scores(logprobs: list[dict] | None, aspects: dict[str, str] = ASPECTS) -> dict[str, float | None]:
+def logprob_scores(logprobs: list[dict] | None, aspects: dict[str, str] = ASPECTS,
+                   structured: bool = False) -> dict[str, float | None]:
     """Probability-weighted score per aspect from an answer's token logprobs.
 
     Walks the answer's tokens (their text rebuilt from ``bytes``); the first token with a digit after
@@ -404,6 +425,7 @@ def logprob_scores(logprobs: list[dict] | None, aspects: dict[str, str] = ASPECT
     Args:
         logprobs: the answer's tokens, OpenAI chat format ``[{"token", "logprob", "bytes", "top_logprobs"}]``.
         aspects: aspect key -> Chinese name.
+        structured: the answer was decoded under a JSON-schema grammar (see ``expected_score``).
 
     Returns:
         aspect -> expected score, None where the aspect or its score token was not found.
@@ -419,5 +441,6 @@ def logprob_scores(logprobs: list[dict] | None, aspects: dict[str, str] = ASPECT
         for key, zh in aspects.items():
             if out[key] is None and (label.endswith(zh) or label.lower().endswith(key)):
                 out[key] = expected_score(tok.get("top_logprobs") or [], sampled=tok,
-                                          following=toks[i + 1] if i + 1 < len(toks) else None)
+                                          following=toks[i + 1] if i + 1 < len(toks) else None,
+                                          structured=structured)
     return out
