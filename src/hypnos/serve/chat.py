@@ -10,9 +10,10 @@ end of input leaves. Input may be piped (one message per line).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator
-from threading import Thread
+from threading import Event, Thread
 from typing import Annotated
 
 import typer
@@ -21,20 +22,39 @@ DISCLAIMER = "本模型输出仅供参考，不能替代执业医师的诊断与
 
 
 def _local_stream(model_ref: str, max_new_tokens: int, temperature: float):
-    from transformers import TextIteratorStreamer
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     from hypnos.common.models import load_causal_lm, load_tokenizer
 
     tok, model = load_tokenizer(model_ref), load_causal_lm(model_ref)
     model.eval()
 
+    class Stop(StoppingCriteria):
+        """Ends generation at the next step once ``event`` is set (Ctrl-C)."""
+
+        def __init__(self, event: Event):
+            self.event = event
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+
     def stream(messages: list[dict]) -> Iterator[str]:
         ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        stop = Event()
         kwargs = dict(**ids, max_new_tokens=max_new_tokens, streamer=streamer, pad_token_id=tok.pad_token_id,
+                      stopping_criteria=StoppingCriteriaList([Stop(stop)]),
                       do_sample=temperature > 0, **({"temperature": temperature} if temperature > 0 else {}))
-        Thread(target=model.generate, kwargs=kwargs, daemon=True).start()
-        yield from streamer
+        thread = Thread(target=model.generate, kwargs=kwargs, daemon=True)
+        thread.start()
+        try:
+            yield from streamer
+        finally:
+            # Interrupted (Ctrl-C) or abandoned: stop the generation thread and wait for it. A process
+            # that exits while that thread is inside a torch op aborts ("terminate called ...", 134).
+            stop.set()
+            thread.join()
 
     return stream
 
@@ -74,6 +94,9 @@ def chat(
             line = input("你: " if interactive else "")
         except EOFError:
             break
+        except KeyboardInterrupt:  # Ctrl-C at the prompt leaves, as shells do
+            print(file=sys.stderr)
+            raise typer.Exit(130) from None
         line = line.strip()
         if not line:
             continue
@@ -85,8 +108,15 @@ def chat(
         history.append({"role": "user", "content": line})
         print("助手: ", end="", flush=True)
         answer = ""
-        for piece in stream(history):
-            answer += piece
-            print(piece, end="", flush=True)
+        try:
+            with contextlib.closing(stream(history)) as pieces:
+                for piece in pieces:
+                    answer += piece
+                    print(piece, end="", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C mid-answer stops that answer; the chat goes on
+            print(flush=True)
+            print("[interrupted]", file=sys.stderr, flush=True)
+            history.pop()
+            continue
         print(flush=True)
         history.append({"role": "assistant", "content": answer})
