@@ -302,3 +302,29 @@ def test_cli_reports_bad_configs_and_bad_rows_as_messages(tmp_path):
     rows.write_text("")
     r = _cli("mix", "--config", cfg, "--output-dir", tmp_path / "runs")
     assert r.returncode == 0 and "no rows (empty input)" in r.stderr + r.stdout
+
+
+def test_quarantine_under_two_processes_writes_each_bad_row_once(tmp_path):
+    """torchrun, 2 CPU processes (gloo): quarantine files, counts and manifests are written once, by rank 0."""
+    good = [json.dumps({"id": f"r{i}", "text": f"第{i}行：丙泊酚诱导。"}, ensure_ascii=False).encode() for i in range(5)]
+    lines = [good[0], b'{"id": "x", "text": "\xff"}', good[1], b'{"id": "t", "title": "no text"}', *good[2:]]
+    (tmp_path / "rows.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "bench.jsonl").write_text(json.dumps({"id": "b", "text": "与训练数据无关的一句话。"}, ensure_ascii=False) + "\n")
+    p = _recipe(tmp_path, """\
+        name: t
+        stages:
+          - {name: mix, kind: mix, on_error: quarantine, sources: [{path: rows.jsonl}]}
+          - {name: decon, kind: decontaminate, on_error: quarantine, input: rows.jsonl, benchmarks: [bench.jsonl]}
+        """)
+    proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
+                           "-m", "hypnos.cli", "run", str(p), "--output-dir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "HYPNOS_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    src = str(tmp_path / "rows.jsonl")
+    for stage, bad, out in (("mix", 1, "train.jsonl"), ("decon", 2, "kept.jsonl")):
+        m = read_manifest(tmp_path / "runs/t" / stage)
+        assert m["status"] == "done" and m["quarantined"][src]["rows"] == bad, m
+        q = (tmp_path / "runs/t" / stage / m["quarantined"][src]["file"]).read_text().splitlines()
+        assert len(q) == bad  # once, not once per process
+        assert len((tmp_path / "runs/t" / stage / out).read_text().splitlines()) == 7 - bad
