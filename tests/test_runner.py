@@ -156,7 +156,8 @@ def test_killed_stage_resumes_without_redoing_work(tmp_path):
 
 def test_cli_validate_reports_problems(tmp_path):
     p = _recipe(tmp_path, "name: t\nstages:\n  - {name: a, kind: dedup, bogus_key: 1}\n")
-    r = subprocess.run([sys.executable, "-m", "hypnos.cli", "validate", str(p)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "hypnos.cli", "validate", str(p)], capture_output=True, text=True,
+                       check=False)
     assert r.returncode == 2
     assert "bogus_key" in r.stderr and "Traceback" not in r.stderr
 
@@ -185,7 +186,7 @@ def test_single_stage_command_points_errors_at_the_users_config(tmp_path):
     cfg = tmp_path / "dedup.yaml"
     cfg.write_text("input: x.jsonl\nreferences: []\nthreshhold: 3\n", encoding="utf-8")
     r = subprocess.run([sys.executable, "-m", "hypnos.cli", "dedup", "--config", str(cfg), "--output-dir",
-                        str(tmp_path / "runs")], capture_output=True, text=True)
+                        str(tmp_path / "runs")], capture_output=True, text=True, check=False)
     assert r.returncode == 2
     assert f"{cfg}:3: threshhold: unknown key" in r.stderr and "Traceback" not in r.stderr
 
