@@ -329,3 +329,17 @@ def test_quarantine_under_two_processes_writes_each_bad_row_once(tmp_path):
         q = (tmp_path / "runs/t" / stage / m["quarantined"][src]["file"]).read_text().splitlines()
         assert len(q) == bad  # once, not once per process
         assert len((tmp_path / "runs/t" / stage / out).read_text().splitlines()) == 7 - bad
+
+
+def test_a_declared_encoding_applies_to_inputs_not_to_earlier_stages_outputs(tmp_path):
+    rows = [json.dumps({"id": f"r{i}", "text": f"第{i}行：硬膜外麻醉。"}, ensure_ascii=False) for i in range(3)]
+    (tmp_path / "rows.jsonl").write_bytes("\n".join(rows).encode("gb18030") + b"\n")
+    p = _recipe(tmp_path, """\
+        name: t
+        stages:
+          - {name: first, kind: copy, source: rows.jsonl, encoding: gb18030}
+          - {name: second, kind: copy, source: "@first", encoding: gb18030}
+        """)
+    run_recipe(load_recipe(p, output_dir=tmp_path / "runs"))
+    out = [json.loads(x) for x in (tmp_path / "runs/t/second/rows.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in out] == [f"第{i}行：硬膜外麻醉。" for i in range(3)]

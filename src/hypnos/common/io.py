@@ -89,6 +89,7 @@ class ReadPolicy:
 
     on_error: OnError = "raise"
     encoding: str | None = None
+    own_dir: str | None = None  # the run folder: files under it are our own outputs, always UTF-8
     check_types: bool = True
     rows: dict[str, int] = field(default_factory=dict)  # file -> rows seen (good and bad), last full read
     bad: dict[str, dict[int | None, DataError]] = field(default_factory=dict)  # file -> line -> error
@@ -307,7 +308,8 @@ def iter_rows(path: str | Path, encoding: str | None = None, on_error: OnError |
     if on_error == "quarantine" and policy is None:
         on_error = "raise"  # nobody to hand bad rows to: the caller collects the yielded errors
     check = check_types if check_types is not None else policy is not None and policy.check_types
-    encoding = encoding or (policy.encoding if policy else None)
+    if encoding is None and policy is not None and policy.encoding and not _under(path, policy.own_dir):
+        encoding = policy.encoding  # a stage's `encoding:` is about its inputs, not earlier stages' outputs
     limit = max_row_bytes or MAX_ROW_BYTES
     if not path.is_file():
         raise DataError(path, None, "is a directory, not a record file" if path.is_dir() else "file not found")
@@ -336,6 +338,10 @@ def iter_rows(path: str | Path, encoding: str | None = None, on_error: OnError |
             yield item
     if policy is not None:
         policy.rows[str(path)] = seen
+
+
+def _under(path: Path, folder: str | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder)
 
 
 def _jsonl(path: Path, f: IO[bytes], enc: str, limit: int) -> Iterator[Row | DataError]:

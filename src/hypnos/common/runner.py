@@ -655,7 +655,8 @@ def _run_reading(spec: StageSpec, ctx: StageContext) -> tuple[StageResult, Any]:
     from hypnos.common.io import DataError, ReadPolicy, read_policy
 
     cfg = spec.config
-    policy = ReadPolicy(on_error=getattr(cfg, "on_error", "raise"), encoding=getattr(cfg, "encoding", None))
+    policy = ReadPolicy(on_error=getattr(cfg, "on_error", "raise"), encoding=getattr(cfg, "encoding", None),
+                        own_dir=str(ctx.run_dir.resolve()))
     with read_policy(policy):
         while True:
             try:
