@@ -53,12 +53,19 @@ class LocalLM:
             self.tok.pad_token = self.tok.eos_token
         self.model = load_causal_lm(self.ref)
 
-    def format(self, prompt: str) -> str:
-        """The prompt as the model sees it: inside the chat template's user turn when there is one."""
+    def format(self, prompt: str | list[dict]) -> str:
+        """The prompt as the model sees it: inside the chat template's user turn when there is one.
+
+        A list of chat messages (a dialogue history) goes through the chat template as is; without one,
+        its turns are written ``用户：…`` / ``助手：…`` and end with ``助手：``.
+        """
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         if self.chat_template and self.tok.chat_template:
-            return self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                add_generation_prompt=True)
-        return prompt
+            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if isinstance(prompt, str):
+            return prompt
+        names = {"user": "用户", "assistant": "助手", "system": "系统"}
+        return "".join(f"{names[m['role']]}：{m['content']}\n" for m in messages) + "助手："
 
     def _encode(self, prompts: list[str]):
         texts = [self.format(p) for p in prompts]
@@ -160,8 +167,8 @@ class LocalLM:
         order = sorted(range(len(prompts)), key=lambda i: lengths[i])
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
-    def generate(self, prompts: list[str], max_new_tokens: int, desc: str = "") -> list[str]:
-        """Greedy continuations of ``prompts`` (batched), without the prompt and special tokens."""
+    def generate(self, prompts: list[str] | list[list[dict]], max_new_tokens: int, desc: str = "") -> list[str]:
+        """Greedy continuations of ``prompts`` (or of chat histories, batched), without prompt and specials."""
         import torch
 
         out: dict[int, str] = {}
@@ -191,10 +198,10 @@ class EndpointLM:
     """``hypnos.data.clients.LLMClient`` (from ``ctx.client(name)``): answers are cached on disk."""
     name: str
 
-    def generate(self, prompts: list[str], max_new_tokens: int, desc: str = "") -> list[str]:
-        """Greedy answers (temperature 0, seed 0); a failed request gives ``""`` and a warning."""
-        reqs = [{"messages": [{"role": "user", "content": p}], "temperature": 0.0, "seed": 0,
-                 "max_tokens": max_new_tokens} for p in prompts]
+    def generate(self, prompts: list[str] | list[list[dict]], max_new_tokens: int, desc: str = "") -> list[str]:
+        """Greedy answers (temperature 0, seed 0) to prompts or chat histories; a failed request gives ``""``."""
+        reqs = [{"messages": p if isinstance(p, list) else [{"role": "user", "content": p}], "temperature": 0.0,
+                 "seed": 0, "max_tokens": max_new_tokens} for p in prompts]
         results = self.client.chat_many_sync(reqs, progress=True)
         for r in results:
             if r.error:

@@ -63,6 +63,10 @@ def score_file(task: Task, path: str | Path, seed: int = 0, tokenization: str = 
         scores, rows = mcq.score_predictions(task, docs, answers, seed)
     elif task.output_type == "ner":
         scores, rows = ner.score_answers(task, docs, answers, seed)
+    elif task.output_type == "dialogue":
+        from hypnos.eval import dialogue
+
+        scores, rows = dialogue.score_answers(task, docs, answers, tokenization, seed)
     else:
         scores, rows = openqa.score_answers(task, docs, answers, tokenization, seed)
     scores.update({"method": "external", "rejected_rows": rejected})

@@ -128,6 +128,10 @@ def _evaluate(cfg: Config, ctx: StageContext, task: Task, docs: list[dict], mode
         return openqa.evaluate(task, docs, model, cfg.max_new_tokens, cfg.tokenization, ctx.seed)
     if task.output_type == "ner":
         return ner.evaluate(task, docs, model, cfg.max_new_tokens, ctx.seed)
+    if task.output_type == "dialogue":
+        from hypnos.eval import dialogue
+
+        return dialogue.evaluate(task, docs, model, cfg.max_new_tokens, cfg.tokenization, ctx.seed)
     return bias.evaluate(task, docs, model)
 
 
@@ -239,6 +243,6 @@ def _read_rows(path: Path) -> list[dict]:
 def _headline(tasks: list[Task], scores: dict) -> dict:
     """One number per (task, model) for the manifest: accuracy, ROUGE-L, F1 or the scale mean."""
     key = {"multiple_choice": "accuracy", "generate_until": "rougeL", "judge": "rougeL", "ner": "f1",
-           "likert": "total"}
+           "likert": "total", "dialogue": "rougeL"}
     return {f"{t.task}/{label}": round(s.get(key[t.output_type], float("nan")), 4)
             for t in tasks for label, s in scores[t.task].items()}

@@ -1,0 +1,59 @@
+"""Multi-turn dialogue evaluation: last doctor turn given the history, scored with BLEU/ROUGE."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from hypnos.cli import app
+from hypnos.eval import dialogue
+from hypnos.eval.tasks import Task, TaskError, expand, get_tasks
+
+SHARED = expand("${HYPNOS_DATA}", expand(".", __import__("pathlib").Path(".")))
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared data (HYPNOS_DATA) not present")
+TASK = Task(task="dlg", output_type="dialogue", dataset_path="x")
+DOC = {"id": "d1", "conversations": [{"from": "human", "value": "我明天手术，今晚能喝水吗？"},
+                                     {"from": "gpt", "value": "午夜前可以少量饮水。"},
+                                     {"from": "human", "value": "那早上呢？"},
+                                     {"from": "gpt", "value": "术前2小时停止饮用清饮料。"}]}
+
+
+def test_split_last_turn_keeps_the_history():
+    msgs, ref = dialogue.split_last_turn(TASK, DOC)
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"] and ref == "术前2小时停止饮用清饮料。"
+    with pytest.raises(TaskError, match="no assistant turn"):
+        dialogue.split_last_turn(TASK, {"id": "x", "conversations": [{"from": "human", "value": "在吗"}]})
+
+
+def test_scores_hand_checked():
+    s, rows = dialogue.score_answers(TASK, [DOC], {"d1": "术前2小时停止饮用清饮料。"})
+    assert s["rougeL"] == 1.0 and s["bleu4"] == pytest.approx(100) and s["multi_turn"] == 1
+    assert rows[0]["turns"] == 3
+    s, _ = dialogue.score_answers(TASK, [DOC], {})
+    assert s["missing"] == 1 and s["rougeL"] == 0.0
+
+
+def test_local_model_sees_the_history(tiny_model_dir):
+    from hypnos.eval.backends import LocalLM
+
+    lm = LocalLM(str(tiny_model_dir), batch_size=2)
+    text = lm.format(dialogue.split_last_turn(TASK, DOC)[0])
+    assert "午夜前可以少量饮水。" in text and text.rstrip().endswith("assistant")
+    s, rows = dialogue.evaluate(TASK, [DOC, DOC], lm, max_new_tokens=4)
+    assert s["n"] == 2 and s["method"] == "generation" and rows[0]["prediction"] == rows[1]["prediction"]
+
+
+@needs_shared
+def test_real_dialogues_oracle_through_score(tmp_path):
+    t = get_tasks(["disc_med_dialogue"])[0]
+    docs = t.load()[0]
+    assert sum(len(d["conversations"]) > 2 for d in docs) > 10
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps({"id": d["id"], "prediction": dialogue.split_last_turn(t, d)[1]},
+                                        ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    res = CliRunner().invoke(app, ["eval", "score", "disc_med_dialogue", str(preds)])
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.output)
+    assert s["rougeL"] == 1.0 and s["n"] == len(docs) and s["missing"] == 0
