@@ -61,12 +61,14 @@ def real_rows(limit: int) -> list[str]:
     return rows[:limit]
 
 
-def rate(deid: Deidentifier, notes: list[str]) -> tuple[float, float]:
-    t = time.perf_counter()
+def rate(deid: Deidentifier, notes: list[str]) -> tuple[float, float, float]:
+    """Notes per wall-clock second, characters per wall-clock second, notes per CPU second of this process
+    (the last one is what a shared, loaded machine still measures fairly)."""
+    t, c = time.perf_counter(), time.process_time()
     for note in notes:
         deid.scrub(note)
-    dt = time.perf_counter() - t
-    return len(notes) / dt, sum(map(len, notes)) / dt
+    dt, dc = time.perf_counter() - t, time.process_time() - c
+    return len(notes) / dt, sum(map(len, notes)) / dt, len(notes) / dc
 
 
 def main() -> None:
@@ -84,24 +86,26 @@ def main() -> None:
 
     notes = synth_notes(args.notes)
     mean = sum(map(len, notes)) / len(notes)
-    nps, cps = rate(deid, notes)
-    print(f"scrub: {len(notes):,} notes (mean {mean:.0f} chars): {nps:,.0f} notes/s, {cps / 1000:,.0f}k chars/s "
-          f"[target >= 2,000 notes/s: {'met' if nps >= 2000 else 'NOT met'}]")
+    nps, cps, cpu = rate(deid, notes)
+    print(f"scrub: {len(notes):,} notes (mean {mean:.0f} chars): {nps:,.0f} notes/s wall, {cps / 1000:,.0f}k chars/s; "
+          f"{cpu:,.0f} notes per CPU-second [target >= 2,000 notes/s: {'met' if nps >= 2000 else 'NOT met'} on wall "
+          f"clock, {'met' if cpu >= 2000 else 'NOT met'} per CPU-second]; load average {os.getloadavg()[0]:.1f}")
 
     import jieba.posseg as pseg
 
     sub = notes[: args.baseline]
-    t = time.perf_counter()
+    c = time.process_time()
     for note in sub:
         pseg.lcut(note)
-    base = len(sub) / (time.perf_counter() - t)
-    print(f"baseline, jieba POS tagging of every whole note: {base:,.0f} notes/s -> scrub is {nps / base:.1f}x faster")
+    base = len(sub) / (time.process_time() - c)
+    print(f"baseline, jieba POS tagging of every whole note: {base:,.0f} notes per CPU-second -> scrub is "
+          f"{cpu / base:.1f}x faster")
 
     real = real_rows(20_000)
     if real:
-        nps, cps = rate(deid, real)
+        nps, cps, cpu = rate(deid, real)
         print(f"real doctor-patient QA (toyhom_cmd, {len(real):,} rows, mean {sum(map(len, real)) / len(real):.0f} "
-              f"chars): {nps:,.0f} rows/s, {cps / 1000:,.0f}k chars/s")
+              f"chars): {nps:,.0f} rows/s wall, {cps / 1000:,.0f}k chars/s, {cpu:,.0f} rows per CPU-second")
 
 
 if __name__ == "__main__":

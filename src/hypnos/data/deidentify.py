@@ -70,7 +70,9 @@ PATTERNS: list[tuple[str, re.Pattern]] = [
     ("email", re.compile(r"(?P<v>[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")),
     ("id", re.compile(rf"{_ID_LABEL}{_FILL}(?P<v>\d{{17}}[\dXx]|\d{{15}})(?![0-9A-Za-z])")),
     ("id", re.compile(r"(?<![0-9A-Za-z])(?P<v>\d{17}[\dXx])(?![0-9A-Za-z])")),  # checked in _valid_unlabelled_id
-    ("record", re.compile(rf"{_RECORD_LABEL}{_FILL}(?P<v>[A-Za-z]{{0,4}}[-#]?\d[0-9A-Za-z]*(?:[-_/#][0-9A-Za-z]+)*"
+    # any run of letters, digits and - _ / # with at least one digit (ZY-2024-01234, GY-BL-20240817-12),
+    # and digit groups after single spaces (6228 4801 2233 7791)
+    ("record", re.compile(rf"{_RECORD_LABEL}{_FILL}(?P<v>(?=[0-9A-Za-z_/#-]*\d)[0-9A-Za-z](?:[0-9A-Za-z_/#-]*[0-9A-Za-z])?"
                           r"(?: \d{3,}(?![\d.]))*)")),
     ("phone", re.compile(r"(?<![0-9A-Za-z])(?P<v>(?:\+?86[-\s]?)?1[3-9]\d(?:[-\s]?\d{4}){2})(?![0-9])")),
     ("phone", re.compile(r"(?<![0-9])(?P<v>(?:[（(]0\d{2,3}[)）]\s?|0\d{2,3}[-\s－])[2-9]\d{2,3}[-\s]?\d{4})(?![0-9])")),
@@ -82,8 +84,8 @@ _AGE = re.compile(r"(?<![\d.])(?P<v>(?:9\d|1[0-2]\d)\s*(?:周岁|岁))")
 
 # Hospitals: the name ends in one of these; it starts after a verb/preposition or punctuation.
 _HOSP_END = re.compile(r"(?:医院|卫生院|诊所|保健院|卫生服务中心|卫生服务站|防治中心|医学中心|肿瘤中心|急救中心|门诊部)")
-_HOSP_STOP = set("在于到至往去从自由是的了与及或、打叫找让请把被给对为我您你他她其该这那此本前后转入住出就"
-                 "来回赴离经过诊治查做看拨电话向当地")
+_HOSP_STOP = set("在于到至往去从由是的了与及或、打叫找让请把被给对为我您你他她其该这那此本前后转入住出就"
+                 "来回赴离经过诊查做看拨电话向当地")
 _HOSP_GENERIC = {"县", "市", "省", "区", "镇", "乡", "村", "大", "小", "该", "哪家", "对方", "上级", "基层", "专科",
                  "综合", "正规", "三甲", "附近", "这家", "那家", "私人", "社区", "公立", "民营", "中", "中医", "西医",
                  "乡镇", "县级", "市级", "省级", "其他", "别的", "大型", "儿童", "妇幼", "县人民", "市人民",
@@ -97,6 +99,7 @@ _ADDR_BODY = re.compile(rf"[{_CJK}0-9A-Za-z\-#]{{2,50}}")
 _ADDR_FREE = re.compile(rf"(?:(?:{PROVINCES})(?:省|市|(?:壮族|回族|维吾尔)?自治区)?)?[{_CJK}]{{2,4}}?[市州盟]"
                         rf"[{_CJK}]{{1,4}}?[区县旗市]"
                         rf"(?:[{_CJK}0-9A-Za-z\-]{{0,16}}?(?:号|栋|幢|室|村|组|镇|乡|街道|弄|巷|单元)(?![{_CJK}]{{0,1}}[院]))*")
+_CITY_UNIT = re.compile("[市州盟]")  # cheap pre-check: the free-standing address pattern needs one
 _ADDR_NOT_AFTER = ("附近", "一带", "旁边", "周边", "那边", "这边", "上班", "工作")
 
 _PRIORITY = {"email": 0, "record": 1, "id": 2, "phone": 3, "dob": 4, "age": 5, "hospital": 6, "address": 7,
@@ -141,7 +144,7 @@ class PIISpan:
 _HOSP_BREAK = ("v", "r", "p", "d", "c", "u", "a", "t", "q", "y", "e", "z", "vn", "ad", "an", "l", "i")
 _HOSP_GENERIC_WORDS = {"权威", "专业", "正规", "专科", "综合", "大型", "公立", "私立", "民营", "省立", "市立", "县立",
                        "三甲", "二甲", "三级", "二级", "一级", "甲等", "最好", "附近", "当地", "本地", "外地", "基层",
-                       "社区", "乡镇", "县级", "市级", "省级", "上级", "下级", "大", "小", "好", "该"}
+                       "社区", "乡镇", "县级", "市级", "省级", "上级", "下级", "各大"}
 
 
 @lru_cache(maxsize=65536)
@@ -154,7 +157,8 @@ def _hospital_head(head: str) -> int:
     start, pos = 0, 0
     for w, f in toks:  # keep only what follows the last verb/pronoun/adverb… (留意|决定|一家|权威)
         pos += len(w)
-        if (f.startswith(_HOSP_BREAK) and not w.startswith("第")) or (f == "m" and not re.search(r"\d|第", w)):
+        if (f.startswith(_HOSP_BREAK) and not w.startswith(("第", "自治"))) \
+                or (f == "m" and not re.search(r"\d|第", w)):
             start = pos
     while start < len(head):  # drop leading generic words (正规|专科)
         for g in sorted(_HOSP_GENERIC_WORDS, key=len, reverse=True):
@@ -167,7 +171,7 @@ def _hospital_head(head: str) -> int:
     specific = any(f in ("ns", "nt", "nz", "j") or (f.startswith("nr") and len(w) >= 2)
                    for w, f in _jieba()[1].lcut(name)) if name else False
     # a university, a numbered hospital (第二, 324) or a place with its unit (古固寨镇, 王家店乡) is specific
-    if re.search(r"大学|学院|医科|\d|第[一二三四五六七八九十]|[\u4e00-\u9fff]{2}[省市县区镇乡村]", name):
+    if re.search(r"大学|学院|医科|\d|第[一二三四五六七八九十]|[\u4e00-\u9fff]{2}[省市州盟县旗区镇乡村]", name):
         specific = True
     return start if specific and len(name) >= 2 and not re.search("[您你我他她哪啥]", name) else len(head)
 
@@ -207,7 +211,7 @@ def _addresses(text: str) -> list[tuple[int, int]]:
         if re.fullmatch(_DATE, v):
             continue
         out.append((m.end(), m.end() + len(v)))
-    for m in _ADDR_FREE.finditer(text):
+    for m in _ADDR_FREE.finditer(text) if _CITY_UNIT.search(text) else ():
         s, e = m.span()
         if not re.match(PROVINCES, text[s:]):
             # no province: the city name is the 2-4 characters before 市/州, after any verb (我住在|杭州市)
