@@ -1,12 +1,23 @@
-"""SFT throughput on short Chinese medical QA: our sft (packed Trainer) vs TRL's SFTTrainer and a padded Trainer.
+"""SFT throughput on short Chinese medical QA: where any gain over TRL comes from, variant by variant.
 
-Run: ``.venv/bin/python bench/bench_sft.py [--steps 30] [--data PATH]``
+Run: ``OMP_NUM_THREADS=2 .venv/bin/python bench/bench_sft.py [--steps 10] [--data PATH]``
 
-Same data (chats of 40–90 tokens from MedicalGPT's medical_sft_1K, rendered with SmolLM2's ChatML template),
-same model (random 4-layer, 256-wide Llama with the SmolLM2 tokenizer, vocab 49,152), same batch of 8 chats,
-loss on answer tokens only. Each variant runs in its own process so peak RSS is its own. Prints non-pad
-tokens/s, peak RSS, the first-step loss (same batch, same init: the losses must agree) and ratios against
-TRL configured for CPU (bf16 and activation checkpointing off).
+Same data (single-turn chats of 40–90 tokens from MedicalGPT's medical_sft_1K, ``$HYPNOS_DATA`` or
+``../shared/data``), rendered with SmolLM2's ChatML template; same model (random 4-layer, 256-wide Llama with
+the SmolLM2 tokenizer, vocab 49,152, sdpa attention); same batch of 8 chats, same order; loss on answer tokens
+only, fp32, no activation checkpointing. Each variant runs in its own process. The first-step loss must agree
+across variants (same batch, same init): the table shows it.
+
+Variants (what differs, one thing at a time):
+- ``trl_padded`` / ``trl_padding_free``: TRL's SFTTrainer with completion-only loss (prompt/completion rows),
+  bf16 and activation checkpointing off; ``padding_free=True`` flattens the batch into one row (under sdpa
+  transformers then builds a dense mask over it). TRL 1.16 always computes its entropy/token-accuracy metrics
+  in its chunked LM head: there is no switch to turn them off, so they are part of its cost.
+- ``hf_padded_full``: the HF Trainer, padded rows, the model's own loss over full logits (the classic baseline).
+- ``ours_padded``: the same with ``logits_to_keep`` (LM head only at target positions) — the CPU default.
+- ``ours_rows``: rows packed to a 256-token budget (per-row mask), ``logits_to_keep``.
+- ``ours_onerow`` / ``ours_onerow_full``: the whole batch as one row (the old default; a dense mask under
+  sdpa, padding-free only with flash-attention on GPUs), with and without ``logits_to_keep``.
 """
 
 from __future__ import annotations
@@ -17,16 +28,15 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
+from pathlib import Path
 
-# The shared data sits next to the checkout (../shared/data) or wherever $HYPNOS_DATA points.
-SHARED = os.environ.get("HYPNOS_DATA") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                                       "shared", "data")
-DATA = os.path.join(SHARED, "medicalgpt", "medical_sft_1K_format.jsonl")
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("HYPNOS_DATA") or ROOT.parent / "shared" / "data") / "medicalgpt" / "medical_sft_1K_format.jsonl"
 TOKENIZER = "smollm2-135m-instruct"
 BATCH = 8
-VARIANTS = ["ours_packed", "hf_trainer_padded", "trl_configured", "trl_defaults"]
+VARIANTS = ["trl_padded", "trl_padding_free", "hf_padded_full", "ours_padded", "ours_rows", "ours_onerow",
+            "ours_onerow_full"]
 
 
 def load_chats(path: str, tok) -> list[list[dict]]:
@@ -54,17 +64,18 @@ def make_model(tok):
     return LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tok), hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
         num_key_value_heads=4, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attn_implementation="sdpa"))
 
 
 def common_args(steps: int) -> dict:
-    return {"output_dir": os.path.join(tempfile.gettempdir(), "hypnos_bench_sft"), "max_steps": steps, "per_device_train_batch_size": BATCH,
+    return {"output_dir": "/tmp/hypnos_bench_sft", "max_steps": steps, "per_device_train_batch_size": BATCH,
             "learning_rate": 1e-4, "logging_steps": 1, "save_strategy": "no", "report_to": [], "seed": 0,
-            "data_seed": 0, "disable_tqdm": True, "use_cpu": True, "dataloader_num_workers": 0}
+            "data_seed": 0, "disable_tqdm": True, "use_cpu": True, "dataloader_num_workers": 0,
+            "bf16": False, "gradient_checkpointing": False}
 
 
 def run_variant(name: str, steps: int, data: str) -> dict:
-    """Train one variant; returns tokens/s of non-pad tokens, first-step loss and peak RSS."""
+    """Train one variant; returns tokens/s of non-pad tokens, first/last loss and peak RSS."""
     from hypnos.train.common import load_tokenizer_for_training
     from hypnos.train.sft import tokenize_chat
 
@@ -72,10 +83,8 @@ def run_variant(name: str, steps: int, data: str) -> dict:
     chats = load_chats(data, tok)
     examples = [{k: v for k, v in tokenize_chat(tok, c, 1024).items() if k != "truncated"} for c in chats]
     model = make_model(tok)
-    if name.startswith("trl"):
-        trainer = _trl_trainer(name, model, tok, chats, steps)
-    else:
-        trainer = _hf_trainer(name, model, tok, examples, steps)
+    trainer = _trl_trainer(name, model, tok, chats, steps) if name.startswith("trl") else \
+        _hf_trainer(name, model, tok, examples, steps)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -91,20 +100,21 @@ def run_variant(name: str, steps: int, data: str) -> dict:
 def _hf_trainer(name, model, tok, examples, steps):
     from transformers import Trainer, TrainingArguments
 
-    from hypnos.train.packing import PackedCollator, PaddedCollator, causal_lm_loss
+    from hypnos.train.packing import PaddedCollator, PaddingFreeCollator, RowPackedCollator, causal_lm_loss
 
     args = TrainingArguments(**common_args(steps), remove_unused_columns=False)
-    if name == "ours_packed":
-        return Trainer(model=model, args=args, train_dataset=examples, data_collator=PackedCollator(),
-                       compute_loss_func=causal_lm_loss)
-    padded = PaddedCollator(tok.pad_token_id)
+    collate = {"hf_padded_full": PaddedCollator(tok.pad_token_id), "ours_padded": PaddedCollator(tok.pad_token_id),
+               "ours_rows": RowPackedCollator(tok.pad_token_id, 256), "ours_onerow": PaddingFreeCollator(),
+               "ours_onerow_full": PaddingFreeCollator()}[name]
+    if name.endswith("_full"):  # full logits and the model's own (shifted, mean) loss
+        def full(features):
+            batch = collate(features)
+            batch.pop("logits_to_keep")
+            return batch
 
-    def plain(features):  # classic layout: padded batch, full logits, the model's own loss
-        batch = padded(features)
-        batch.pop("logits_to_keep")
-        return batch
-
-    return Trainer(model=model, args=args, train_dataset=examples, data_collator=plain)
+        return Trainer(model=model, args=args, train_dataset=examples, data_collator=full)
+    return Trainer(model=model, args=args, train_dataset=examples, data_collator=collate,
+                   compute_loss_func=causal_lm_loss)
 
 
 def _trl_trainer(name, model, tok, chats, steps):
@@ -112,27 +122,25 @@ def _trl_trainer(name, model, tok, chats, steps):
     from trl import SFTConfig, SFTTrainer
 
     rows = [{"prompt": c[:-1], "completion": c[-1:]} for c in chats]  # completion-only loss, like ours
-    extra = {} if name == "trl_defaults" else {"bf16": False, "gradient_checkpointing": False}
-    if name == "trl_defaults":
-        steps = max(2, steps // 10)  # ≈14x slower: a few steps are enough to measure
-    args = SFTConfig(**common_args(steps), max_length=1024, **extra)
+    args = SFTConfig(**common_args(steps), max_length=1024, completion_only_loss=True,
+                     padding_free=name == "trl_padding_free")
     return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--data", default=DATA)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--variant", choices=VARIANTS, help="(internal) run one variant and print its JSON")
     a = ap.parse_args()
-    if not os.path.exists(a.data):
-        sys.exit(f"{a.data} not found: put the shared data at ../shared/data next to the checkout, set "
-                 "HYPNOS_DATA, or pass --data")
     if a.variant:
         print("RESULT " + json.dumps(run_variant(a.variant, a.steps, a.data)))
         return
+    if not Path(a.data).exists():
+        sys.exit(f"{a.data}: not found; set HYPNOS_DATA or pass --data")
     results = {}
-    for v in VARIANTS:
+    for v in a.variants.split(","):
         proc = subprocess.run([sys.executable, __file__, "--variant", v, "--steps", str(a.steps), "--data", a.data],
                               capture_output=True, text=True, env={**os.environ, "HYPNOS_NO_PROGRESS": "1"}, check=False)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -140,11 +148,12 @@ def main() -> None:
             sys.exit(f"{v} failed:\n{proc.stderr[-3000:]}")
         results[v] = json.loads(line[0][7:])
         print(json.dumps(results[v]), flush=True)
-    base = results["trl_configured"]
-    print(f"\n{'variant':<20}{'tokens/s':>10}{'vs TRL cpu':>12}{'peak RSS MB':>13}{'1st loss':>10}")
+    base = results.get("trl_padded") or next(iter(results.values()))
+    print(f"\n| variant | non-pad tokens/s | vs {base['variant']} | peak RSS MB | 1st loss | last loss |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for v, r in results.items():
-        print(f"{v:<20}{r['tokens_per_s']:>10.0f}{r['tokens_per_s'] / base['tokens_per_s']:>11.2f}x"
-              f"{r['peak_rss_mb']:>13.0f}{r['first_loss']:>10.4f}")
+        print(f"| {v} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
+              f"{r['peak_rss_mb']:,.0f} | {r['first_loss']:.4f} | {r['last_loss']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -176,8 +176,9 @@ def test_two_processes_call_apis_and_write_manifests_once(tmp_path, tiny_model_d
     run_dir = tmp_path / "runs" / "t"
     writes = [line for line in (run_dir / "run.log").read_text().splitlines() if "manifest" in line and "written" in line]
     assert len(writes) == 4 and len({w.split("by pid ")[1] for w in writes}) == 1  # running + done, per stage
-    cache = (run_dir / "reward" / "llm_cache" / "strong.jsonl").read_text().splitlines()
-    assert len(cache) == len(ranked)
+    usage = json.loads((run_dir / "reward" / "manifest.json").read_text())["usage"]
+    assert usage["strong"]["http_requests"] == usage["weak"]["http_requests"] == len(ranked)
+    assert list((run_dir / "reward" / "llm_cache").iterdir())  # answers cached for a resume
     m = json.loads((run_dir / "rs" / "manifest.json").read_text())
     assert m["counts"]["heldout"] == held and m["metrics"]["mean_reward_after"] is not None
     samples = (run_dir / "rs" / "iter0" / "samples.jsonl").read_text().splitlines()

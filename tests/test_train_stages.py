@@ -87,11 +87,35 @@ def test_reward_augmentation_asks_real_endpoints(tmp_path, tiny_model_dir, serve
         assert len(a["responses"]) == n + 2
         assert a["responses"][0] == o["responses"][0] and a["responses"][-1] == o["responses"][-1]
         assert a["labels"][1] == "stronger_llm" and a["labels"][-2] == "weaker_llm"
-    assert (out / "llm_cache" / "strong.jsonl").exists() and m["usage"]["strong"]["requests"] == len(original)
+    assert list((out / "llm_cache").iterdir()) and m["usage"]["strong"]["requests"] == len(original)
+
+
+@pytest.fixture(scope="module")
+def eos_prone_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny model with extra end-of-sequence ids: the tokens it samples most often (models may have several,
+    e.g. Llama-3), so it ends some answers within a few tokens and rejection sampling has complete answers."""
+    from collections import Counter
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    text = tok.apply_chat_template([{"role": "user", "content": "全麻醒来后嗓子疼正常吗？"}], tokenize=False,
+                                   add_generation_prompt=True)
+    enc = tok([text], return_tensors="pt", add_special_tokens=False)
+    torch.manual_seed(0)
+    gen = model.generate(**enc, do_sample=True, max_new_tokens=8, num_return_sequences=32, pad_token_id=tok.pad_token_id)
+    frequent = [t for t, _ in Counter(gen[:, enc["input_ids"].shape[1]:].flatten().tolist()).most_common(40)]
+    model.generation_config.eos_token_id = [tok.eos_token_id, *frequent]
+    out = tmp_path_factory.mktemp("eos-prone")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 @pytest.mark.slow
-def test_dpo_lora_and_rejection_sampling(tmp_path, tiny_model_dir):
+def test_dpo_lora_and_rejection_sampling(tmp_path, eos_prone_dir):
+    tiny_model_dir = eos_prone_dir
     r, (dpo, _reward, rs) = _run(tmp_path, [
         {"name": "dpo", "kind": "dpo", "model": str(tiny_model_dir), "data": [str(FIX / "ranked.jsonl")],
          "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "training": {"max_steps": 2, "max_length": 96, **FAST}},
@@ -99,15 +123,34 @@ def test_dpo_lora_and_rejection_sampling(tmp_path, tiny_model_dir):
          "training": {"max_steps": 1, **FAST}},
         {"name": "rs", "kind": "rejection_sampling", "model": "@dpo", "reward_model": "@reward",
          "prompts": [str(FIX / "dialogue.jsonl")], "k": 3, "iterations": 2, "generate_batch_size": 4,
-         "max_new_tokens": 8, "training": {"max_steps": 1, **FAST}}])
+         "max_new_tokens": 8, "training": {"max_steps": 1, **FAST, "learning_rate": 1e-6}}])  # keeps its 2nd EOS
     assert dpo["counts"]["pairs"] == 11 and dpo["outputs"] == {"model": "model", "adapter": "adapter"}
     adapter = load_file(r.stage_dir("dpo") / "adapter" / "adapter_model.safetensors")
     assert all("lora_" in k for k in adapter)
     met = rs["metrics"]
-    assert len(met["iterations"]) == 2 and met["iterations"][0]["kept"] == 4
-    assert met["mean_reward_before"] is not None and met["mean_reward_after"] is not None
-    assert met["iterations"][0]["mean_reward_kept"] >= met["iterations"][0]["mean_reward_sampled"]
+    first = met["iterations"][0]
+    assert len(met["iterations"]) == 2 and met["heldout_prompts"] == 1  # 10% of 4 prompts, at least one
+    assert first["prompts"] == 3 and first["kept"] + sum(first["dropped"].values()) == 3 and first["kept"] >= 1
+    assert met["mean_reward_before"] is not None and met["mean_reward_after"] is not None  # on the held-out prompt
     rs_dir = r.stage_dir("rs")
     samples = [json.loads(x) for x in (rs_dir / "iter0" / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(samples) == 4 and all(len(s["answers"]) == 3 for s in samples)
+    assert len(samples) == 3 and all(len(s["answers"]) == 3 for s in samples)
+    kept = [json.loads(x)["messages"][-1]["content"] for x in
+            (rs_dir / "iter0" / "kept.jsonl").read_text(encoding="utf-8").splitlines()]
+    cut = {a for s in samples for a, t in zip(s["answers"], s["truncated"]) if t}
+    assert kept and not set(kept) & cut  # answers cut at max_new_tokens are never kept
     assert (rs_dir / "iter1" / "model" / "config.json").exists() and rs["outputs"]["model"] == "iter1/model"
+
+
+def test_rejection_selection_floor_margin_and_truncation():
+    from hypnos.train.rejection_sampling import select
+
+    p = [[{"role": "user", "content": str(i)}] for i in range(4)]
+    answers = [["a", "b", "c"]] * 4
+    rewards = [[3.0, 1.0, 0.5], [3.0, 2.9, 0.0], [0.2, 0.1, 0.0], [9.0, 1.0, 0.0]]
+    truncated = [[False] * 3, [False] * 3, [False] * 3, [True, False, False]]
+    kept, dropped = select(p, answers, rewards, truncated, margin=0.5, floor=0.5)
+    # 0: kept (3 >= floor, beats 1.0 by 2); 1: margin 0.1 too small; 2: best 0.2 below the floor;
+    # 3: the 9.0 answer was cut, so "b" (1.0) is the best complete one and beats "c" by 1.0
+    assert [c[-1]["content"] for c in kept] == ["a", "b"]
+    assert dropped == {"best_not_above_margin": 1, "best_below_min_reward": 1}
