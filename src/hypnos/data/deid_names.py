@@ -75,12 +75,18 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
           "第二助手 助手 助理 交接人 接收人 见证人 授权委托人 委托人 受托人 代理人 法定代理人 监护人 陈述者 病史陈述者 "
           "申请人 联系人姓名 患者 病人 患儿 产妇 家属 本人 我叫 我是 丈夫 妻子 老公 老婆 爱人 老伴 配偶 之子 之女 之孙 "
           "之妻 之夫 其子 其女 其妻 其夫 儿子 女儿 父亲 母亲 外孙 外孙女 孙子 孙女 我妈 我爸 我哥 我姐 我弟 我妹 "
-          "我奶奶 我爷爷 我母亲 我父亲 我爱人 他爸 她妈 孩子他爸 孩子他妈 兄弟 委托 科的")
+          "我奶奶 我爷爷 我母亲 我父亲 我爱人 他爸 她妈 孩子他爸 孩子他妈 兄弟 委托 科的 副主任 主任 院长")
+# Short role words that announce a name only as a form field, with a colon (巡回：米娜, 麻醉：阮思琪);
+# in running text they are ordinary words (麻醉平稳, 手术顺利).
+FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
+                      "管床 记录 审核 签字人 核对人 操作者 操作医师 检查者 报告医师 报告者")
 _LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True)) + ")"
                        r"(?P<colon>\s*[：:]\s*|\s+|)")
+_FIELD_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, FIELD_LABELS), key=len, reverse=True)) + r")\s*[：:]\s*")
 _TITLE_RE = re.compile("|".join(sorted(TITLES, key=len, reverse=True)))
 # A name is followed by these when it is the head of a clause: 患者万里，男 / 姓名 张三  性别
 _STRONG_AFTER = re.compile(r"(?:\s*[，,、]?\s*[男女](?![士儿])|\s*[（(]|\s{2,})")
+_CLAUSE_END = re.compile(r"\s*[，,、；;。）)]")
 # Drug and herb names ending: a "name" followed by these is a drug (孟鲁司特钠, 牛黄解毒片)
 _DRUG_AFTER = re.compile(r"[丸散膏丹汤片剂液钠酸素霉醇胺酯酮唑嗪平定林]")
 _BOUNDARY_BEFORE = set("，,。；;：:、（(）)\"“”'‘’ \t\n是找请问让叫给跟和与同的位谢系询挂约见着了过")
@@ -226,10 +232,14 @@ def name_after(text: str, i: int, strong: bool) -> int:
         return 0
     length = _name_length(text, i, sn, strong)
     if not strong:
-        # 患者李四，男 / 姓名 张三  性别: a clause head may use any character (四, 三)
+        # 患者李四，男 / 姓名 张三  性别: a clause head may use any character (四, 三); so may a name that
+        # ends its clause (患者车淑贞，…) as long as it is no ordinary word (患者左侧，)
         loose = _name_length(text, i, sn, True)
         if loose and _STRONG_AFTER.match(text, i + loose):
             length, strong = loose, True
+        elif loose and _CLAUSE_END.match(text, i + loose) and not _common_word(text[i : i + loose]) \
+                and not _guarded(text, i):
+            length = loose
     if not strong:
         # in running text the longest dictionary word here must not be an ordinary word
         # (患者|平素|体健, 医师|查房, 儿子|周末): a cheap stand-in for jieba's first token
@@ -351,6 +361,10 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             n = 0  # 签名时间, 签字日期: a word, no name
         if n:
             add(i, i + n)
+    for m in _FIELD_RE.finditer(text):
+        n = name_after(text, m.end(), strong=True)
+        if n:
+            add(m.end(), m.end() + n)
     for m in _TITLE_RE.finditer(text):
         s = name_before(text, m.start())
         if s >= 0:
