@@ -16,10 +16,13 @@ Bounded per-step cost, however long the server runs:
 
 Each row samples with its own parameters: temperature 0 is greedy; otherwise temperature + top-p, drawn
 with the Gumbel-max trick (argmax of logits/T minus the log of Exp(1) noise) from a ``torch.Generator``
-owned by the request and seeded from its ``seed``. The request's draws never depend on its batch-mates,
-and Gumbel-max turns the float noise that batching adds to the logits (~1e-6) into a different token only
-when the two best perturbed scores are that close, instead of whenever the uniform draw of inverse-CDF
-sampling falls near one of 49k cumulative boundaries.
+owned by the request and seeded from its ``seed``: the request's random draws never depend on its
+batch-mates (tests/test_serve_robust.py runs 12 seeded requests alone and among 12 strangers and gets the
+same text). What batching can still change is the logits themselves, by float noise (~1e-6: padding and
+batch size change the order of additions); Gumbel-max then picks a different token only when the two best
+perturbed scores are that close, where inverse-CDF sampling also flips when the draw falls that close to
+a boundary of a float32 cumulative sum over 49k probabilities, whose rounding the noise changes. So a
+seeded request is reproducible up to such rare ties, not bit for bit; greedy decoding likewise.
 
 Structured outputs: a request may carry a llguidance matcher (``SamplingParams.grammar``); each row gets
 its own copy and tokens the grammar forbids are masked out before sampling. The row ends when the grammar
