@@ -1,6 +1,12 @@
 """Dedup at scale: vectorised MinHash LSH vs the Self-Instruct all-pairs ROUGE-L filter.
 
-Run: ``.venv/bin/python bench/bench_dedup.py [--sizes 100000 1000000] [--rouge-subset 300]``
+Run: ``.venv/bin/python bench/bench_dedup.py [--sizes 100000 1000000] [--rouge-subset 300] [--curve-pairs 200]``
+
+First the recall curve: controlled pairs of random Han texts whose true character-3-gram Jaccard lies in
+each 0.05-wide bin from 0.40 to 1.00, deduplicated at threshold 0.7; it prints the fraction of pairs
+flagged per bin next to the LSH candidate probability 1-(1-J^r)^b. With exact verification a pair
+below the threshold is never flagged, and pairs at or above it are flagged with the LSH probability
+(>= 0.97 at the threshold by construction).
 
 Synthesises Chinese anesthesiology instructions by recombining fragments, injects a known fraction of
 near-duplicates (one character substituted, inserted or deleted, or punctuation changed, in a copy of
@@ -76,6 +82,52 @@ def run_minhash(n: int, dup_fraction: float) -> dict:
             "dropped_not_injected": dropped - found, **res.params}
 
 
+def _pair(rng: random.Random, target: float, length: int = 60) -> tuple[str, str, float]:
+    """Two random Han texts whose 3-gram Jaccard is as close to ``target`` as a suffix replacement gets."""
+    a = "".join(chr(0x4E00 + rng.randrange(3000)) for _ in range(length))
+    best = (a, a, 1.0)
+    grams_a = {a[i : i + 3] for i in range(length - 2)}
+    for k in range(1, length):
+        b = a[: length - k] + "".join(chr(0x4E00 + rng.randrange(3000)) for _ in range(k))
+        gb = {b[i : i + 3] for i in range(length - 2)}
+        j = len(grams_a & gb) / len(grams_a | gb)
+        if abs(j - target) < abs(best[2] - target):
+            best = (a, b, j)
+        if j < target - 0.03:
+            break
+    return best
+
+
+def recall_curve(pairs_per_bin: int, threshold: float = 0.7) -> list[dict]:
+    """Fraction of controlled pairs flagged per true-Jaccard bin, with the LSH candidate probability."""
+    from hypnos.data.dedup import candidate_probability, find_duplicates, lsh_params
+
+    rng = random.Random(0)
+    bins = [round(0.40 + 0.05 * k, 2) for k in range(12)]
+    texts, truth = [], []
+    for lo in bins:
+        made = 0
+        for _ in range(pairs_per_bin * 20):
+            a, b, j = _pair(rng, lo + rng.random() * 0.05)
+            if lo <= j < lo + 0.05 or (lo == 0.95 and j >= 0.95):
+                texts += [a, b]
+                truth.append(j)
+                made += 1
+            if made == pairs_per_bin:
+                break
+    res = find_duplicates(texts, threshold=threshold)
+    b, r = lsh_params(threshold, 128)
+    out = []
+    for lo in bins:
+        ks = [k for k, j in enumerate(truth) if lo <= j < lo + 0.05 or (lo == 0.95 and j >= 0.95)]
+        flagged = sum(res.duplicate_of[2 * k + 1] == 2 * k for k in ks)
+        mid = lo + 0.025
+        out.append({"jaccard": f"{lo:.2f}-{lo + 0.05:.2f}", "pairs": len(ks),
+                    "flagged": round(flagged / len(ks), 3) if ks else None,
+                    "lsh_p": round(float(candidate_probability(mid, b, r)), 3), "bands": b, "rows": r})
+    return out
+
+
 class CharTokenizer:
     """One token per character: what makes rouge_score work on Chinese at all."""
 
@@ -103,11 +155,20 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--dup-fraction", type=float, default=0.1)
     ap.add_argument("--rouge-subset", type=int, default=300)
+    ap.add_argument("--curve-pairs", type=int, default=200, help="controlled pairs per Jaccard bin (0: no curve)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one size, JSON out
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_minhash(args.one, args.dup_fraction)))
         return
+    if args.curve_pairs:
+        curve = recall_curve(args.curve_pairs)
+        print(f"recall curve at threshold 0.7 (LSH {curve[0]['bands']} bands x {curve[0]['rows']} rows, exact "
+              f"Jaccard verification), {args.curve_pairs} pairs per bin:")
+        print("  true Jaccard   pairs   flagged   LSH candidate p")
+        for c in curve:
+            print(f"  {c['jaccard']:>11}  {c['pairs']:>6}  {c['flagged'] if c['flagged'] is not None else '-':>8}"
+                  f"  {c['lsh_p']:>8}")
     pps = rouge_pairs_per_s(args.rouge_subset)
     print(f"ROUGE-L (char tokenizer) all pairs on {args.rouge_subset} texts: {pps:,.0f} pairs/s (1 core)")
     for n in args.sizes:

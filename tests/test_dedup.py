@@ -137,7 +137,7 @@ def test_recall_at_the_threshold_is_at_least_95_percent():
     sims = [r.similarity[2 * k + 1] for k in range(len(pairs)) if r.duplicate_of[2 * k + 1] == 2 * k]
     assert all(s >= 0.7 for s in sims)
     b, rows = lsh_params(0.7, 128)
-    assert candidate_probability(0.7, b, rows) >= 0.99 and b * rows <= 128
+    assert candidate_probability(0.7, b, rows) >= 0.97 and b * rows <= 128
     assert candidate_probability(0.7, 16, 8) < 0.7  # the old optimiser's choice: why recall was 62%
 
 

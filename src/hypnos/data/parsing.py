@@ -261,18 +261,24 @@ def generation_schema(kind: str, n: int) -> dict:
     if kind == "mcq":
         item = {"type": "object", "additionalProperties": False,
                 "required": ["question", "options", "answer", "explanation"],
-                "properties": {"question": {"type": "string", "minLength": 4},
+                "properties": {"question": _string(4, 200),
                                "options": {"type": "object", "additionalProperties": False,
                                            "required": list(_LETTERS),
-                                           "properties": {k: {"type": "string", "minLength": 1} for k in _LETTERS}},
+                                           "properties": {k: _string(1, 80) for k in _LETTERS}},
                                "answer": {"type": "string", "enum": list(_LETTERS)},
-                               "explanation": {"type": "string", "minLength": 2}}}
+                               "explanation": _string(2, 400)}}
     else:
         item = {"type": "object", "additionalProperties": False, "required": ["instruction", "input", "output"],
-                "properties": {"instruction": {"type": "string", "minLength": 4},
-                               "input": {"type": "string"}, "output": {"type": "string", "minLength": 2}}}
+                "properties": {"instruction": _string(4, 200), "input": _string(0, 400),
+                               "output": _string(2, 800)}}
     return {"type": "object", "additionalProperties": False, "required": ["items"],
             "properties": {"items": {"type": "array", "items": item, "minItems": 1, "maxItems": n}}}
+
+
+def _string(least: int, most: int) -> dict:
+    """A JSON-schema string of ``least``..``most`` characters: the bound lets a grammar close the item in time
+    (a small model left free keeps writing one string until the length limit cuts the whole answer)."""
+    return {"type": "string", "minLength": least, "maxLength": most}
 
 
 def verdict_schema(aspects: dict[str, str] = ASPECTS, reasoning_chars: int = 120) -> dict:
