@@ -43,11 +43,15 @@ SURNAMES = set(
     "吉缪简车项连芦麦褚娄窦戚岑景党宫费卜冷晏席卫米柏宗瞿桂全佟应臧闵苟邬边卞姬师仇栾隋商刁沙荣巫寇"
     "桑郎甄丛仲虞敖巩佘池查苑迟邝官封谈匡鞠惠荆乐冀郁胥南班储栗燕楚鄢劳谌奚皮粟冼蔺楼盘闻厉伊仝郜"
     "阚权帅屠豆朴盖练廉禹井祖漆巴丰支卿狄计索宣晋初云容敬扈晁芮普阙浦戈伏鹿薄邸雍辜羊乌母裘亓修邰"
-    "赫杭况宿鲜印逯隆茹诸战慕危玉银亢嵇哈湛宾戎勾茅於揭干尉冶斯束檀衣展阴昝幸奉植衡富尧闭于阎")
+    "赫杭况宿鲜印逯隆茹诸战慕危玉银亢嵇哈湛宾戎勾茅於揭干尉冶斯束檀衣展阴昝幸奉植衡富尧闭于阎"
+    # rarer ones (百家姓)
+    "习訾贝芮缪宓莘谈卞阚傅萧赖洪汝荣邴郦郗滑荀羊甄曲靳汲糜松段巫乌弓牧隗山车宓蓬仰秋暴钭厉祖韶蓟"
+    "薄怀蒲鄂咸籍苍双贡逄扶堵宰却璩寿通扈郏别充宦鱼慎庾终暨步弘禄殳沃蔚夔融厍毋乜养须巢蒯后荆红竺"
+    "益桓能从")
 # Surname characters that are, before a title or inside running text, far more often a word of
 # their own (请向医生咨询, 主任医师, 全科医生, 于术后, 和医生沟通): not trusted there.
 WEAK_SURNAMES = set("向于全时平原海花强都来相门信国云明位冷乐满初计元利但展智幸富井支练任管麻和由同合区"
-                    "应单成安方连易文华才官商资年常解查")
+                    "应单成安方连易文华才官商资年常解查双通别充终步后红养须益能从却寿暴山松鱼曲")
 
 _CJK = "\u4e00-\u9fff"
 # Never part of a given name in running text: function words, numbers, units, titles, clinical heads.
@@ -75,7 +79,10 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
           "第二助手 助手 助理 交接人 接收人 见证人 授权委托人 委托人 受托人 代理人 法定代理人 监护人 陈述者 病史陈述者 "
           "申请人 联系人姓名 患者 病人 患儿 产妇 家属 本人 我叫 我是 丈夫 妻子 老公 老婆 爱人 老伴 配偶 之子 之女 之孙 "
           "之妻 之夫 其子 其女 其妻 其夫 儿子 女儿 父亲 母亲 外孙 外孙女 孙子 孙女 我妈 我爸 我哥 我姐 我弟 我妹 "
-          "我奶奶 我爷爷 我母亲 我父亲 我爱人 他爸 她妈 孩子他爸 孩子他妈 兄弟 委托 科的 副主任 主任 院长")
+          "我奶奶 我爷爷 我母亲 我父亲 我爱人 他爸 她妈 孩子他爸 孩子他妈 兄弟 委托 科的 副主任 主任 院长 "
+          "外甥 外甥女 侄子 侄女 舅舅 姑姑 叔叔 姨妈 儿媳 女婿 嫂子 姐夫 妹夫 弟媳 公公 婆婆 岳父 岳母 继父 继母 "
+          "养父 养母 朋友 同事 邻居 同学 表哥 表姐 表弟 表妹 堂哥 堂姐 堂弟 堂妹 哥哥 姐姐 弟弟 妹妹 爷爷 奶奶 外公 "
+          "外婆 姥姥 姥爷 孙女婿 我婆婆 我公公 我岳父 我岳母 我舅舅 我叔叔 我姑姑 我朋友 我同事 我老婆 我老公")
 # Short role words that announce a name only as a form field, with a colon (巡回：米娜, 麻醉：阮思琪);
 # in running text they are ordinary words (麻醉平稳, 手术顺利).
 FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
@@ -223,11 +230,11 @@ def _acceptable(text: str, i: int, length: int, strong: bool) -> bool:
     return True
 
 
-def name_after(text: str, i: int, strong: bool) -> int:
+def name_after(text: str, i: int, strong: bool, weak_ok: bool = True) -> int:
     """Length of a name starting at ``i`` (right after an anchor), 0 if none."""
     if i >= len(text):
         return 0
-    sn = surname_at(text, i)
+    sn = surname_at(text, i, weak_ok)
     if not sn:
         return 0
     length = _name_length(text, i, sn, strong)
@@ -249,8 +256,9 @@ def name_after(text: str, i: int, strong: bool) -> int:
             return 0  # (季子|轩 is a name: the word is shorter than the name)
         # a weak surname (于, 平, 时 …) only when jieba reads the whole name as one word (其子|于海洋|代签,
         # not 患者|于|入院)
-        if sn in WEAK_SURNAMES and len(_segment(text[i : i + 8])[0]) != length:
-            return 0
+        if sn in WEAK_SURNAMES and (len(_segment(text[i : i + 8])[0]) != length
+                                    or _dict_tag(text[i : i + length]) not in (None, "nr")):
+            return 0  # (患者|双耳失聪: a dictionary word)
     if not length:
         return 0
     strong = strong or bool(_STRONG_AFTER.match(text, i + length))
@@ -264,7 +272,9 @@ def name_before(text: str, e: int) -> int:
         s = e - k
         if s < 0:
             continue
-        sn = surname_at(text, s)  # 成刚医师: with a given name even 成/时/于 are surnames; words are caught below
+        # 成刚医师: with one given character even 成/时/于 are surnames (words are caught below); not with
+        # two (向专业医师, 后融合医生)
+        sn = surname_at(text, s, weak_ok=k == 2)
         if not sn or len(sn) + 2 < k or (k == 4 and len(sn) != 2):
             continue
         given = text[s + len(sn) : e]
@@ -356,7 +366,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         label = m.group()[: len(m.group()) - len(m.group("colon"))]
         fielded = bool(m.group("colon").strip()) or len(m.group("colon")) >= 2  # 签名：卓越 / 姓名  张三
         forced = not fielded and label.endswith(("姓名", "签名", "签字"))
-        n = name_after(text, i, strong=fielded or forced)
+        n = name_after(text, i, strong=fielded or forced, weak_ok=not forced)  # 签字|后生效
         if n and forced and _is_word(text[i : i + n]):
             n = 0  # 签名时间, 签字日期: a word, no name
         if n:
