@@ -243,6 +243,9 @@ def _kill_at(gate: Gate, proc: subprocess.Popen, answered: int, runs: Path) -> s
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
+    # Requests the dead client sent just before the kill may still be on their way to the gate (the server
+    # delays every answer): let them reach it and be held, so that reopening fails them as never answered.
+    time.sleep(0.3)
     gate.reopen()
     m = runs / "gen/crossfilter/manifest.json"
     return "crossfilter" if m.exists() else "generate"
