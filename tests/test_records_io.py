@@ -190,3 +190,15 @@ def test_wrong_field_types_are_file_line_errors(tmp_path):
         f"{p}:2: instruction: expected text, got int", f"{p}:3: meta: expected an object, got str"]
     with pytest.raises(DataError, match=r"a\.jsonl:2: instruction"):
         read_records(p)
+
+
+def test_read_jsonl_keeps_line_separators_and_names_the_bad_line(tmp_path):
+    from hypnos.common.io import read_jsonl
+
+    p = tmp_path / "preds.jsonl"
+    rows = [{"id": "a", "prediction": "甲\u2028乙\u0085丙"}, {"id": "b", "prediction": "丁"}]
+    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert read_jsonl(p) == rows
+    p.write_text(p.read_text(encoding="utf-8") + '{"id": \n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"preds\.jsonl:3: invalid JSON"):
+        read_jsonl(p)

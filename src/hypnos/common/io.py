@@ -523,6 +523,22 @@ def append_jsonl(path: str | Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every row of a JSONL file we wrote ourselves (predictions, results), strictly.
+
+    Split on ``\\n`` only: ``str.splitlines`` would also split at U+2028/U+0085 inside a JSON string.
+
+    Raises:
+        DataError: a line that is not a JSON object, as ``file:line: reason``.
+    """
+    return [item.data if isinstance(item, Row) else _raise(item)
+            for item in iter_rows(path, encoding="utf-8", on_error="raise", check_types=False)]
+
+
+def _raise(err: DataError):
+    raise err
+
+
 def read_jsonl_tolerant(path: str | Path) -> list[dict]:
     """Read an append-only JSONL log, ignoring only a torn final line (a kill mid-write)."""
     path = Path(path)
