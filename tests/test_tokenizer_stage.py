@@ -38,7 +38,7 @@ def _recipe(tmp_path: Path, base: Path, **extra) -> Path:
 
 
 def test_stage_extends_resizes_analyzes_and_resumes(tiny_model_dir, tmp_path):
-    recipe = _recipe(tmp_path, tiny_model_dir, init="fused")
+    recipe = _recipe(tmp_path, tiny_model_dir, init="fused", warmup={"steps": 0})
     [m] = run_recipe(load_recipe(recipe, output_dir=tmp_path / "runs"))
     out = tmp_path / "runs" / "t" / "tokenizer"
     assert m["outputs"] == {"model": "model", "analysis": "analysis.json"}

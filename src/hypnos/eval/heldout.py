@@ -204,3 +204,16 @@ def write_result(result: dict, out: str | Path) -> None:
     """The result as JSON (per-text bits included, so later comparisons can be made without rescoring)."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def format_result(result: dict) -> str:
+    """A short text table of ``evaluate``'s result: models, then pairs."""
+    lines = [f"{'model':24} {'bits/char':>9}  {'95% CI':>15}  {'tokens/char':>11}  texts"]
+    for name, r in result["models"].items():
+        lines.append(f"{name:24} {r['bits_per_char']:9.3f}  [{r['ci'][0]:6.3f}, {r['ci'][1]:6.3f}]  "
+                     f"{r['tokens_per_char']:11.3f}  {r['texts']}")
+    for p in result["pairs"]:
+        verdict = ("A reads better" if p["ci"][1] < 0 else "B reads better") if p["excludes_zero"] else "no difference"
+        lines.append(f"{p['a']} - {p['b']}: {p['difference']:+.3f} bits/char, paired 95% CI "
+                     f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}] ({verdict})")
+    return "\n".join(lines)

@@ -5,6 +5,8 @@
         [--init mean]                       # also writes the resized, initialised model into --out
     hypnos tokenizer analyze heldout.jsonl --tokenizer base=smollm2-135m-instruct --tokenizer ext=runs/tok \\
         [--bits] --out runs/analysis        # -> analysis.md / .json / .png
+    hypnos tokenizer warmup runs/tok corpus.jsonl --out runs/warm --steps 40 \\
+        [--distill 1 --teacher smollm2-135m-instruct]   # train only the new rows
 """
 
 from __future__ import annotations
@@ -117,3 +119,32 @@ def analyze(
     paths = write_report(rows, out)
     console.print(paths["md"].read_text(encoding="utf-8"), highlight=False)
     console.print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}", highlight=False)
+
+
+@app.command()
+def warmup(
+    model: Annotated[Path, typer.Argument(help="extended model dir (from `extend --init` or the tokenizer stage)")],
+    corpus: Annotated[list[Path], typer.Argument(help="record or plain-text files to train the new rows on")],
+    out: Annotated[Path, typer.Option(help="output dir for the warmed-up model")],
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 40,
+    lr: Annotated[float, typer.Option(help="learning rate of the new rows")] = 3e-3,
+    distill: Annotated[float, typer.Option(help="weight of the KL to the base model (0: LM loss only)")] = 0.0,
+    teacher: Annotated[str | None, typer.Option(help="base model (needed with --distill)")] = None,
+    seed: Annotated[int, typer.Option(help="data-order seed")] = 0,
+) -> None:
+    """Train only the new embedding rows of an extended model on a corpus (all other weights stay as they are)."""
+    from hypnos.common.models import resolve_model
+    from hypnos.tokenizer.extend import NEW_PIECES_FILE
+    from hypnos.tokenizer.warmup import WarmupConfig, warmup_model_dir
+
+    if not (model / NEW_PIECES_FILE).is_file():
+        _fail(f"{model}: no {NEW_PIECES_FILE}; pass an extended model dir")
+    if distill > 0 and not teacher:
+        _fail("--distill needs --teacher (the base model)")
+    try:
+        cfg = WarmupConfig(steps=steps, learning_rate=lr, distill=distill, seed=seed)
+        stats = warmup_model_dir(model, corpus, out, cfg, resolve_model(teacher) if teacher else None)
+    except _errors() as e:
+        _fail(str(e))
+    console.print(f"{out}: {stats['rows']} new rows trained {stats['steps']} steps, loss {stats['first_loss']:.3f} -> "
+                  f"{stats['last_loss']:.3f} in {stats['seconds']:.0f} s", highlight=False)

@@ -24,6 +24,7 @@ mixing Chinese and Latin letters or digits would straddle pre-tokens (or digit s
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -85,7 +86,7 @@ def _apply_merges(tokens: list[str], ranks: dict[tuple[str, str], int]) -> list[
     """
     tokens = list(tokens)
     while len(tokens) > 1:
-        best = min(((ranks[p], i) for i, p in enumerate(zip(tokens, tokens[1:])) if p in ranks), default=None)
+        best = min(((ranks[p], i) for i, p in enumerate(itertools.pairwise(tokens)) if p in ranks), default=None)
         if best is None:
             break
         i = best[1]

@@ -9,14 +9,18 @@ Run: ``hypnos stage-tokenizer --config tokenizer.yaml`` or as a recipe stage::
       vocab_size: 8000
       max_new_pieces: 4000
       heldout: bench/anesthesia_openqa.jsonl
+      warmup: {steps: 40}              # train only the new rows before any fine-tuning (0: off)
 
 Steps, each skipped when its result is already in the stage folder (so a killed run resumes):
 ``spm/spm.model`` (SentencePiece BPE on the corpus) -> ``tokenizer/`` (extended tokenizer and
-``new_tokens.json``) -> ``model/`` (resized, initialised checkpoint with the extended tokenizer; written to
-``model.tmp`` and renamed when complete) -> ``analysis.json`` (tokens/char, coverage, round-trips and
-bits/char before and after, on ``heldout``).
+``new_tokens.json``, with the reachability of every new piece) -> ``model/`` (resized, initialised checkpoint
+with the extended tokenizer; written to ``model.tmp`` and renamed when complete) -> ``warm/`` (the new rows
+trained on the corpus, every other weight unchanged; ``warm.tmp`` holds checkpoints when
+``warmup.save_steps`` is set) -> ``analysis.json`` (tokens/char, coverage, round-trips and bits/char of the
+base, the initialised and the warmed-up model on ``heldout``).
 
-Outputs: ``model`` (primary: later stages use ``"@tokenizer"``) and ``analysis``.
+Outputs: ``model`` (primary: later stages use ``"@tokenizer"``; the warmed-up model when the warm-up is on)
+and ``analysis``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pydantic import Field
 from hypnos.common.stage import StageConfig, StageContext, StageResult, log
 from hypnos.tokenizer.extend import NEW_PIECES_FILE, copy_tokenizer_files, extend_tokenizer, read_new_tokens
 from hypnos.tokenizer.train_spm import spm_pieces, train_spm
+from hypnos.tokenizer.warmup import WarmupConfig
 
 
 class Config(StageConfig):
@@ -55,6 +60,12 @@ class Config(StageConfig):
     """How many held-out texts (each cut to 300 characters) the analysis reads."""
     measure_bits: bool = True
     """Also measure the model's bits per character before and after (a forward pass per text and model)."""
+    space_variants: int = Field(64, ge=0)
+    """Byte-level tokenizers: most space-prefixed variants (" 检查") added for new pieces that follow a space
+    in the corpus (``CT 检查``), on top of ``max_new_pieces``; without them no piece applies after a space."""
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    """Training of the new rows only, on the corpus, before any fine-tuning (docs/tokenizer.md: it brings
+    held-out bits/char back towards the base model's); ``steps: 0`` turns it off."""
 
     def check(self, ctx: StageContext) -> list[str]:
         """Corpus and held-out files exist (or name earlier stages)."""
@@ -75,17 +86,31 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     tok_dir = out / "tokenizer"
     if not (tok_dir / NEW_PIECES_FILE).is_file():
         shutil.rmtree(tok_dir, ignore_errors=True)
-        extend_tokenizer(base_dir, spm_pieces(spm_model), tok_dir, cfg.max_new_pieces)
+        extend_tokenizer(base_dir, spm_pieces(spm_model), tok_dir, cfg.max_new_pieces, corpus=corpus,
+                         space_variants=cfg.space_variants)
     summary = json.loads((tok_dir / NEW_PIECES_FILE).read_text(encoding="utf-8"))
     model_dir = out / "model"
     if not (model_dir / NEW_PIECES_FILE).is_file():
         build_model(base_dir, tok_dir, model_dir, cfg.init)
     metrics = {k: summary[k] for k in ("family", "base_size", "new_size", "added", "skipped_existing")}
+    metrics.update({f"reachable_{c}": f"{r['reachable']}/{r['checked']}"
+                    for c, r in (summary.get("reachability") or {}).items()})
+    models = {"before": base_dir, "after": model_dir}
     outputs = {"model": "model"}
+    if cfg.warmup.steps > 0:
+        warm_dir = out / "warm"
+        if not (warm_dir / "warmup.json").is_file():
+            from hypnos.tokenizer.warmup import warmup_model_dir
+
+            warmup_model_dir(model_dir, corpus, warm_dir, cfg.warmup, teacher_dir=base_dir)
+        stats = json.loads((warm_dir / "warmup.json").read_text(encoding="utf-8"))
+        metrics.update({f"warmup_{k}": stats[k] for k in ("first_loss", "last_loss", "seconds")})
+        models["warmed_up"] = warm_dir
+        outputs = {"model": "warm"}
     if cfg.heldout:
         analysis = out / "analysis.json"
         if not analysis.is_file():
-            rows = _analyze(cfg, ctx.resolve(cfg.heldout), base_dir, model_dir)
+            rows = _analyze(cfg, ctx.resolve(cfg.heldout), models)
             analysis.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
         rows = json.loads(analysis.read_text(encoding="utf-8"))
         metrics.update({f"{r['name']}_{k}": r[k] for r in rows for k in ("tokens_per_char", "bits_per_char")
@@ -112,16 +137,22 @@ def build_model(base_dir: Path, tok_dir: Path, model_dir: Path, init: str) -> No
     tmp.rename(model_dir)
 
 
-def _analyze(cfg: Config, heldout: Path, base_dir: Path, model_dir: Path) -> list[dict]:
+def _analyze(cfg: Config, heldout: Path, models: dict[str, Path]) -> list[dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hypnos.tokenizer.analyze import bits_per_char, load_texts, tokenizer_stats
 
     texts = load_texts([heldout], cfg.heldout_texts)
     rows = []
-    for name, d in (("before", base_dir), ("after", model_dir)):
+    for name, d in models.items():
         tok = AutoTokenizer.from_pretrained(d)
         row = {"name": name, **tokenizer_stats(tok, texts)}
+        if name != "before" and (Path(d) / NEW_PIECES_FILE).is_file():
+            new = json.loads((Path(d) / NEW_PIECES_FILE).read_text(encoding="utf-8"))
+            row["reachability"] = new.get("reachability")
+            used = {i for ids in tok(texts, add_special_tokens=False)["input_ids"] for i in ids}
+            row["new_tokens_used"] = sum(t["id"] in used for t in new["tokens"])
+            row["new_tokens"] = len(new["tokens"])
         if cfg.measure_bits:
             row["bits_per_char"] = bits_per_char(AutoModelForCausalLM.from_pretrained(d), tok, texts)
         rows.append(row)
