@@ -8,6 +8,7 @@
     hypnos eval report runs/demo                  # the report stage on an existing run
     hypnos eval score cmexam_anesthesia answers.jsonl   # predictions made elsewhere ({"id", "prediction"})
     hypnos eval export-lm-eval cmexam_anesthesia lm_tasks/   # for `lm_eval --include_path lm_tasks`
+    hypnos eval heldout held.jsonl -m base=smollm2-135m-instruct -m ext=runs/x/model --pair ext,base  # bits/char
 """
 
 from __future__ import annotations
@@ -237,3 +238,30 @@ def export_lm_eval(
         _fail(str(e))
     console.print(f"wrote {path}; run: lm_eval --include_path {out_dir} --tasks {task} --model hf "
                   "--model_args pretrained=MODEL")
+
+
+@app.command("heldout")
+def heldout(
+    files: Annotated[list[Path], typer.Argument(help="held-out record files (QA/text/conversations) or .txt")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="NAME=MODEL (repeatable)")],
+    pair: Annotated[list[str] | None, typer.Option(help="A,B: paired CI of A minus B (repeatable)")] = None,
+    mode: Annotated[str, typer.Option(help="text: score question+answer; answer: the answer given the question")] = "text",
+    max_texts: Annotated[int, typer.Option(help="texts read (in file order)")] = 200,
+    max_chars: Annotated[int, typer.Option(help="characters scored per text")] = 300,
+    out: Annotated[Path | None, typer.Option(help="write the result (per-text bits included) as JSON")] = None,
+) -> None:
+    """Bits per character of models on held-out text, with paired bootstrap CIs (hypnos/eval/heldout.py)."""
+    from hypnos.common.io import DataError
+    from hypnos.common.models import ModelNotFoundError
+    from hypnos.eval.heldout import evaluate, format_result, write_result
+
+    models = dict(m.partition("=")[::2] for m in model)
+    if any(not v for v in models.values()) or mode not in ("text", "answer"):
+        _fail("write models as NAME=MODEL and --mode as text or answer")
+    try:
+        result = evaluate(models, files, mode, max_texts, max_chars, [tuple(p) for p in _pairs(pair)])
+    except (DataError, ModelNotFoundError, ValueError) as e:
+        _fail(str(e))
+    if out:
+        write_result(result, out)
+    Console().print(format_result(result), highlight=False)
