@@ -82,13 +82,15 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
           "我奶奶 我爷爷 我母亲 我父亲 我爱人 他爸 她妈 孩子他爸 孩子他妈 兄弟 委托 科的 副主任 主任 院长 "
           "外甥 外甥女 侄子 侄女 舅舅 姑姑 叔叔 姨妈 儿媳 女婿 嫂子 姐夫 妹夫 弟媳 公公 婆婆 岳父 岳母 继父 继母 "
           "养父 养母 朋友 同事 邻居 同学 表哥 表姐 表弟 表妹 堂哥 堂姐 堂弟 堂妹 哥哥 姐姐 弟弟 妹妹 爷爷 奶奶 外公 "
-          "外婆 姥姥 姥爷 孙女婿 我婆婆 我公公 我岳父 我岳母 我舅舅 我叔叔 我姑姑 我朋友 我同事 我老婆 我老公")
+          "外婆 姥姥 姥爷 孙女婿 我婆婆 我公公 我岳父 我岳母 我舅舅 我叔叔 我姑姑 我朋友 我同事 我老婆 我老公 "
+          "医生 医师 护士 大夫 教授")
 # Short role words that announce a name only as a form field, with a colon (巡回：米娜, 麻醉：阮思琪);
 # in running text they are ordinary words (麻醉平稳, 手术顺利).
 FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
                       "管床 记录 审核 签字人 核对人 操作者 操作医师 检查者 报告医师 报告者")
 _LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True)) + ")"
                        r"(?P<colon>\s*[：:]\s*|\s+|)")
+_PREFIX_TITLES = {"医生", "医师", "护士", "大夫", "教授", "主任", "副主任", "院长"}
 _FIELD_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, FIELD_LABELS), key=len, reverse=True)) + r")\s*[：:]\s*")
 _TITLE_RE = re.compile("|".join(sorted(TITLES, key=len, reverse=True)))
 # A name is followed by these when it is the head of a clause: 患者万里，男 / 姓名 张三  性别
@@ -257,8 +259,9 @@ def name_after(text: str, i: int, strong: bool, weak_ok: bool = True) -> int:
         # a weak surname (于, 平, 时 …) only when jieba reads the whole name as one word (其子|于海洋|代签,
         # not 患者|于|入院)
         if sn in WEAK_SURNAMES and (len(_segment(text[i : i + 8])[0]) != length
-                                    or _dict_tag(text[i : i + length]) not in (None, "nr")):
-            return 0  # (患者|双耳失聪: a dictionary word)
+                                    or _dict_tag(text[i : i + length]) not in (None, "nr")
+                                    or (length == 2 and _dict_tag(text[i : i + length]) == "nr")):
+            return 0  # (患者|双耳失聪: a dictionary word; jieba tags many two-character words nr)
     if not length:
         return 0
     strong = strong or bool(_STRONG_AFTER.match(text, i + length))
@@ -366,7 +369,10 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         label = m.group()[: len(m.group()) - len(m.group("colon"))]
         fielded = bool(m.group("colon").strip()) or len(m.group("colon")) >= 2  # 签名：卓越 / 姓名  张三
         forced = not fielded and label.endswith(("姓名", "签名", "签字"))
-        n = name_after(text, i, strong=fielded or forced, weak_ok=not forced)  # 签字|后生效
+        title = label in _PREFIX_TITLES  # 护士苏晴 — but 医生|查明, 医生|曾|建议
+        n = name_after(text, i, strong=fielded or forced, weak_ok=not (forced or (title and not fielded)))
+        if n and title and not fielded and (n == 3 and _common_word(text[i + 1 : i + 3])):
+            n = 0
         if n and forced and _is_word(text[i : i + n]):
             n = 0  # 签名时间, 签字日期: a word, no name
         if n:

@@ -167,6 +167,8 @@ def _hospital_head(head: str) -> int:
                 break
         else:
             break
+    if head.startswith("院", start):  # 我院|潍坊市人民医院: no hospital's name starts with 院
+        start += 1
     name = head[start:]
     specific = any(f in ("ns", "nt", "nz", "j") or (f.startswith("nr") and len(w) >= 2)
                    for w, f in _jieba()[1].lcut(name)) if name else False
