@@ -98,18 +98,18 @@ def import_(
 
 @app.command("deid-eval")
 def deid_eval(
-    part: Annotated[list[str] | None, typer.Option(help="dev and/or heldout (default: both)")] = None,
+    part: Annotated[list[str] | None, typer.Option(help="dev, heldout, heldout2… (default: every part)")] = None,
     set_file: Annotated[Path | None, typer.Option("--set", help="another set file in the same {type:text} markup")] = None,
     ages: Annotated[bool, typer.Option(help="also find ages over 89 (ages_over_89)")] = True,
     show_errors: Annotated[bool, typer.Option("--errors", help="list every miss and false alarm")] = False,
 ) -> None:
     """Per-type precision and recall of de-identification on the hand-labelled set (tests/deid), exact-span and overlap."""
     from hypnos.common.io import DataError
-    from hypnos.data.deid_eval import errors, load_parts, load_set, score
+    from hypnos.data.deid_eval import PARTS, errors, load_parts, load_set, score
     from hypnos.data.deidentify import PLACEHOLDER, Deidentifier
 
     try:
-        parts = {set_file.stem: load_set(set_file)} if set_file else load_parts(part or ("dev", "heldout"))
+        parts = {set_file.stem: load_set(set_file)} if set_file else load_parts(part or PARTS)
     except DataError as e:
         console.print(f"[red]{e}[/red]", highlight=False)
         raise typer.Exit(1)
