@@ -343,3 +343,15 @@ def test_a_declared_encoding_applies_to_inputs_not_to_earlier_stages_outputs(tmp
     run_recipe(load_recipe(p, output_dir=tmp_path / "runs"))
     out = [json.loads(x) for x in (tmp_path / "runs/t/second/rows.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in out] == [f"第{i}行：硬膜外麻醉。" for i in range(3)]
+
+
+def test_bad_overrides_are_messages(tmp_path):
+    p = _recipe(tmp_path, "name: t\nstages:\n  - {name: a, kind: copy, source: rows.jsonl, marker: x}\n")
+    for override, msg in (("a.marker=[1,", "the value is not valid YAML"), ("a.source.x=1", "a.source is not a mapping"),
+                          ("a=1", "name a field of the stage"), ("zz.x=1", "no stage named 'zz'")):
+        with pytest.raises(ConfigError, match=msg):
+            load_recipe(p, [override])
+    cfg = tmp_path / "mix.yaml"
+    cfg.write_text("sources: [{path: rows.jsonl}]\n", encoding="utf-8")
+    r = _cli("mix", "--config", cfg, "val_fraction=[1,", "--output-dir", tmp_path / "runs")
+    assert r.returncode == 2 and "the value is not valid YAML" in r.stderr and "Traceback" not in r.stderr

@@ -221,7 +221,10 @@ def _kv(o: str):
     if "=" not in o:
         _fail(f"override {o!r} is not KEY=VALUE")
     k, v = o.split("=", 1)
-    return k, yaml.safe_load(v)
+    try:
+        return k, yaml.safe_load(v)
+    except yaml.YAMLError as e:
+        _fail(f"override {o!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})")
 
 
 for _kind in STAGES:

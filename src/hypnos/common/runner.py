@@ -135,7 +135,10 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
         if "=" not in o:
             raise ConfigError(f"override {o!r} is not KEY=VALUE (e.g. sft_general.max_steps=2)")
         k, v = o.split("=", 1)
-        out.append((k.split("."), yaml.safe_load(v)))
+        try:
+            out.append((k.split("."), yaml.safe_load(v)))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {o!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
     return out
 
 
@@ -249,10 +252,14 @@ def _apply_override(path: Path, data: dict, keys: list[str], value: Any) -> None
         data[keys[0]] = value
         return
     for entry in data.get("stages") or []:
-        if entry.get("name") == keys[0]:
+        if isinstance(entry, dict) and entry.get("name") == keys[0]:
             target = entry
             for k in keys[1:-1]:
-                target = target.setdefault(k, {})
+                target = target.setdefault(k, {}) if isinstance(target, dict) else None
+            if len(keys) < 2:
+                raise ConfigError(f"{path}: override {keys[0]}: name a field of the stage, e.g. {keys[0]}.on_error=quarantine")
+            if not isinstance(target, dict):
+                raise ConfigError(f"{path}: override {'.'.join(keys)}: {'.'.join(keys[:-1])} is not a mapping")
             target[keys[-1]] = value
             return
     raise ConfigError(f"{path}: override {'.'.join(keys)}: no stage named {keys[0]!r}")
