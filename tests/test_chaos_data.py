@@ -56,6 +56,10 @@ def _corpus(d: Path) -> dict[str, dict]:
     # raises for it, mid-stage: the runner quarantines the row and runs the stage again without it)
     files["no_text.jsonl"] = (b"\n".join([_line(GOOD[0]), b'{"id": "t1", "title": "only a title"}', _line(GOOD[1])])
                               + b"\n", 3, 1)
+    # values Python's json reads but cannot write back as UTF-8 JSON: a lone surrogate, NaN
+    files["bad_values.jsonl"] = (b"\n".join([_line(GOOD[0]), b'{"id": "s", "instruction": "x\\ud800y"}',
+                                             b'{"id": "e", "instruction": "ok \\ud83d\\ude00"}',
+                                             b'{"id": "n", "instruction": "q", "meta": {"x": NaN}}']) + b"\n", 4, 2)
     files["empty.jsonl"] = (b"", 0, 0)
     big = _line({"id": "big", "instruction": "大", "output": "麻" * (HUGE // 3)})
     files["huge_row.jsonl"] = (b"\n".join([_line(GOOD[0]), big, _line(GOOD[1])]) + b"\n", 3, 1)

@@ -202,3 +202,13 @@ def test_read_jsonl_keeps_line_separators_and_names_the_bad_line(tmp_path):
     p.write_text(p.read_text(encoding="utf-8") + '{"id": \n', encoding="utf-8")
     with pytest.raises(DataError, match=r"preds\.jsonl:3: invalid JSON"):
         read_jsonl(p)
+
+
+def test_lone_surrogates_and_nan_are_bad_rows_not_crashes_at_write_time(tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_text('{"id": "a", "instruction": "x\\ud800y"}\n{"id": "b", "instruction": "ok \\ud83d\\ude00"}\n'
+                 '{"id": "c", "instruction": "q", "meta": {"x": NaN}}\n', encoding="utf-8")
+    report = ReadReport()
+    recs = read_records(p, on_error="quarantine", quarantine_dir=tmp_path, report=report)
+    assert [r.instruction for r in recs] == ["ok \U0001f600"]
+    assert [(e.line, e.reason.split(":")[0]) for e in report.rejected] == [(1, "invalid JSON"), (3, "invalid JSON")]

@@ -24,6 +24,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -360,17 +361,40 @@ def _jsonl(path: Path, f: IO[bytes], enc: str, limit: int) -> Iterator[Row | Dat
             yield e
             continue
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, parse_constant=_no_constant)
         except json.JSONDecodeError as e:
             yield DataError(path, i, f"invalid JSON: {e.msg} at column {e.colno}", raw[:RAW_KEEP])
             continue
         except RecursionError:
             yield DataError(path, i, "invalid JSON: nested too deeply", raw[:RAW_KEEP])
             continue
+        except ValueError as e:  # NaN / Infinity
+            yield DataError(path, i, f"invalid JSON: {e}", raw[:RAW_KEEP])
+            continue
         if not isinstance(obj, dict):
             yield DataError(path, i, f"expected a JSON object, got {type(obj).__name__}", raw[:RAW_KEEP])
             continue
+        if _SURROGATE_ESCAPE.search(raw) and not _encodable(obj):
+            yield DataError(path, i, "invalid JSON: a lone surrogate escape (\\ud800-\\udfff) is not text",
+                            raw[:RAW_KEEP])
+            continue
         yield Row(obj, str(path), i)
+
+
+# "\ud83d\ude00" (an escaped emoji) is fine; "\ud800" alone decodes to a str that cannot be written as UTF-8.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (write null, or the number as text)")
+
+
+def _encodable(obj: Any) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _mib(n: int) -> str:
