@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hypnos.common.runner import load_recipe, run_recipe
+from hypnos.common.stage import ConfigError
 from hypnos.data.crossfilter import Config, agreement, decide, judge_request, score_answer
 from hypnos.data.parsing import ParseError, expected_score, logprob_scores, parse_generated, parse_scores
 
@@ -296,7 +297,7 @@ def test_fault_server_judge_with_differing_aspects_gates_on_harmlessness(tmp_pat
     assert v["scores"]["harmlessness"] == 0 and v["scores"]["coherence"] == 9 and v["reason"] == "测试。"
 
 
-def test_validate_refuses_self_judging_under_another_name(tmp_path):
+def test_validate_refuses_self_judging_under_another_name(tmp_path, caplog):
     from hypnos.common.runner import validate_recipe
 
     _items(tmp_path / "seeds.jsonl", [{"id": "s", "instruction": "术前禁食时间？", "output": "6-8小时。"}])
@@ -316,11 +317,23 @@ def test_validate_refuses_self_judging_under_another_name(tmp_path):
           - {name: cf_allowed, kind: crossfilter, input: "@generate", judges: [judge], allow_self_judging: true}
           - {name: cf_file, kind: crossfilter, input: items.jsonl, judges: [other]}
         """), encoding="utf-8")
-    probs = validate_recipe(load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs"))
+    with caplog.at_level("WARNING", logger="hypnos"):
+        probs = validate_recipe(load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs"))
     selfj = [p for p in probs if "same model" in p]
     assert len(selfj) == 1 and "'crossfilter'" in selfj[0] and "'judge'" in selfj[0] and "teacher" in selfj[0]
-    assert any("'cf_file'" in p and "1 input rows carry no meta.generator" in p for p in probs)
-    assert not any("cf_ok" in p or "cf_allowed" in p for p in probs)
+    assert "'cf_file': 1 input rows carry no meta.generator" in caplog.text
+    assert not any("cf_ok" in p or "cf_allowed" in p or "cf_file" in p for p in probs)
+
+
+def test_a_crossfilter_with_no_eligible_judge_fails_instead_of_keeping_nothing(tmp_path):
+    from faulty_server import FaultyServer, judge_responder
+
+    with FaultyServer(responder=judge_responder()) as server:
+        ident = f"{server.base_url.split(':')[0]}://loopback/v1|model-j"  # rows written by the judge's own model
+        rows = [{"id": f"r{i}", "instruction": "问题？", "output": "答。", "meta": {"generator": "ext", "generator_id": ident}}
+                for i in range(3)]
+        with pytest.raises(ConfigError, match="can only be judged by 'judge', the same model"):
+            _run_cf(tmp_path, server.base_url, rows)
 
 
 def test_judge_quality_card_on_the_calibration_set(tmp_path):

@@ -134,9 +134,9 @@ class Config(StageConfig):
         probs = []
         if gens is None:  # a file: look at its rows
             gens, missing = _generators_in_file(ctx.resolve(self.input) if not is_ref(self.input) else None)
-            if missing:
-                probs.append(f"stage {ctx.name!r}: {missing} input rows carry no meta.generator: no judge can be "
-                             "excluded as their author, so self-judging cannot be ruled out for them")
+            if missing:  # a warning, not a problem: hand-made or imported rows may legitimately have no author
+                log.warning("stage %r: %d input rows carry no meta.generator: no judge can be excluded as their "
+                            "author, so self-judging cannot be ruled out for them", ctx.name, missing)
         for g, gid in gens.items():
             gid = gid or (recipe_identity(ctx.recipe, g) if g in ctx.recipe.endpoints else None)
             same = [j for j, jid in judges.items() if gid is not None and jid == gid]
