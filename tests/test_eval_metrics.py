@@ -25,6 +25,17 @@ def test_text_metrics_hand_checked():
     assert "corpus" in m["settings"]["bleu"] and "smooth_method=exp" in m["settings"]["bleu"]
 
 
+def test_text_metrics_hand_checked_word_order():
+    # hyp 患者术后疼痛 (6 chars) vs ref 术后患者疼痛明显 (8): all 6 unigrams match, BP exp(1 - 8/6)
+    m = openqa.text_metrics(["患者术后疼痛"], ["术后患者疼痛明显"])
+    assert m["bleu1"] == pytest.approx(100 * math.exp(1 - 8 / 6)) and round(m["bleu1"], 2) == 71.65
+    assert m["rouge1"] == pytest.approx(2 * 1 * (6 / 8) / (1 + 6 / 8)) and round(m["rouge1"], 3) == 0.857
+    # bigrams: 患者 术后 疼痛 of hyp's 5 and ref's 7
+    assert m["rouge2"] == pytest.approx(2 * (3 / 5) * (3 / 7) / (3 / 5 + 3 / 7)) == pytest.approx(0.5)
+    # LCS 术后疼痛 = 4: P 4/6, R 4/8
+    assert m["rougeL"] == pytest.approx(2 * (4 / 6) * (4 / 8) / (4 / 6 + 4 / 8)) and round(m["rougeL"], 3) == 0.571
+
+
 def test_identical_and_disjoint():
     same = openqa.text_metrics(["术前禁食六小时"], ["术前禁食六小时"])
     assert same["bleu4"] == pytest.approx(100) and same["rougeL"] == pytest.approx(1) and same["gleu"] == 1
@@ -86,6 +97,20 @@ def test_extract_choice_by_option_text():
     opts = {"A": "丙泊酚", "B": "氯胺酮", "C": "依托咪酯"}
     assert mcq.extract_choice("应当使用氯胺酮", "ABC", opts) == "B"
     assert mcq.extract_choice("丙泊酚或氯胺酮", "ABC", opts) is None
+
+
+def test_rotate_and_circular_accuracy_hand_computed():
+    doc = {"id": "q", "options": {"A": "甲", "B": "乙", "C": "丙"}, "answer": "B"}
+    r1 = mcq.rotate(doc, 1)
+    assert r1["options"] == {"A": "乙", "B": "丙", "C": "甲"} and r1["answer"] == "A"
+    assert mcq.rotate(doc, 2)["answer"] == "C" and mcq.rotate(doc, 3) == doc
+    # item x right under all 3 rotations, item y wrong under rotation 2 only, item z wrong at rotation 0
+    rows = [{"id": i, "rotation": r, "category": "", "n_choices": 3, "pred": "A", "correct": c}
+            for i, cs in (("x", [1, 1, 1]), ("y", [1, 1, 0]), ("z", [0, 1, 1])) for r, c in enumerate(cs)]
+    s = mcq.score(rows)
+    assert s["accuracy"] == pytest.approx(2 / 3) and s["n"] == 3  # rotation 0 only
+    assert s["circular_accuracy"] == pytest.approx(1 / 3) and s["circular_chance"] == pytest.approx(1 / 27)
+    assert s["chance"] == pytest.approx(1 / 3)
 
 
 def test_mcq_score_per_category_and_unparseable():
@@ -156,6 +181,9 @@ def test_multiset_scoring_hand_computed_with_nested_gold():
     assert (s["tp"], s["n_pred"], s["n_gold"]) == (2, 3, 4) and s["not_found_in_text"] == 1
     assert s["f1"] == pytest.approx(2 * (2 / 3) * (2 / 4) / (2 / 3 + 2 / 4))
     assert s["per_type"]["drug"]["tp"] == 1 and s["per_type"]["anatomy"]["recall"] == 0
+    # listing 丙泊酚 twice matches both gold mentions (a multiset, not a set)
+    s, _ = ner.score_answers(task, [doc], {"x": "药物：丙泊酚，丙泊酚"})
+    assert (s["tp"], s["n_pred"], s["n_gold"]) == (2, 2, 4)
 
 
 def test_prf_matches_seqeval_on_bio():
