@@ -293,3 +293,28 @@ def test_sigterm_ends_streams_with_a_finish_reason_and_done(tiny_model_dir):
     last = json.loads(events[-2])["choices"][0]
     assert last["finish_reason"] == "length", events[-3:]
     assert len(events) < 900  # cut by the shutdown, not decoded to the end
+
+
+def test_a_chunked_prompt_that_finishes_at_once_does_not_break_the_batch(tiny_model_dir):
+    """A long prompt with max_tokens=1 ends in its last prefill chunk; the rows decoding beside it go on."""
+    engine = Engine(str(tiny_model_dir), prefill_chunk=16)
+
+    async def run(prompt, max_tokens, started=None):
+        n = 0
+        async for deltas in engine.generate(prompt, SamplingParams(max_tokens=max_tokens, temperature=0)):
+            n += sum(len(d.tokens) for d in deltas)
+            if started:
+                started.set()
+        return n
+
+    async def main():
+        started = asyncio.Event()
+        a = asyncio.create_task(run(engine.encode_chat(MSGS), 40, started))
+        await started.wait()
+        b = await run(engine.encode_chat([{"role": "user", "content": "麻醉" * 20}]), 1)
+        return await a, b
+
+    try:
+        assert asyncio.run(main()) == (40, 1)
+    finally:
+        engine.close()

@@ -388,7 +388,7 @@ class Engine:
                     chunked = None
                 else:
                     ready = self._prefill_chunk(chunked)
-                    if ready is not None or chunked.job.cancelled:
+                    if chunked.done >= len(chunked.job.prompt_ids):  # its rows joined (or already finished)
                         batch, chunked = self._join(batch, ready), None
             if batch is not None:
                 batch = self._step(batch)
