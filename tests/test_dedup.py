@@ -143,7 +143,7 @@ def test_recall_at_the_threshold_is_at_least_95_percent():
 
 def test_a_50_mb_row_is_hashed_in_bounded_memory(tmp_path):
     """One huge row must not allocate (grams x num_perm) x 8 bytes (a 50 MB row: 17M x 128 x 8 = 17 GB before the
-    fix; this 9 MB one needed 3 GB per temporary)."""
+    fix; this 6 MB one needed 2 GB per temporary)."""
     import subprocess
     import sys
 
@@ -152,7 +152,7 @@ def test_a_50_mb_row_is_hashed_in_bounded_memory(tmp_path):
         import numpy as np
         from hypnos.data.dedup import MinHasher, find_duplicates
         rng = np.random.default_rng(0)
-        big = rng.integers(0x4E00, 0x4E00 + 3000, 3_000_000, dtype=np.uint32).tobytes().decode("utf-32-le")
+        big = rng.integers(0x4E00, 0x4E00 + 3000, 2_000_000, dtype=np.uint32).tobytes().decode("utf-32-le")
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         r = find_duplicates([big, big[:-5] + "甲乙丙丁戊", "术后恶心呕吐的高危因素有哪些？"], threshold=0.7)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
