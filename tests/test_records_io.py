@@ -212,3 +212,16 @@ def test_lone_surrogates_and_nan_are_bad_rows_not_crashes_at_write_time(tmp_path
     recs = read_records(p, on_error="quarantine", quarantine_dir=tmp_path, report=report)
     assert [r.instruction for r in recs] == ["ok \U0001f600"]
     assert [(e.line, e.reason.split(":")[0]) for e in report.rejected] == [(1, "invalid JSON"), (3, "invalid JSON")]
+
+
+def test_json_array_rows_carry_their_real_line_and_bad_values_are_reported(tmp_path):
+    from hypnos.common.io import iter_rows
+
+    p = tmp_path / "a.json"
+    p.write_text('[\n  {"id": "a", "text": "甲"},\n\n  {"id": "b", "text": "x\\ud800"},\n  7,\n  {"id": "c", "text": "乙"}\n]\n',
+                 encoding="utf-8")
+    items = list(iter_rows(p))
+    assert [(i.line, isinstance(i, DataError)) for i in items] == [(2, False), (4, True), (5, True), (6, False)]
+    p.write_text('[{"id": "a", "text": "甲"},\n {"id": "b", "v": NaN}]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"a\.json:2: invalid JSON: NaN"):
+        list(iter_rows(p))

@@ -411,7 +411,8 @@ def _json_array(path: Path, f: IO[bytes], enc: str) -> Iterator[Row | DataError]
         raise DataError(path, line, f"not valid {enc} text: byte 0x{raw[e.start]:02x} (a JSON array cannot be "
                         "read in part; fix the byte or declare the file's `encoding:`)") from None
     text = text.removeprefix("\ufeff")
-    dec = json.JSONDecoder()
+    dec = json.JSONDecoder(parse_constant=_no_constant)
+    maybe_surrogates = re.search(r"\\u[dD][89a-fA-F]", text) is not None
     pos = len(text) - len(text.lstrip())
     if text[pos:pos + 1] != "[":
         raise DataError(path, 1, "expected a JSON array of objects")
@@ -431,8 +432,13 @@ def _json_array(path: Path, f: IO[bytes], enc: str) -> Iterator[Row | DataError]
             obj, pos = dec.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise DataError(path, e.lineno, f"invalid JSON: {e.msg} (a JSON array cannot be read in part)") from None
+        except (ValueError, RecursionError) as e:  # NaN/Infinity, nesting
+            raise DataError(path, line, f"invalid JSON: {e or 'nested too deeply'}") from None
         if not isinstance(obj, dict):
             yield DataError(path, line, f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        if maybe_surrogates and not _encodable(obj):
+            yield DataError(path, line, "invalid JSON: a lone surrogate escape (\\ud800-\\udfff) is not text")
             continue
         yield Row(obj, str(path), line)
 
