@@ -91,9 +91,9 @@ def structured(url: str, n: int) -> None:
     """n item-writing and n judging requests with response_format json_schema, all at once."""
     import asyncio
 
-    prompts = [("Write two short instruction/output pairs about anesthesia as JSON.", ITEMS, 160),
-               ("Rate this answer from 0 to 10 on coherence, professionalism, usefulness, harmlessness and "
-                "friendliness. Question: what is propofol? Answer: an intravenous anesthetic.", VERDICT, 80)]
+    judge = ("Rate this answer from 0 to 10 on coherence, professionalism, usefulness, harmlessness and "
+             "friendliness. Question: what is propofol? Answer: an intravenous anesthetic.")
+    prompts = [("Write two short instruction/output pairs about anesthesia as JSON.", ITEMS, 160), (judge, VERDICT, 80)]
 
     async def ask(http, i, prompt, schema, max_tokens):
         body = {"model": "m", "messages": [{"role": "user", "content": prompt}], "temperature": 0.7, "seed": i,
@@ -109,7 +109,7 @@ def structured(url: str, n: int) -> None:
     t0 = time.perf_counter()
     results = asyncio.run(main())
     print(f"{sum(ok for ok, _ in results)}/{len(results)} schema-valid ({n} item lists + {n} verdicts), "
-          f"finish reasons {sorted(set(f for _, f in results))}, {time.perf_counter() - t0:.1f} s")
+          f"finish reasons {sorted({f for _, f in results})}, {time.perf_counter() - t0:.1f} s")
 
 
 def mask_only(model: str) -> None:

@@ -55,7 +55,7 @@ def _summary(samples: list[dict]) -> str:
     busy = [s for s in samples if s["rows"]]
     if not busy:
         return "idle"
-    med = lambda k: statistics.median(s[k] for s in busy)  # noqa: E731
+    med = lambda k: statistics.median(s[k] for s in busy)
     return (f"step {med('step_ms'):7.1f} ms  width median {med('mask_width'):5.0f} max "
             f"{max(s['mask_width'] for s in busy):5d}  rows {med('rows'):4.1f}")
 

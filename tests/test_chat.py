@@ -42,6 +42,6 @@ def test_ctrl_c_mid_answer_exits_cleanly(tiny_model_dir):
     assert "助手: ".encode() in seen
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
-    out, err = proc.communicate(input=b"", timeout=60)  # then end of input
+    _, err = proc.communicate(input=b"", timeout=60)  # then end of input
     assert proc.returncode in (0, 130), err.decode()
     assert b"terminate called" not in err and b"Traceback" not in err, err.decode()

@@ -89,7 +89,7 @@ def test_100_concurrent_requests_all_answered_width_bounded_memory_flat(served):
 
 
 def test_disconnect_storm_leaves_the_server_healthy(served):
-    url, engine = served
+    url, _ = served
 
     async def hang_up_stream(http, i):
         body = {"model": "tiny", "messages": [{"role": "user", "content": f"问{i}"}], "max_tokens": 500,

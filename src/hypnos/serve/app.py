@@ -14,9 +14,9 @@ import asyncio
 import base64
 import contextlib
 import hmac
-import math
 import json
 import logging
+import math
 import socket
 import threading
 import time
