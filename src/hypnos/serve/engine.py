@@ -506,6 +506,10 @@ class Engine:
         if not constrained:
             return logits
         allowed = allowed_mask([rows[i].matcher for i in constrained], logits.shape[-1]).to(logits.device)
+        stuck = ~allowed.any(-1)  # a matcher in an error state allows nothing: let the row end, loudly
+        if stuck.any():
+            log.error("grammar allows no token for %d row(s); ending them", int(stuck.sum()))
+            allowed[stuck, min(self.eos_ids)] = True
         logits = logits.clone()
         index = torch.tensor(constrained, device=logits.device)
         logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
