@@ -225,3 +225,17 @@ def test_json_array_rows_carry_their_real_line_and_bad_values_are_reported(tmp_p
     p.write_text('[{"id": "a", "text": "甲"},\n {"id": "b", "v": NaN}]', encoding="utf-8")
     with pytest.raises(DataError, match=r"a\.json:2: invalid JSON: NaN"):
         list(iter_rows(p))
+
+
+def test_csv_unclosed_quote_nul_and_duplicate_columns(tmp_path):
+    from hypnos.common.io import iter_rows
+
+    p = tmp_path / "a.csv"
+    p.write_text('id,instruction,output\na,"unclosed,x\nb,ok,y\n', encoding="utf-8")
+    (err,) = list(iter_rows(p))
+    assert err.line == 2 and "a quoted field runs from line 2 to 3: an unclosed quote?" in err.reason
+    p.write_bytes(b"id,instruction,output\na,q\x00q,x\nb,ok,y\n")
+    assert [(i.line, type(i).__name__) for i in iter_rows(p)] == [(2, "DataError"), (3, "Row")]
+    p.write_text("id,id,instruction\na,b,c\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"a\.csv:1: duplicate column name\(s\) in the header: id"):
+        list(iter_rows(p))

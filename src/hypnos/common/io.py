@@ -482,13 +482,21 @@ def _csv(path: Path, f: IO[bytes], enc: str, limit: int, delim: str) -> Iterator
         if err is not None:
             yield DataError(path, line, f"CSV: {err}")
             continue
+        last = fed[-1] if fed else line  # the record's last physical line
         if header is None:
             header = [h.strip() for h in rec]
+            dup = sorted({h for h in header if header.count(h) > 1})
+            if dup:
+                raise DataError(path, line, f"duplicate column name(s) in the header: {', '.join(dup)}")
             continue
         if not any(c.strip() for c in rec):
             continue
         if len(rec) != len(header):
-            yield DataError(path, line, f"expected {len(header)} columns, got {len(rec)}")
+            span = f" (a quoted field runs from line {line} to {last}: an unclosed quote?)" if last > line else ""
+            yield DataError(path, line, f"expected {len(header)} columns, got {len(rec)}{span}")
+            continue
+        if any("\x00" in c for c in rec):
+            yield DataError(path, line, "NUL byte in a field (binary data?)")
             continue
         yield Row(dict(zip(header, rec)), str(path), line)
 
