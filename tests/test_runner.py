@@ -355,3 +355,14 @@ def test_bad_overrides_are_messages(tmp_path):
     cfg.write_text("sources: [{path: rows.jsonl}]\n", encoding="utf-8")
     r = _cli("mix", "--config", cfg, "val_fraction=[1,", "--output-dir", tmp_path / "runs")
     assert r.returncode == 2 and "the value is not valid YAML" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_odd_recipe_shapes_are_messages(tmp_path):
+    for body, msg in (("name: t\nstages:\n  - {name: a, kind: [1]}\n", r"recipe.yaml:3: a stage's `name` and `kind`"),
+                      ("name: [1]\nstages: []\n", r"recipe.yaml:1: `name` must be text"),
+                      ("name: t\nseed: abc\nstages: []\n", r"recipe.yaml:2: `seed` must be an integer"),
+                      ("name: t\noutput_dir: [1]\n", r"recipe.yaml:2: `output_dir` must be a folder path"),
+                      ("name: t\nendpoints: {a: 5}\n", r"recipe.yaml:2: endpoint 'a': Input should be a valid dict"),
+                      ("name: t\nstages: x\n", r"recipe.yaml:2: `stages` is a list of stages")):
+        with pytest.raises(ConfigError, match=msg):
+            load_recipe(_recipe(tmp_path, body))

@@ -118,13 +118,14 @@ def _where(path: Path, lines: dict[tuple, int], loc: tuple) -> str:
     return f"{path}:{lines[loc]}" if loc in lines else str(path)
 
 
-def _config_error(path: Path, lines: dict, loc: tuple, stage: str, err: ValidationError) -> ConfigError:
+def _config_error(path: Path, lines: dict, loc: tuple, stage: str, err: ValidationError,
+                  what: str = "stage") -> ConfigError:
     msgs = []
     for e in err.errors():
         key_loc = loc + tuple(e["loc"])
         key = ".".join(str(x) for x in e["loc"])
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        msgs.append(f"{_where(path, lines, key_loc)}: stage {stage!r}: {key}: {msg}")
+        msgs.append(f"{_where(path, lines, key_loc)}: {what} {stage!r}: " + (f"{key}: {msg}" if key else msg))
     return ConfigError("\n".join(msgs))
 
 
@@ -178,6 +179,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, output_dir
             errors.append(f"{_where(path, lines, (k,))}: unknown top-level key {k!r} (allowed: {sorted(allowed)})")
     if "name" not in data:
         errors.append(f"{path}: the recipe needs a `name` (its runs go to runs/<name>/)")
+    for key, types, what in (("name", (str, int), "text"), ("seed", (int,), "an integer"),
+                             ("output_dir", (str,), "a folder path"), ("description", (str,), "text")):
+        if key in data and (not isinstance(data[key], types) or isinstance(data[key], bool)):
+            errors.append(f"{_where(path, lines, (key,))}: `{key}` must be {what}, got {data[key]!r}")
 
     endpoints = {}
     raw_endpoints = data.get("endpoints") or {}
@@ -188,7 +193,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, output_dir
         try:
             endpoints[name] = EndpointSpec.model_validate(spec)
         except ValidationError as e:
-            errors.append(str(_config_error(path, lines, ("endpoints", name), f"endpoint {name}", e)))
+            errors.append(str(_config_error(path, lines, ("endpoints", name), name, e, what="endpoint")))
 
     stages, seen = [], set()
     raw_stages = data.get("stages") or []
@@ -203,6 +208,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, output_dir
         entry = dict(entry)
         name = entry.pop("name")
         kind = entry.pop("kind", name)
+        if not isinstance(name, str) or not isinstance(kind, str):
+            errors.append(f"{where}: a stage's `name` and `kind` are words, got name {name!r}, kind {kind!r}")
+            continue
         if name in seen:
             errors.append(f"{where}: duplicate stage name {name!r}")
         seen.add(name)
