@@ -361,7 +361,7 @@ def _jsonl(path: Path, f: IO[bytes], enc: str, limit: int) -> Iterator[Row | Dat
             yield e
             continue
         try:
-            obj = json.loads(text, parse_constant=_no_constant)
+            obj = _DECODER.decode(text)
         except json.JSONDecodeError as e:
             yield DataError(path, i, f"invalid JSON: {e.msg} at column {e.colno}", raw[:RAW_KEEP])
             continue
@@ -389,6 +389,9 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not valid JSON (write null, or the number as text)")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)  # one decoder: json.loads(..., kw) builds one per call
+
+
 def _encodable(obj: Any) -> bool:
     try:
         json.dumps(obj, ensure_ascii=False).encode("utf-8")
@@ -411,7 +414,7 @@ def _json_array(path: Path, f: IO[bytes], enc: str) -> Iterator[Row | DataError]
         raise DataError(path, line, f"not valid {enc} text: byte 0x{raw[e.start]:02x} (a JSON array cannot be "
                         "read in part; fix the byte or declare the file's `encoding:`)") from None
     text = text.removeprefix("\ufeff")
-    dec = json.JSONDecoder(parse_constant=_no_constant)
+    dec = _DECODER
     maybe_surrogates = re.search(r"\\u[dD][89a-fA-F]", text) is not None
     pos = len(text) - len(text.lstrip())
     if text[pos:pos + 1] != "[":
