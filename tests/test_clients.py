@@ -199,7 +199,7 @@ def test_length_finish_is_retried_with_room_and_never_cached_as_success(tmp_path
         assert again.truncated and not again.cached and server.count("never fits") == 4
 
 
-def test_response_format_is_sent_reduced_or_dropped_per_endpoint():
+def test_response_format_is_sent_reduced_or_dropped_per_endpoint(tmp_path):
     schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": True}}
     msgs = [{"role": "user", "content": "q"}]
     with FaultyServer() as server:
@@ -211,12 +211,18 @@ def test_response_format_is_sent_reduced_or_dropped_per_endpoint():
         r = LLMClient(Endpoint(base_url=server.base_url, model="m", structured_outputs="off", **FAST)).chat_sync(
             msgs, response_format=schema, seed=2)
         assert "response_format" not in server.bodies[-1] and not r.structured
+    cache = tmp_path / "c.sqlite"
     with FaultyServer(Faults(reject_response_format=True)) as server:  # auto: a 400 turns it off, once
-        client = LLMClient(Endpoint(base_url=server.base_url, model="m", **FAST))
+        client = LLMClient(Endpoint(base_url=server.base_url, model="m", **FAST), cache)
         r = client.chat_sync(msgs, response_format=schema)
         assert r.error is None and not r.structured and "response_format" not in server.bodies[-1]
         client.chat_sync([{"role": "user", "content": "q2"}], response_format=schema)
         assert server.requests == 3 and client.usage_dict()["structured_outputs"] is False
+        # a resumed run (a new client) finds both answers under the keys they had, whatever was refused when
+        again = LLMClient(Endpoint(base_url=server.base_url, model="m", **FAST), cache)
+        n = server.requests
+        assert [again.chat_sync([{"role": "user", "content": c}], response_format=schema).cached
+                for c in ("q", "q2")] == [True, True] and server.requests == n
         strict = LLMClient(Endpoint(base_url=server.base_url, model="m", structured_outputs="json_schema", **FAST))
         assert "HTTP 400" in strict.chat_sync(msgs, response_format=schema).error  # asked for it: no silent fallback
 

@@ -401,11 +401,13 @@ class LLMClient:
             await self.aclose()
 
     def _effective(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Endpoint defaults + call params, with this endpoint's response_format policy applied."""
+        """Endpoint defaults + call params, with this endpoint's configured response_format policy applied."""
         params = {**self.endpoint.extra, **params}
         rf = params.get("response_format")
         if rf is not None:
-            if self._schema_refused:
+            # only the endpoint's configuration changes the key; a refusal found at run time does not
+            # (``_wire`` drops it then), so a resumed run finds every answer under the key it had
+            if self.endpoint.structured_outputs == "off":
                 params.pop("response_format")
             elif self.endpoint.structured_outputs == "json_object":
                 params["response_format"] = {"type": "json_object"}
