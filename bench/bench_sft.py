@@ -122,8 +122,10 @@ def _trl_trainer(name, model, tok, chats, steps):
     from trl import SFTConfig, SFTTrainer
 
     rows = [{"prompt": c[:-1], "completion": c[-1:]} for c in chats]  # completion-only loss, like ours
-    args = SFTConfig(**common_args(steps), max_length=1024, completion_only_loss=True,
-                     padding_free=name == "trl_padding_free")
+    free = name == "trl_padding_free"
+    # padding_free without packing refuses to truncate: these chats are <= 90 tokens, so no max_length is needed
+    args = SFTConfig(**common_args(steps), max_length=None if free else 1024, completion_only_loss=True,
+                     padding_free=free)
     return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
 
 
@@ -145,7 +147,8 @@ def main() -> None:
                               capture_output=True, text=True, env={**os.environ, "HYPNOS_NO_PROGRESS": "1"}, check=False)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
-            sys.exit(f"{v} failed:\n{proc.stderr[-3000:]}")
+            print(f"{v} failed:\n{proc.stderr[-2000:]}", flush=True)
+            continue
         results[v] = json.loads(line[0][7:])
         print(json.dumps(results[v]), flush=True)
     base = results.get("trl_padded") or next(iter(results.values()))

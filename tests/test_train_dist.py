@@ -148,8 +148,18 @@ def test_fsdp_two_processes_save_the_trained_weights(tmp_path, tiny_model_dir):
     assert (tmp_path / "r2" / "t" / "lora" / "adapter" / "adapter_model.safetensors").exists()
 
 
+COPY_STAGE_LAUNCHER = f'''
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from hypnos.stages import STAGES
+STAGES["copy"] = "runner_stages"  # the runner tests' real data stage: appends rows, logs each one processed
+from hypnos.cli import main
+sys.exit(main())
+'''
+
+
 def test_two_processes_call_apis_and_write_manifests_once(tmp_path, tiny_model_dir):
-    """Reward augmentation and endpoint rejection sampling under 2 processes: every request sent once."""
+    """A data stage, reward augmentation and endpoint rejection sampling under 2 processes: everything once."""
     from faulty_server import FaultyServer
 
     ranked = [json.loads(x) for x in (FIX / "ranked.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -157,7 +167,8 @@ def test_two_processes_call_apis_and_write_manifests_once(tmp_path, tiny_model_d
     with FaultyServer() as server:
         endpoints = {"strong": {"model": "s", "base_url": server.base_url},
                      "weak": {"model": "w", "base_url": server.base_url}}
-        stages = [{"name": "reward", "kind": "reward", "model": str(tiny_model_dir), "data": [str(FIX / "ranked.jsonl")],
+        stages = [{"name": "copy", "kind": "copy", "source": str(FIX / "qa.jsonl")},
+                  {"name": "reward", "kind": "reward", "model": str(tiny_model_dir), "data": [str(FIX / "ranked.jsonl")],
                    "eval_fraction": 0, "augment": {"stronger": "strong", "weaker": "weak", "max_tokens": 8},
                    "training": fast},
                   {"name": "rs", "kind": "rejection_sampling", "model": str(tiny_model_dir), "reward_model": "@reward",
@@ -166,7 +177,9 @@ def test_two_processes_call_apis_and_write_manifests_once(tmp_path, tiny_model_d
         recipe = tmp_path / "r.yaml"
         recipe.write_text(yaml.safe_dump({"name": "t", "endpoints": endpoints, "stages": stages}, allow_unicode=True),
                           encoding="utf-8")
-        proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "hypnos.cli",
+        launcher = tmp_path / "with_copy_stage.py"
+        launcher.write_text(COPY_STAGE_LAUNCHER, encoding="utf-8")
+        proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(launcher),
                                "run", str(recipe), "--output-dir", str(tmp_path / "runs")],
                               env=_env(), capture_output=True, text=True, check=False)
         assert proc.returncode == 0, proc.stderr[-4000:]
@@ -175,7 +188,9 @@ def test_two_processes_call_apis_and_write_manifests_once(tmp_path, tiny_model_d
         assert max(server.counts.values()) <= 2 + 2  # a question: strong + weak + 2 samples at most, never doubled
     run_dir = tmp_path / "runs" / "t"
     writes = [line for line in (run_dir / "run.log").read_text().splitlines() if "manifest" in line and "written" in line]
-    assert len(writes) == 4 and len({w.split("by pid ")[1] for w in writes}) == 1  # running + done, per stage
+    assert len(writes) == 6 and len({w.split("by pid ")[1] for w in writes}) == 1  # running + done, per stage
+    processed = (run_dir / "copy" / "processed.log").read_text().splitlines()
+    assert sorted(processed) == sorted({json.loads(x)["id"] for x in (FIX / "qa.jsonl").read_text().splitlines()})
     usage = json.loads((run_dir / "reward" / "manifest.json").read_text())["usage"]
     assert usage["strong"]["http_requests"] == usage["weak"]["http_requests"] == len(ranked)
     assert list((run_dir / "reward" / "llm_cache").iterdir())  # answers cached for a resume

@@ -193,7 +193,9 @@ def test_resumed_run_reuses_the_tokenized_cache(tmp_path, tiny_model_dir, caplog
         (m,) = run_recipe(r)
     assert "tokenize: cache miss" in caplog.text and "cache hit" not in caplog.text
     assert m["metrics"]["dtype"] == "torch.float32" and m["metrics"]["layout"] == "padded"
-    assert list((r.stage_dir("sft") / "tokenized").glob("chats-*.arrow"))
+    cached = sorted((r.stage_dir("sft") / "tokenized").glob("chats-*.arrow"))
+    assert cached
+    stamps = [f.stat().st_mtime_ns for f in cached]
     # a run killed after tokenizing: same fingerprint, not done -> resumed in the same folder
     manifest = read_manifest(r.stage_dir("sft"))
     manifest["status"] = "running"
@@ -202,6 +204,7 @@ def test_resumed_run_reuses_the_tokenized_cache(tmp_path, tiny_model_dir, caplog
     with caplog.at_level(logging.INFO, logger="hypnos"):
         (m2,) = run_recipe(r)
     assert m2["resumed"] and "tokenize: cache hit" in caplog.text and "cache miss" not in caplog.text
+    assert [f.stat().st_mtime_ns for f in cached] == stamps  # read, not written again
     assert m2["counts"] == m["counts"]
 
 
@@ -221,4 +224,4 @@ def test_weights_train_and_save_in_the_requested_dtype(tmp_path, tiny_model_dir)
     (m,) = run_recipe(r)
     assert m["metrics"]["dtype"] == "torch.bfloat16"
     with safe_open(r.stage_dir("sft") / "model" / "model.safetensors", "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}  # noqa: SIM118 (safe_open)

@@ -7,7 +7,8 @@ process (global rank 0) while the others wait for its result. Stages never test 
     result = run_on_main(fn, *args)     # fn runs on rank 0; every rank gets its return value (or its error)
     parts = all_gather(obj)             # every rank's obj, in rank order (sharded work, e.g. sampling)
 
-Without a launcher (one process) both are plain calls. The ranks talk through the process group's key-value
+Without a launcher (one process), or nested inside a main-only step, both are plain calls. The runner runs
+whole data/eval/report stages this way; training stages (``distributed = True``) run on every process. The ranks talk through the process group's key-value
 store, not a collective, so the others can wait hours for a main-process API stage without hitting the
 collective timeout, and results too big for a broadcast still pass.
 """
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _counter = {"n": 0}  # call sequence number: identical on every rank because every rank runs the same code
+_solo = {"on": False}  # inside a main-only step: the other processes are not running this code
 
 
 def world_size() -> int:
@@ -70,17 +72,20 @@ def run_on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     Args:
         fn: the side-effecting step (API calls, file writes). Its return value must pickle.
     """
-    if world_size() <= 1:
+    if world_size() <= 1 or _solo["on"]:  # nested in a main-only step: the others are not here to wait
         return fn(*args, **kwargs)
     store = _store()
     _counter["n"] += 1
     key = f"hypnos/main/{_counter['n']}"
     if is_main():
+        _solo["on"] = True
         try:
             result = fn(*args, **kwargs)
         except BaseException as e:
             store.set(key, pickle.dumps(("error", f"{type(e).__name__}: {e}")))
             raise
+        finally:
+            _solo["on"] = False
         store.set(key, pickle.dumps(("ok", result)))
         return result
     status, value = pickle.loads(_wait_get(store, key))
@@ -92,7 +97,7 @@ def run_on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def all_gather(obj: T) -> list[T]:
     """Every process's ``obj``, in rank order (``[obj]`` in a single process)."""
     n = world_size()
-    if n <= 1:
+    if n <= 1 or _solo["on"]:
         return [obj]
     store = _store()
     _counter["n"] += 1

@@ -637,7 +637,10 @@ def run_stage(recipe: Recipe, spec: StageSpec, force: bool = False) -> dict:
                        recipe=recipe, seed=recipe.seed)
     _set_seed(recipe.seed)
     try:
-        result, reading = _run_reading(spec, ctx)
+        if getattr(type(spec.config), "distributed", False):  # training: every process takes part
+            result, reading = _run_reading(spec, ctx)
+        else:  # data, eval, report stages: the main process alone; the others wait for its result
+            result, reading = _run_on_main_only(spec, ctx)
     except BaseException as e:
         manifest.update(status="failed", error=f"{type(e).__name__}: {e}")
         manifest["timings"]["failed_after_s"] = round(time.time() - started, 2)
@@ -658,6 +661,19 @@ def run_stage(recipe: Recipe, spec: StageSpec, force: bool = False) -> dict:
 MAX_STAGE_REJECTS = 50
 """With ``on_error: quarantine``, how many rows a stage itself may reject (each costs a re-run) before the
 runner gives up and asks for the input to be fixed."""
+
+
+def _run_on_main_only(spec: StageSpec, ctx: StageContext) -> tuple[StageResult, Any]:
+    """``_run_reading`` on the main process; the others get its StageResult (and no read policy)."""
+    from hypnos.common import dist
+
+    box: dict[str, Any] = {}
+
+    def main_part() -> StageResult:
+        box["result"], box["reading"] = _run_reading(spec, ctx)
+        return box["result"]
+
+    return dist.run_on_main(main_part), box.get("reading")
 
 
 def _run_reading(spec: StageSpec, ctx: StageContext) -> tuple[StageResult, Any]:

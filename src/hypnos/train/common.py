@@ -71,6 +71,7 @@ class TrainStageConfig(StageConfig):
     (base models such as Llama-2-7B and Ziya have none: ``validate`` then asks for this field)."""
 
     needs_chat_template: ClassVar[bool] = True  # pretrain overrides: it trains on plain text
+    distributed: ClassVar[bool] = True  # every process of a torchrun/accelerate job runs the stage (runner)
     training: dict[str, Any] = Field(default_factory=dict)
     """Passed to transformers ``TrainingArguments`` (TRL's config for dpo) after our CPU-sane defaults, e.g.
     ``{learning_rate: 1e-4, num_train_epochs: 2, per_device_train_batch_size: 8, save_steps: 100}``."""

@@ -186,6 +186,7 @@ def tokenize_dataset(tok, chats: list[list[dict]], max_length: int, cache_dir: P
         stats ``{"truncated": n, "no_answer_within_max_length": n}``).
     """
     import json
+    import os
 
     from datasets import Dataset
 
@@ -193,7 +194,7 @@ def tokenize_dataset(tok, chats: list[list[dict]], max_length: int, cache_dir: P
 
     key = _chats_key(tok, chats, max_length)
     cache = cache_dir / f"chats-{key}.arrow"
-    procs = num_proc or (1 if len(chats) < 20_000 else min(8, __import__("os").cpu_count() or 1))
+    procs = num_proc or (1 if len(chats) < 20_000 else min(8, os.cpu_count() or 1))
     procs = min(procs, max(1, len(chats)))
 
     def build():
