@@ -305,9 +305,9 @@ def test_sigkill_5_times_gives_the_same_bytes_and_answers_nothing_twice(tmp_path
         last.stderr.close()
 
     why = f"seed {seed} (HYPNOS_CHAOS_SEED replays it), killed at answers {points} in {stages}"
-    assert len(points) >= 4 and {"generate", "crossfilter"} <= set(stages), why
     repeated = {k: n for k, n in gate.answered.items() if n > 1}
     assert not repeated, f"{len(repeated)} requests answered twice; {why}"
+    assert len(points) >= 4 and {"generate", "crossfilter"} <= set(stages), why
     assert gate.total == n_total, why  # not one answer more than the uninterrupted run needed
     outputs = "".join((runs / "gen" / name).read_text(encoding="utf-8") for name in OUTPUTS)
     assert INJECTED["answers"] == 0 or "\u2028" in outputs or "\u0085" in outputs
