@@ -49,14 +49,17 @@ def check(
 
 
 @app.command()
-def stats(files: list[Path]) -> None:
+def stats(
+    files: list[Path],
+    encoding: Annotated[str | None, typer.Option(help="the files' text encoding (default: detected per file)")] = None,
+) -> None:
     """Rows, kinds, categories, kinds of question and length of each record file."""
     from hypnos.common.io import DataError
     from hypnos.data.stats import file_stats
 
     for f in files:
         try:
-            s = file_stats(f)
+            s = file_stats(f, encoding)
         except DataError as e:
             console.print(f"[red]{e}[/red]", highlight=False)
             raise typer.Exit(1) from None

@@ -12,7 +12,7 @@ from hypnos.data.text import record_text
 BALANCE_FIELDS = ("category", "kind", "difficulty", "split", "domain", "labels")
 
 
-def file_stats(path: str | Path) -> dict:
+def file_stats(path: str | Path, encoding: str | None = None) -> dict:
     """Summary of one record file.
 
     Returns:
@@ -27,7 +27,7 @@ def file_stats(path: str | Path) -> dict:
     rows, chars = 0, 0
     kinds: Counter = Counter()
     balance: dict[str, Counter] = {f: Counter() for f in BALANCE_FIELDS}
-    for item in iter_rows(path, check_types=True):  # a wrong-typed field is a file:line error, not a TypeError
+    for item in iter_rows(path, encoding=encoding, check_types=True):  # a wrong-typed field is a file:line error, not a TypeError
         if isinstance(item, DataError):
             raise item
         try:
