@@ -167,13 +167,13 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     for bnd in range(bands):
         block = sigs[:, bnd * rows : (bnd + 1) * rows].astype(np.uint64)
         keys = (block * mix[None, :]).sum(axis=1)  # wraps; a collision only adds a candidate to verify
-        order = np.argsort(keys, kind="stable")  # stable: the first of a run is its smallest index
+        order = np.argsort(keys)  # unstable (2-3x faster than stable): each run's smallest index comes next
         ks = keys[order]
         new = np.empty(n, dtype=bool)
         new[:1] = True
         new[1:] = ks[1:] != ks[:-1]
         group_first = np.flatnonzero(new)
-        first = order[group_first[np.cumsum(new) - 1]]
+        first = np.minimum.reduceat(order, group_first)[np.cumsum(new) - 1] if n else order
         pick = first != order
         found.append(np.stack([first[pick], order[pick]], axis=1))
     if not found:
