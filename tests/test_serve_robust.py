@@ -317,3 +317,34 @@ def test_a_chunked_prompt_that_finishes_at_once_does_not_break_the_batch(tiny_mo
         assert asyncio.run(main()) == (40, 1)
     finally:
         engine.close()
+
+
+def test_a_short_prompt_is_not_queued_behind_a_long_prefill(tiny_model_dir):
+    """While a long prompt is fed chunk by chunk, a short request that arrives is prefilled and answered
+    at once instead of waiting for the long prompt's last chunk."""
+    engine = Engine(str(tiny_model_dir), prefill_chunk=8)  # the long prompt takes ~100 chunks
+    order: list[str] = []
+
+    async def run(name, prompt, max_tokens, first=None):
+        async for _ in engine.generate(prompt, SamplingParams(max_tokens=max_tokens, temperature=0)):
+            if first is not None and not first.is_set():
+                first.set()
+        order.append(name)
+
+    async def main():
+        long, short = engine.encode_text("麻醉" * 130), engine.encode_text("短")
+        assert len(short) <= 8 < len(long) // 50
+        keep_busy = asyncio.Event()
+        a = asyncio.create_task(run("busy", short, 60, keep_busy))  # a running row, so the batch is live
+        await keep_busy.wait()
+        b = asyncio.create_task(run("long", long, 1))
+        while not engine.live["prefilling"]:  # wait until the long prompt is being fed
+            await asyncio.sleep(0.001)
+        await run("short", short, 2)
+        await asyncio.gather(a, b)
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.close()
+    assert order.index("short") < order.index("long"), order

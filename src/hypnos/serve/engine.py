@@ -374,16 +374,18 @@ class Engine:
                 for j in waiting + ([chunked.job] if chunked else []):
                     j.emit(EngineShuttingDown("the server is shutting down"))
                 waiting, chunked = [], None
-            if chunked is None and waiting:
-                if len(waiting[0].prompt_ids) > self.prefill_chunk:
-                    chunked = _Chunked(waiting.pop(0))
-                else:
-                    group, budget = [], self.prefill_chunk
-                    while waiting and len(waiting[0].prompt_ids) <= budget:
-                        budget -= len(waiting[0].prompt_ids)
-                        group.append(waiting.pop(0))
-                    batch = self._join(batch, self._prefill(group))
-            if chunked is not None:
+            # short prompts first (never stuck behind a long one), as many as fit in one chunk's budget
+            group, budget = [], self.prefill_chunk
+            for j in waiting:
+                if len(j.prompt_ids) <= budget:
+                    group.append(j)
+                    budget -= len(j.prompt_ids)
+            if group:
+                waiting = [j for j in waiting if all(j is not g for g in group)]
+                batch = self._join(batch, self._prefill(group))
+            elif chunked is None and waiting:  # only long prompts wait: feed the first one chunk by chunk
+                chunked = _Chunked(waiting.pop(0))
+            if chunked is not None and not group:
                 if chunked.job.cancelled:
                     chunked = None
                 else:
