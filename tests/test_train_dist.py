@@ -110,6 +110,7 @@ S.AcceleratorState.__init__ = _init_fsdp_on_cpu
 from hypnos.cli import main
 sys.exit(main())
 '''
+DIST_TIMEOUT_S = 420  # a rank stuck in a collective (e.g. saving from rank 0 alone under FSDP) hangs, not fails
 FSDP = {"fsdp": "full_shard auto_wrap", "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
                                                         "state_dict_type": "FULL_STATE_DICT", "reshard_after_forward": True}}
 
@@ -135,7 +136,7 @@ def test_fsdp_two_processes_save_the_trained_weights(tmp_path, tiny_model_dir):
                    check=True, env=_env(), capture_output=True)
     proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(launcher), "run",
                            str(two), "--output-dir", str(tmp_path / "r2")],
-                          env=_env(), capture_output=True, text=True, check=False)
+                          env=_env(), capture_output=True, text=True, check=False, timeout=DIST_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "gathered from shards" in (tmp_path / "r2" / "t" / "run.log").read_text()
     base = load_file(tiny_model_dir / "model.safetensors")
@@ -181,7 +182,7 @@ def test_two_processes_call_apis_and_write_manifests_once(tmp_path, tiny_model_d
         launcher.write_text(COPY_STAGE_LAUNCHER, encoding="utf-8")
         proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(launcher),
                                "run", str(recipe), "--output-dir", str(tmp_path / "runs")],
-                              env=_env(), capture_output=True, text=True, check=False)
+                              env=_env(), capture_output=True, text=True, check=False, timeout=DIST_TIMEOUT_S)
         assert proc.returncode == 0, proc.stderr[-4000:]
         held = 2  # 25% of 8 prompts
         assert server.requests == 2 * len(ranked) + 2 * (len(ranked) - held)  # augmentation + k=2 samples
