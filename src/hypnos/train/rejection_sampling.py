@@ -67,7 +67,8 @@ class Config(TrainStageConfig):
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     generate_batch_size: int = Field(8, ge=1)
-    """Prompts per ``generate`` call (each yields k sequences)."""
+    """Ignored (kept so older configs load): in-process sampling now runs one prompt (k sequences) per
+    ``generate`` call, seeded per prompt so draws do not depend on how prompts are sharded across processes."""
     max_length: int = Field(1024, ge=16)
     """SFT: longer chats are cut."""
     packing: bool = True
