@@ -107,6 +107,9 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=3000)
     p.add_argument("--max-new", type=int, default=1500)
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    p.add_argument("--merge", nargs="*", type=Path, default=[],
+                   help="more results.json files (runs split over processes) to include in the table")
+    p.add_argument("--report-only", action="store_true", help="print the table of the results found, run nothing")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     logging.basicConfig(level=logging.WARNING)
@@ -118,9 +121,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     res_path = args.out / "results.json"
     results = json.loads(res_path.read_text(encoding="utf-8")) if res_path.is_file() else {}
+    for other in args.merge:
+        results.update({k: v for k, v in json.loads(other.read_text(encoding="utf-8")).items() if k not in results})
     base, tok_dir = build_extension(args.out, args)
     sets = heldout_sets(args.texts)
-    for variant in args.variants:
+    for variant in [] if args.report_only else args.variants:
         for seed in (args.seeds if "+" in variant else [0]):
             key = f"{variant}@{seed}" if "+" in variant else variant
             if "+" in variant:
@@ -150,7 +155,7 @@ def table(results: dict, sets: dict) -> str:
 
     groups: dict[str, list[dict]] = {}
     for key, row in results.items():
-        groups.setdefault(key.split("@")[0] + (key.split("/", 1)[1] if "/" in key else ""), []).append(row)
+        groups.setdefault(key.split("@")[0] + (f" ({key.split('/', 1)[1]})" if "/" in key else ""), []).append(row)
     names = list(sets)
     head = "| variant | seeds | " + " | ".join(f"{n}: bits/char [95% CI] | {n}: − base [paired CI]"
                                                 for n in names) + " | tokens/char (" + names[0] + ") |"
