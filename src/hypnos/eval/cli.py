@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -108,15 +109,19 @@ def run(
     if report:
         stages.append({"name": "report", "kind": "report", "eval": "@eval", "notes": notes})
     recipe = {"name": name, "endpoints": endpoints, "stages": stages}
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=base, delete=False, encoding="utf-8") as f:
-        yaml.safe_dump(recipe, f, allow_unicode=True)
+    # The recipe goes in a temporary folder, never next to the user's config (a killed run left tmp*.yaml
+    # there); relative paths keep their meaning because the config's folder becomes the recipe's base_dir.
+    tmpdir = tempfile.mkdtemp(prefix="hypnos-eval-")
+    tmp = str(Path(tmpdir) / "recipe.yaml")
+    Path(tmp).write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
     try:
-        r = load_recipe(f.name, output_dir=output_dir)
+        r = load_recipe(tmp, output_dir=output_dir)
+        r.base_dir = base.resolve()
         manifests = run_recipe(r, force=force)
     except ConfigError as e:
-        _fail(str(e).replace(f.name, str(config or "command line")))
+        _fail(str(e).replace(tmp, str(config or "command line")))
     finally:
-        Path(f.name).unlink()
+        shutil.rmtree(tmpdir, ignore_errors=True)
     _summary(r, manifests)
     _print_results(r.stage_dir("eval") / "results.json")
 
