@@ -185,7 +185,7 @@ def test_reasoning_model_parameters_are_adapted():
 def test_length_finish_is_retried_with_room_and_never_cached_as_success(tmp_path):
     long = "一二三四五六七八九十" * 3
     with FaultyServer(Faults(enforce_max_tokens=True), responder=lambda body: long) as server:
-        endpoint = Endpoint(base_url=server.base_url, model="echo", **FAST)
+        endpoint = Endpoint(base_url=server.base_url, model="echo", on_length="retry", **FAST)
         client = LLMClient(endpoint, tmp_path / "c.sqlite")
         ok = client.chat_sync([{"role": "user", "content": "fits after one retry"}], max_tokens=20)
         assert ok.text == long and ok.finish_reason == "stop" and not ok.truncated
@@ -197,6 +197,16 @@ def test_length_finish_is_retried_with_room_and_never_cached_as_success(tmp_path
         again = LLMClient(endpoint, tmp_path / "c.sqlite").chat_sync([{"role": "user", "content": "never fits"}],
                                                                       max_tokens=5)
         assert again.truncated and not again.cached and server.count("never fits") == 4
+        # accepting cut answers (an eval's max_new_tokens): one request, cached, flagged
+        accept = LLMClient(Endpoint(base_url=server.base_url, model="echo", **FAST), tmp_path / "a.sqlite")
+        cut = accept.chat_sync([{"role": "user", "content": "accepted"}], max_tokens=5)
+        assert cut.truncated and cut.text == long[:5] and server.count("accepted") == 1
+        again = LLMClient(Endpoint(base_url=server.base_url, model="echo", **FAST), tmp_path / "a.sqlite")
+        assert again.chat_sync([{"role": "user", "content": "accepted"}], max_tokens=5).truncated
+        assert server.count("accepted") == 1
+        # a retrying caller does not take the accepted cut answer from the cache
+        assert again.chat_sync([{"role": "user", "content": "accepted"}], max_tokens=5, on_length="retry").text == \
+            long[:10] and server.count("accepted") == 3
 
 
 def test_response_format_is_sent_reduced_or_dropped_per_endpoint(tmp_path):

@@ -17,9 +17,11 @@
   Loopback endpoints (127.0.0.1, localhost, ::1) key as ``loopback`` whatever their port, because a local
   ``hypnos serve`` gets a new free port each run and its answers must survive a restart. A legacy
   ``.jsonl`` cache path is read once into ``.sqlite`` beside it.
-- **A cut-off answer is not a success.** ``finish_reason: length`` is retried with twice the
-  ``max_tokens`` (``length_retries`` times); still cut off, the result has ``truncated`` set and is not
-  cached, so callers count it as truncated and a rerun asks again.
+- **A cut-off answer is never a silent success.** With ``on_length="retry"`` (what the data engine asks
+  for) ``finish_reason: length`` is retried with twice the ``max_tokens`` (``length_retries`` times);
+  still cut off, the result has ``truncated`` set and is not cached, so callers count it as truncated and
+  a rerun asks again. With ``on_length="accept"`` (the endpoint default: an eval answer cut at
+  ``max_new_tokens`` is the answer) it is returned and cached once, flagged ``truncated``.
 - **Structured outputs where the endpoint has them.** A ``response_format`` (``json_schema``) in the
   params is sent as is (``structured_outputs: auto|json_schema``), reduced to ``json_object`` or dropped
   per endpoint; with ``auto``, a 400 naming ``response_format`` drops it for the rest of the run and the
@@ -87,6 +89,9 @@ class Endpoint(BaseModel):
     it), only ``{"type": "json_object"}``, or nothing (``off``; answers are then parsed from text)."""
     max_tokens_param: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
     """Name of the length limit; reasoning models want ``max_completion_tokens`` (``auto``: switch on a 400)."""
+    on_length: Literal["retry", "accept"] = "accept"
+    """A ``finish_reason: length`` answer: ask again with more room and never cache it cut (``retry``), or
+    return and cache it flagged ``truncated`` (``accept``). ``chat(..., on_length=...)`` overrides it."""
     length_retries: int = Field(1, ge=0)
     """A ``finish_reason: length`` answer is asked again with twice the ``max_tokens``, this many times."""
 
@@ -119,7 +124,7 @@ class ChatResult(BaseModel):
     model: str | None = None
     """The model name the server reported."""
     truncated: bool = False
-    """Cut off by the length limit even after ``length_retries`` (never cached)."""
+    """Cut off by the length limit (with ``on_length="retry"``: even after the retries, and not cached)."""
     structured: bool = False
     """The request carried a ``response_format`` (the answer should match its schema)."""
     cached: bool = False
@@ -267,11 +272,12 @@ class LLMClient:
         self._dropped_params: set[str] = set()
 
     # ------------------------------------------------------------------------------------- public API
-    async def chat(self, messages: list[dict[str, Any]], **params: Any) -> ChatResult:
+    async def chat(self, messages: list[dict[str, Any]], on_length: str | None = None, **params: Any) -> ChatResult:
         """Send one chat request (or answer it from the cache).
 
         Args:
             messages: OpenAI chat messages.
+            on_length: "retry" or "accept" a ``finish_reason: length`` answer (default: the endpoint's).
             **params: request parameters (``temperature``, ``max_tokens``, ``n``, ``seed``, ``logprobs``,
                 ``top_logprobs``, ``stop``, ``response_format``, ...), overriding ``endpoint.extra``.
 
@@ -282,8 +288,9 @@ class LLMClient:
         params = self._effective(params)
         key = request_key(self.endpoint.base_url, self.endpoint.model, messages, params)
         self.usage.requests += 1
+        retry = (on_length or self.endpoint.on_length) == "retry"
         hit = self._lookup(key)
-        if hit is not None:
+        if hit is not None and not (retry and hit.truncated):  # a retrying caller does not take a cut answer
             self.usage.cache_hits += 1
             return hit.model_copy(update={"cached": True})
         if key in self._inflight:  # the same request is on its way: share its answer
@@ -295,18 +302,20 @@ class LLMClient:
         self._inflight[key] = future
         try:
             async with slots:
-                result = await self._send_with_room(http, messages, params)
+                result = await (self._send_with_room(http, messages, params) if retry else
+                                self._send(http, messages, params))
+                result.truncated = result.error is None and result.finish_reason == "length"
             result.key = key
             if result.error is None:
                 self.usage.prompt_tokens += result.usage.get("prompt_tokens", 0)
                 self.usage.completion_tokens += result.usage.get("completion_tokens", 0)
-            if result.error is None and not result.truncated:
+            if result.error is None and not (retry and result.truncated):
                 self._store(key, messages, params, result)
-            elif result.truncated:
+            if result.truncated:
                 self.usage.truncated += 1
-                log.warning("request %s cut off by the length limit (max_tokens %s)", key[:12],
-                            params.get("max_tokens"))
-            else:
+                log.log(logging.WARNING if retry else logging.DEBUG, "request %s cut off by the length limit "
+                        "(max_tokens %s)", key[:12], params.get("max_tokens"))
+            elif result.error is not None:
                 self.usage.errors += 1
                 log.warning("request %s failed: %s", key[:12], result.error)
             future.set_result(result)

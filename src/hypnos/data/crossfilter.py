@@ -299,7 +299,7 @@ def _judge_identity(ctx: StageContext, judge: str) -> str:
 
 async def _verdict(cfg: Config, ctx: StageContext, judge: str, row: dict, self_judge: bool) -> dict:
     req = judge_request(cfg, row, self_judge, ctx.seed)
-    res = await ctx.client(judge).chat(req.pop("messages"), **req)
+    res = await ctx.client(judge).chat(req.pop("messages"), on_length="retry", **req)
     if res.error is not None:
         v = {"scores": dict.fromkeys(ASPECTS), "overall": None, "missing": list(ASPECTS), "reason": "",
              "source": "error"}

@@ -188,7 +188,7 @@ async def _generate_one(cfg: Config, ctx: StageContext, gen: str, seeds: list[QA
 
         async def one(req: dict):
             params = {k: v for k, v in req.items() if k not in ("messages", "_meta")}
-            res = await client.chat(req["messages"], **params)
+            res = await client.chat(req["messages"], on_length="retry", **params)
             totals["tokens"] += sum(res.usage.values()) if not res.cached else 0
             pb.set_postfix(kept=totals["kept"], failed=totals["failed"], tokens=totals["tokens"], refresh=False)
             return res
