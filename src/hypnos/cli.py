@@ -128,7 +128,27 @@ def _summary(recipe, manifests: list[dict]) -> None:
     for m in manifests:
         if m["kind"] == "report":
             path = recipe.stage_dir(m["stage"]) / next(iter(m["outputs"].values()))
+            _results_table(out, path.with_suffix(".json"))
             out.print(f"[bold green]Report:[/bold green] {path.resolve()}")
+
+
+def _results_table(out: Console, report_json: Path) -> None:
+    """Models x (held-out bits/char, task headlines) with 95% CIs, then the held-out pairs: what the run found."""
+    from hypnos.eval.report import heldout_rows, summary_table
+
+    if not report_json.is_file():
+        return
+    data = json.loads(report_json.read_text(encoding="utf-8"))
+    cols, rows = summary_table(data)
+    table = Table(title="results (95% CIs; bits/char: lower is better)")
+    for c in ["model", *cols]:
+        table.add_column(c)
+    for label, cells in rows.items():
+        table.add_row(label, *cells)
+    out.print(table)
+    for p in heldout_rows(data)[2]:
+        out.print(f"held-out {p['set']}: {p['a']} − {p['b']} = {p['difference']:+.3f} bits/char, paired 95% CI "
+                  f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]: {p['verdict']}", highlight=False)
 
 
 def _stage_command(kind: str):

@@ -92,6 +92,36 @@ def headline_table(results: dict) -> tuple[list[str], dict[str, list[str]]]:
     return cols, rows
 
 
+def heldout_rows(results: dict) -> tuple[list[str], dict[str, list[str]], list[dict]]:
+    """Held-out bits/char: set names, one "value [low, high]" cell per set for each model, and the pairs.
+
+    Each pair is ``{"set", "a", "b", "difference", "ci", "excludes_zero", "verdict"}`` (negative: a reads better).
+    """
+    sets = results.get("heldout") or {}
+    models = list(dict.fromkeys(m for r in sets.values() for m in r["models"]))
+    rows = {m: [] for m in models}
+    pairs = []
+    for name, r in sets.items():
+        for m in models:
+            s = r["models"].get(m)
+            rows[m].append(f"{s['bits_per_char']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]" if s else "–")
+        for p in r.get("pairs", []):
+            verdict = (f"{p['a']} reads better" if p["ci"][1] < 0 else f"{p['b']} reads better") \
+                if p["excludes_zero"] else "no difference shown"
+            pairs.append({"set": name, **p, "verdict": verdict})
+    return list(sets), rows, pairs
+
+
+def summary_table(report: dict) -> tuple[list[str], dict[str, list[str]]]:
+    """The terminal table after a run: models x (held-out bits/char per set, then the task headlines)."""
+    hcols, hrows, _ = heldout_rows(report)
+    models = list(dict.fromkeys([*report["models"], *hrows]))
+    cols = [f"held-out {c} (bits/char)" for c in hcols] + list(report["columns"])
+    rows = {m: (hrows.get(m) or ["–"] * len(hcols)) + (report["rows"].get(m) or ["–"] * len(report["columns"]))
+            for m in models}
+    return cols, rows
+
+
 def _judge_cell(results: dict, task: str, model: str) -> str:
     """Usefulness win rate of ``model`` against each model it was judged with ("–" when none)."""
     parts = []
@@ -340,9 +370,11 @@ def build_report(run_dir: Path, results_path: Path, out: Path, notes: list[str] 
         "paired": results.get("paired") or {}, "methods": results.get("methods") or {},
         "curves": {k: v[-1] for k, v in curves.items()}, "tokenizer": tokenizer_analysis(manifests),
         "judge_cards": judge_cards(manifests),
+        "heldout": results.get("heldout") or {},
         "stages": [{"stage": m["stage"], "kind": m["kind"], "status": m.get("status"),
                     "seconds": m.get("timings", {}).get("seconds")} for m in manifests],
     }
+    data["heldout_columns"], data["heldout_rows"], data["heldout_pairs"] = heldout_rows(results)
     data["plots"] = make_plots(results, steps, curves)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "jinja"]))
     env.filters["fmt"] = _fmt

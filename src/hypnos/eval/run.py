@@ -25,7 +25,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hypnos.common.io import write_jsonl
 from hypnos.common.stage import StageConfig, StageContext, StageResult, is_ref
@@ -33,6 +33,22 @@ from hypnos.eval.tasks import Task, TaskError, get_tasks
 
 log = logging.getLogger("hypnos")
 PER_ITEM = ("rougeL_items",)  # per-item lists dropped from the scores of private tasks
+
+
+class HeldoutSpec(BaseModel):
+    """Held-out sets scored in bits/char by every local model of the stage (endpoints have no logits here)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sets: dict[str, str] = Field(min_length=1)
+    """Set name -> file (path or ``"@stage.output"``): QA/text records or plain text, one text per line."""
+    extra_models: dict[str, str] = Field(default_factory=dict)
+    """Models scored on the held-out sets only (e.g. ``extended: "@tokenizer"``, the model before any SFT)."""
+    pairs: list[list[str]] = Field(default_factory=list)
+    """``[a, b]``: a's bits/char minus b's on the same texts, paired bootstrap 95% CI (negative: a reads better)."""
+    mode: Literal["text", "answer"] = "answer"
+    """``answer``: score the answer given the question; ``text``: score question and answer."""
+    max_texts: int = Field(200, ge=1)
+    max_chars: int = Field(300, ge=1)
 
 
 class Config(StageConfig):
@@ -66,6 +82,8 @@ class Config(StageConfig):
     """Solved examples before each multiple-choice question (None: each task's own ``num_fewshot``)."""
     circular: bool = False
     """Multiple choice: also ask every rotation of the options (CircularEval), reported beside accuracy."""
+    heldout: HeldoutSpec | None = None
+    """Bits/char of the local models on held-out text none of them trained on (``heldout.py``), with paired CIs."""
 
     @field_validator("pairs")
     @classmethod
@@ -106,7 +124,49 @@ class Config(StageConfig):
         for ref in self.models.values():
             if is_ref(ref):
                 problems += ctx.check_ref(ref, "model")
+        if self.heldout:
+            problems += _check_heldout(self.heldout, self.models, ctx)
         return problems
+
+
+def _check_heldout(spec: HeldoutSpec, models: dict[str, str], ctx: StageContext) -> list[str]:
+    """Held-out files exist (or name earlier stages), models are local, pair labels are known."""
+    problems = []
+    for path in spec.sets.values():
+        problems += ctx.check_ref(path, "heldout")
+    for ref in spec.extra_models.values():
+        if is_ref(ref):
+            problems += ctx.check_ref(ref, "model")
+    local = _heldout_models(spec, models, ctx)
+    for p in spec.pairs:
+        if len(p) != 2 or p[0] == p[1]:
+            problems.append(f"stage {ctx.name!r}: heldout pair is two different model labels, got {p}")
+        problems += [f"stage {ctx.name!r}: heldout pair label {x!r} is not a local model of the stage "
+                     f"({', '.join(local)})" for x in p if x not in local]
+    return problems
+
+
+def _heldout_models(spec: HeldoutSpec, models: dict[str, str], ctx: StageContext) -> dict[str, str]:
+    """Label -> model of every model with logits here: the stage's local models, then ``extra_models``."""
+    return {k: v for k, v in {**models, **spec.extra_models}.items() if v not in ctx.recipe.endpoints}
+
+
+def _run_heldout(spec: HeldoutSpec, models: dict[str, str], ctx: StageContext) -> dict:
+    """``{set: heldout.evaluate(...)}``, each written to ``heldout/<set>.json`` (a resumed stage reuses it)."""
+    from hypnos.eval import heldout
+
+    refs = {k: str(ctx.resolve_model(v)) for k, v in _heldout_models(spec, models, ctx).items()}
+    out = {}
+    for name, path in spec.sets.items():
+        dest = ctx.out_dir / "heldout" / f"{name}.json"
+        if not dest.exists():
+            log.info("[eval] held-out bits/char on %s (%s)", name, path)
+            res = heldout.evaluate(refs, [ctx.resolve(path)], spec.mode, spec.max_texts, spec.max_chars,
+                                   [tuple(p) for p in spec.pairs], ctx.seed)
+            heldout.write_result(res, dest)
+        out[name] = json.loads(dest.read_text(encoding="utf-8"))
+        out[name].pop("per_text", None)  # stays in heldout/<set>.json; results.json keeps the summaries
+    return out
 
 
 def _load_model(cfg: Config, ctx: StageContext, label: str):
@@ -188,6 +248,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     results["methods"] = {t.task: {m: s.get("method") for m, s in scores[t.task].items()} for t in tasks}
     results["paired"] = _paired(cfg, ctx, tasks, ctx.seed)
     results["judge"] = _judge(cfg, ctx, tasks)
+    if cfg.heldout:
+        results["heldout"] = _run_heldout(cfg.heldout, cfg.models, ctx)
     if cfg.contamination:
         from hypnos.eval.contamination import check
 

@@ -60,11 +60,14 @@ class Config(TrainStageConfig):
     """Processes for tokenization (``datasets.map``); null = 1 below 20,000 chats, else up to 8."""
     on_error: Literal["raise", "quarantine"] = "raise"
     """Bad input rows: stop at the first (default) or write them to a quarantine file and go on."""
+    validation: list[str] = Field(default_factory=list)
+    """Validation record files (e.g. ``"@mix.val"``): loss measured during training (by default 4 times, at each
+    save) and the checkpoint with the lowest validation loss is the one saved."""
 
     def check(self, ctx: StageContext) -> list[str]:
         """Model, training arguments, data files and the batch layout."""
         problems = super().check(ctx)
-        for d in self.data:
+        for d in [*self.data, *self.validation]:
             problems += ctx.check_ref(d, "data")
         try:
             choose_layout(self.packing, attention_kernel(self.attn_implementation))
@@ -223,7 +226,7 @@ def tokenize_dataset(tok, chats: list[list[dict]], max_length: int, cache_dir: P
 
 def finetune(ctx: StageContext, model_ref: str, tok, examples, *, cfg: TrainStageConfig, stage_defaults: dict[str, Any],
              packing: Layout | bool = "auto", max_length: int = 1024, out_dir: Path | None = None,
-             extra_modules: list[str] = ()) -> tuple[dict[str, str], dict[str, Any]]:
+             extra_modules: list[str] = (), eval_examples=None) -> tuple[dict[str, str], dict[str, Any]]:
     """Train a causal LM on tokenized ``{input_ids, labels}`` examples and save it (merged) to ``out_dir/model``.
 
     Args:
@@ -237,6 +240,7 @@ def finetune(ctx: StageContext, model_ref: str, tok, examples, *, cfg: TrainStag
         max_length: token budget of a packed row (``rows`` layout).
         out_dir: where checkpoints and the model go (default ``ctx.out_dir``).
         extra_modules: modules trained fully under LoRA (embeddings after a vocabulary extension).
+        eval_examples: validation examples; then the checkpoint with the lowest validation loss is kept.
 
     Returns:
         (outputs relative to ``out_dir``, metrics).
@@ -251,6 +255,10 @@ def finetune(ctx: StageContext, model_ref: str, tok, examples, *, cfg: TrainStag
     defaults = {**stage_defaults, "output_dir": str(out_dir / "checkpoints")}
     if layout == "padded":
         defaults.setdefault("train_sampling_strategy", "group_by_length")  # little padding without packing
+    if eval_examples is not None:
+        # evaluate at every save (a quarter of the run each) and end on the best checkpoint, not the last
+        defaults.update(eval_strategy="steps", eval_steps=0.25, save_steps=0.25, load_best_model_at_end=True,
+                        metric_for_best_model="eval_loss", greater_is_better=False)
     args = training_arguments(ctx, cfg.training, defaults)
 
     def load(with_lora: bool = True):
@@ -262,9 +270,14 @@ def finetune(ctx: StageContext, model_ref: str, tok, examples, *, cfg: TrainStag
         model.config.use_cache = False
     collator = make_collator(layout, tok.pad_token_id, max_length)
     log.info("training %s: %s, attention %s, layout %s", model_ref, next(model.parameters()).dtype, kernel, layout)
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator,
-                      processing_class=tok, compute_loss_func=causal_lm_loss)
+    trainer = Trainer(model=model, args=args, train_dataset=examples, eval_dataset=eval_examples,
+                      data_collator=collator, processing_class=tok, compute_loss_func=causal_lm_loss)
     metrics = train_and_resume(trainer, tokens=collator)
+    if eval_examples is not None:
+        curve = [(h["step"], round(h["eval_loss"], 5)) for h in trainer.state.log_history if "eval_loss" in h]
+        best = trainer.state.best_model_checkpoint
+        metrics.update(eval_loss_curve=curve, best_eval_loss=trainer.state.best_metric,
+                       best_step=int(best.rsplit("-", 1)[1]) if best else None)
     metrics.update(layout=layout, attn_implementation=kernel, dtype=str(next(model.parameters()).dtype))
     if hasattr(examples, "column_names") and "n_targets" in examples.column_names:
         metrics["target_tokens"] = int(sum(examples["n_targets"]))
@@ -283,9 +296,15 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     if not len(examples):
         raise DataError(cfg.data[0], None, "no usable training examples in the sft data")
     log.info("sft: %d examples (%d truncated) from %d files", len(examples), stats["truncated"], len(cfg.data))
+    val = None
+    if cfg.validation:
+        val_chats, _ = load_chats([ctx.resolve(d) for d in cfg.validation], cfg.on_error, ctx.out_dir, cfg.system)
+        val, val_stats = tokenize_dataset(tok, val_chats, cfg.max_length, ctx.out_dir / "tokenized", cfg.num_proc)
+        stats["validation_truncated"] = val_stats["truncated"]
     outputs, metrics = finetune(ctx, model_ref, tok, examples, cfg=cfg, stage_defaults=cfg.default_training(),
-                                packing=cfg.packing, max_length=cfg.max_length)
-    dropped = {**bad, **{k: v for k, v in stats.items() if k != "truncated"}}
+                                packing=cfg.packing, max_length=cfg.max_length, eval_examples=val)
+    dropped = {**bad, **{k: v for k, v in stats.items() if k not in ("truncated", "validation_truncated")}}
     counts = {"in": len(chats) + sum(bad.values()), "kept": len(examples), "dropped": sum(dropped.values()),
-              "truncated": stats["truncated"]}
+              "truncated": stats["truncated"],
+              **({"validation": len(val), "validation_truncated": stats["validation_truncated"]} if val else {})}
     return StageResult(outputs=outputs, counts=counts, dropped=dropped, metrics=metrics)
