@@ -41,13 +41,13 @@ def uniform_dir(tiny_model_dir, tmp_path_factory) -> Path:
 def test_uniform_model_scores_exactly_log2_vocab_per_token(uniform_dir):
     tok = AutoTokenizer.from_pretrained(uniform_dir)
     model = AutoModelForCausalLM.from_pretrained(uniform_dir)
-    items = load_items([ONLINE], "text", 6)
+    items = load_items([ONLINE], "text", 6, max_chars=80)
     bits = item_bits(model, tok, items, batch_size=4)  # padded batches of unequal texts
     v = model.get_output_embeddings().weight.shape[0]
     n_tok = [len(tok(it.target, add_special_tokens=False)["input_ids"]) for it in items]
     np.testing.assert_allclose(bits, np.array(n_tok) * math.log2(v), rtol=1e-5)
     # answer mode: the question is context, only the answer's tokens are scored
-    ans = load_items([ONLINE], "answer", 6)
+    ans = load_items([ONLINE], "answer", 6, max_chars=80)
     assert ans[0].context.endswith("\n") and ans[0].target.startswith("你好")
     n_ans = [len(tok(it.target, add_special_tokens=False)["input_ids"]) for it in ans]
     np.testing.assert_allclose(item_bits(model, tok, ans), np.array(n_ans) * math.log2(v), rtol=1e-5)
@@ -58,7 +58,7 @@ def test_item_bits_match_the_tokenizer_analysis_and_do_not_depend_on_batching(ti
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    items = load_items([ONLINE], "text", 5)
+    items = load_items([ONLINE], "text", 5, max_chars=80)
     one = item_bits(model, tok, items, batch_size=1)
     np.testing.assert_allclose(item_bits(model, tok, items, batch_size=5), one, rtol=1e-4)
     chars = item_chars(items)
@@ -101,7 +101,7 @@ def test_cli_prints_models_and_a_paired_ci(tiny_model_dir, uniform_dir, tmp_path
 
     out = tmp_path / "h.json"
     res = CliRunner().invoke(app, ["heldout", str(ONLINE), "-m", f"tiny={tiny_model_dir}", "-m",
-                                   f"uniform={uniform_dir}", "--pair", "uniform,tiny", "--max-texts", "4",
+                                   f"uniform={uniform_dir}", "--pair", "uniform,tiny", "--max-texts", "4", "--max-chars", "80",
                                    "--out", str(out)])
     assert res.exit_code == 0, res.output
     r = json.loads(out.read_text(encoding="utf-8"))
