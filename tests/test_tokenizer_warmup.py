@@ -125,3 +125,17 @@ def test_tokenizer_stage_warms_up_reports_and_resumes(tiny_model_dir, tmp_path):
     [m2] = run_recipe(load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs"))
     assert m2["resumed"] and (out / "warm" / "warmup.json").stat().st_mtime_ns == stamp
     assert (out / "analysis.json").is_file()
+
+
+def test_cli_warmup_errors_are_clear(extended, tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from hypnos.tokenizer.cli import app
+
+    corpus = str(FIX / "med_corpus.jsonl")
+    r = CliRunner().invoke(app, ["warmup", str(tiny_model_dir), corpus, "--out", str(tmp_path / "w")])
+    assert r.exit_code == 1 and "no new_tokens.json" in r.output
+    r = CliRunner().invoke(app, ["warmup", str(extended), corpus, "--out", str(tmp_path / "w"), "--distill", "1"])
+    assert r.exit_code == 1 and "--distill needs --teacher" in r.output
+    r = CliRunner().invoke(app, ["warmup", str(extended), corpus, "--out", str(tmp_path / "w"), "--steps", "2"])
+    assert r.exit_code == 0 and "new rows trained 2 steps" in r.output, r.output
