@@ -239,3 +239,23 @@ def test_csv_unclosed_quote_nul_and_duplicate_columns(tmp_path):
     p.write_text("id,id,instruction\na,b,c\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"a\.csv:1: duplicate column name\(s\) in the header: id"):
         list(iter_rows(p))
+
+
+@pytest.mark.parametrize("shift", range(3))
+def test_a_one_line_json_array_over_the_detection_sample_is_utf8(tmp_path, shift):
+    """``json.dump(rows, f, ensure_ascii=False)`` writes one line; the 1 MiB sample then ends mid-character.
+
+    It used to be refused as "binary data or an unknown text encoding" (2 cuts in 3).
+    """
+    from hypnos.common.io import SAMPLE_BYTES, iter_rows
+
+    rows = [{"id": str(i), "instruction": "丙泊酚的常用诱导剂量是多少？" * 3, "output": "成人1.5-2.5mg/kg。" * 3}
+            for i in range(SAMPLE_BYTES // 200)]
+    p = tmp_path / "rows.json"
+    p.write_text(" " * shift + json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    assert p.stat().st_size > SAMPLE_BYTES and b"\n" not in p.read_bytes()
+    got = [r.data for r in iter_rows(p)]
+    assert got == rows
+    gbk = tmp_path / "rows_gbk.json"  # the same in GBK: still GB18030, not a single-byte code page
+    gbk.write_bytes(p.read_text(encoding="utf-8").encode("gbk"))
+    assert [r.data for r in iter_rows(gbk)] == rows

@@ -157,8 +157,10 @@ def detect_encoding(path: str | Path, sample: bytes | None = None) -> str:
     if _is_binary(sample):
         raise DataError(path, None, "binary data, not a text record file")
     lines = sample.split(b"\n")
-    if len(sample) == SAMPLE_BYTES and len(lines) > 1:
-        lines = lines[:-1]  # the sample may end mid-character
+    if len(sample) == SAMPLE_BYTES:  # the sample may end mid-character
+        # a one-line file (``json.dump`` writes a whole array on one line) keeps its line, cut back to the
+        # last whole character, or it would read as undecodable in every encoding
+        lines = lines[:-1] if len(lines) > 1 else [_whole_characters(lines[0])]
     non_ascii = [ln for ln in lines if not ln.isascii()]
     if not non_ascii:
         return "utf-8"
@@ -179,6 +181,15 @@ def detect_encoding(path: str | Path, sample: bytes | None = None) -> str:
     if best is None:
         raise DataError(path, None, "binary data or an unknown text encoding; declare it with `encoding:`")
     return _canonical(best.encoding, path)
+
+
+def _whole_characters(raw: bytes) -> bytes:
+    """``raw`` without a multi-byte character cut at its end (UTF-8 or GB18030: at most 3 bytes)."""
+    for enc in ("utf-8", "gb18030"):  # UTF-8 first: cut UTF-8 often still decodes as GB18030 mojibake
+        for k in range(4):
+            if _decodes(raw[: len(raw) - k], enc):
+                return raw[: len(raw) - k]
+    return raw
 
 
 def _decodes(raw: bytes, encoding: str) -> bool:
