@@ -50,6 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -288,7 +289,7 @@ def _handler(server: FaultyServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if not self.path.rstrip("/").endswith("/chat/completions"):
+            if not urlsplit(self.path).path.rstrip("/").endswith("/chat/completions"):  # as real servers: no query
                 return self._send(404, {}, _error("not found"))
             try:
                 body = json.loads(raw)

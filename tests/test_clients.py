@@ -312,3 +312,16 @@ def test_sigkill_and_resume_resends_nothing_answered(tmp_path):
         assert all(server.answered[prompt_hash(p)] == 1 for p in answered_before)  # not one of them re-sent
         assert sum(server.answered.values()) <= n + 4  # at most the requests in flight at the kill, twice
     assert json.loads(out.read_text()) == expected
+
+
+def test_a_base_url_with_a_query_parameter_reaches_the_chat_path_and_is_never_written(tmp_path):
+    """``https://gw.example/v1?api-key=...`` (gateways, Azure's api-version): the path is /v1/chat/completions
+    with the query after it; it used to be appended after the query (``/v1?api-key=x/chat/completions``)."""
+    with FaultyServer() as server:
+        host = server.base_url.split("//")[1]
+        url = f"http://alice:sk-in-url@{host}/?api-key=sk-in-query&api-version=2024-06-01"
+        client = LLMClient(Endpoint(base_url=url, model="echo", **FAST), tmp_path / "c.sqlite")
+        res = client.chat_sync([{"role": "user", "content": "hi"}])
+        assert res.error is None and res.text == "echo: hi"
+    written = b"".join(p.read_bytes() for p in tmp_path.iterdir()) + json.dumps(client.usage_dict()).encode()
+    assert b"sk-in-url" not in written and b"sk-in-query" not in written and b"alice" not in written

@@ -478,7 +478,7 @@ class LLMClient:
 
     async def _send(self, http: httpx.AsyncClient, messages: list[dict], params: dict) -> ChatResult:
         ep = self.endpoint
-        url = ep.base_url.rstrip("/") + "/chat/completions"
+        url = _chat_url(ep.base_url)
         key = ep.api_key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         error, wait_hint = "", None
@@ -540,6 +540,12 @@ class LLMClient:
         request = {"base_url": redact_url(self.endpoint.base_url), "model": self.endpoint.model,
                    "messages": messages, "params": params}
         self._cache.put(key, request, result.model_dump(exclude={"cached", "key", "error"}))
+
+
+def _chat_url(base_url: str) -> str:
+    """``<base_url>/chat/completions`` with a query of the base URL (``?api-version=``) kept after the path."""
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/chat/completions"))
 
 
 def _parse(resp: httpx.Response) -> ChatResult:
