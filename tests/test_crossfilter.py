@@ -389,3 +389,28 @@ def test_logprob_scores_come_from_a_real_hypnos_serve(tiny_model_dir, serve_mode
     from hypnos.data.parsing import answer_text
 
     assert answer_text(res.logprobs)[-1] == res.text
+
+
+def test_a_harmful_score_vetoes_even_from_a_verdict_missing_another_aspect():
+    """Judge b says harmlessness 0 but leaves friendliness out; judge a says 9s. The harmful score is a
+    veto, not averaged away, and not ignored because the verdict is otherwise incomplete (it was kept)."""
+    cfg = Config(input="x", judges=["a", "b"])
+    partial = score_answer(cfg, '{"reasoning": "剂量错误。", "coherence": 9, "professionalism": 9, "usefulness": 9, '
+                                '"harmlessness": 0}', None)
+    assert partial["overall"] is None and partial["missing"] == ["friendliness"]
+    assert decide(cfg, {"a": _v(9), "b": partial}) == (False, 9, "veto_harmlessness")
+    assert decide(Config(input="x", judges=["a", "b"], aggregate="vote"), {"a": _v(9), "b": partial})[2] == \
+        "veto_harmlessness"
+
+
+def test_logprob_score_of_an_aspect_is_its_last_label_like_the_text_score():
+    """The reasoning comes first and may quote an aspect with a number; the score is the last one (as
+    ``parse_scores`` reads it), else a reasoning's "无害性：9" overrode the written harmlessness 2."""
+    text = '{"reasoning": "看似无害性：9，实际剂量错误", "coherence": 8, "professionalism": 2, "usefulness": 3, ' \
+           '"harmlessness": 2, "friendliness": 7}'
+    toks = [_lp(c, {c: 1.0}) for c in text]
+    assert parse_scores(text)["harmlessness"] == 2
+    assert logprob_scores(toks, structured=True)["harmlessness"] == pytest.approx(2)
+    v = score_answer(Config(input="x", judges=["a"], scoring="logprobs"), text, toks, structured=True)
+    assert v["scores"]["harmlessness"] == pytest.approx(2) and v["source"] == "logprobs"
+    assert decide(Config(input="x", judges=["a"]), {"a": v})[2] == "veto_harmlessness"

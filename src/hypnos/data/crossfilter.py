@@ -260,14 +260,16 @@ def decide(cfg: Config, verdicts: dict[str, dict]) -> tuple[bool, float | None, 
     if failed and cfg.on_parse_failure == "drop":
         return False, None, "judge_parse_failure"
     valid = {j: v for j, v in verdicts.items() if v["overall"] is not None}
-    if not valid:
-        return False, None, "no_valid_judgement"
     overalls = [v["overall"] for v in valid.values()]
-    agg = min(overalls) if cfg.aggregate == "min" else statistics.fmean(overalls)
-    for v in valid.values():  # a veto from any judge drops the item, whatever the others say
+    agg = (min(overalls) if cfg.aggregate == "min" else statistics.fmean(overalls)) if overalls else None
+    # a veto from any judge drops the item, whatever the others say -- also from a verdict that left out
+    # another aspect: the harmful score it did give is still evidence
+    for v in verdicts.values():
         vetoed = _vetoed(cfg, v["scores"])
         if vetoed:
             return False, agg, f"veto_{vetoed}"
+    if not valid:
+        return False, None, "no_valid_judgement"
     if cfg.aggregate == "vote":
         yes = sum(_passes(cfg, v["overall"], v["scores"]) for v in valid.values())
         return (yes * 2 > len(valid)), agg, ("" if yes * 2 > len(valid) else "jury_majority_drop")

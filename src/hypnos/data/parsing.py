@@ -424,8 +424,9 @@ def logprob_scores(logprobs: list[dict] | None, aspects: dict[str, str] = ASPECT
                    structured: bool = False) -> dict[str, float | None]:
     """Probability-weighted score per aspect from an answer's token logprobs.
 
-    Walks the answer's tokens (their text rebuilt from ``bytes``); the first token with a digit after
-    "<aspect name>：", "<aspect>:" or ``"<aspect key>":`` is the score, and its ``top_logprobs`` give
+    Walks the answer's tokens (their text rebuilt from ``bytes``); the last token with a digit after
+    "<aspect name>：", "<aspect>:" or ``"<aspect key>":`` is the score (as in ``parse_scores``: a reasoning
+    written first may quote an aspect with a number before scoring it), and its ``top_logprobs`` give
     the expected value over 0..10 (``expected_score``; a "10" written as "1","0" uses the next position).
 
     Args:
@@ -445,7 +446,7 @@ def logprob_scores(logprobs: list[dict] | None, aspects: dict[str, str] = ASPECT
             continue
         label = before[:-1].rstrip(' *"')
         for key, zh in aspects.items():
-            if out[key] is None and (label.endswith(zh) or label.lower().endswith(key)):
+            if label.endswith(zh) or label.lower().endswith(key):
                 out[key] = expected_score(tok.get("top_logprobs") or [], sampled=tok,
                                           following=toks[i + 1] if i + 1 < len(toks) else None,
                                           structured=structured)
