@@ -85,3 +85,32 @@ def test_weighting_never_leaks_validation_rows_into_training(tmp_path):
     assert val and not train_keys & set(val_keys)
     assert len(val_keys) == len(set(val_keys)) == round(130 * 0.3)  # one copy each, 30% of distinct rows
     assert m["counts"]["train"] == len(train) and len(train) > 3 * (100 - len(val))
+
+
+def test_rows_sharing_an_id_with_different_content_are_all_kept_on_one_side(tmp_path):
+    """Imported sets number their rows 1..n: two different rows with id "3" are two rows. Mix used to keep
+    the first of a source and one per id in validation, silently losing the others."""
+    rows_a = [{"id": str(i), "text": f"甲{i}"} for i in range(20)] + [{"id": "3", "text": "甲3的另一题"}] * 2
+    rows_b = [{"id": str(i), "text": f"乙{i}"} for i in range(20)] + [{"id": "3", "text": "甲3的另一题"}]
+    for name, rows in (("a", rows_a), ("b", rows_b)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                                encoding="utf-8")
+    (tmp_path / "r.yaml").write_text(textwrap.dedent("""\
+        name: ids
+        stages:
+          - name: mix
+            sources: [{path: a.jsonl}, {path: b.jsonl}]
+            val_fraction: 0.5
+        """))
+    [m] = run_recipe(load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs"))
+    out = tmp_path / "runs/ids/mix"
+    sides = {s: [json.loads(x) for x in (out / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()]
+             for s in ("train", "val")}
+    texts = sorted(r["text"] for s in sides.values() for r in s)
+    # every distinct row once; the copy of "甲3的另一题" that both sources hold: once in val, twice in train
+    # (two sources giving one row weigh it twice), never a copy on each side
+    shared = 2 if any(r["id"] == "3" for r in sides["train"]) else 1
+    assert texts == sorted([*{r["text"] for r in rows_a + rows_b}] + ["甲3的另一题"] * (shared - 1)), texts
+    for i in range(20):  # one id, one side
+        assert len({s for s, rs in sides.items() for r in rs if r["id"] == str(i)}) == 1
+    assert m["metrics"]["duplicate_rows"] == 1

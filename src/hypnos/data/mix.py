@@ -15,7 +15,8 @@ sides: each source's rows are sampled (weight < 1, or ``cap``), the validation i
 all sampled ids (the ones with the smallest seeded hash: one id is on the same side whatever source
 it comes from), and only then are the training rows repeated (weight > 1: whole copies plus a
 sample) and capped. Validation keeps one copy of each row. Rows without an ``id`` are identified by
-a hash of their content. Sampling, shuffling and the split use the recipe seed, so a rerun gives the
+a hash of their content. An exact copy of a row within a source is read once (counted in
+``duplicate_rows``); different rows sharing an id are all kept, on one side. Sampling, shuffling and the split use the recipe seed, so a rerun gives the
 same files. Every row gets ``meta.mix_source`` naming its source.
 """
 
@@ -75,6 +76,11 @@ def row_key(row: dict) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def _content(row: dict) -> str:
+    """A row's exact content (what makes two rows with one id the same row or two rows)."""
+    return hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
 def _sampled(rows: list[dict], weight: float, cap: int | None, rng: random.Random) -> list[dict]:
     """The distinct rows a source puts into the mix (before any repetition)."""
     k = len(rows) if weight >= 1 else round(weight * len(rows))
@@ -95,16 +101,21 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     """Write ``train`` (and ``val`` when ``val_fraction`` > 0); no row id is in both."""
     rng = random.Random(ctx.seed)
     picked: list[tuple[Source, str, list[dict]]] = []
+    duplicates = 0
     for src in cfg.sources:
         name = src.name or src.path
         rows, seen = [], set()
         for item in iter_rows(ctx.resolve(src.path)):
             if isinstance(item, DataError):
                 raise item
-            key = row_key(item.data)
-            if key not in seen:  # a source listing a row twice would put it on both sides
-                seen.add(key)
-                rows.append(item.data)
+            # an exact copy of a row is one row; two different rows under one id (imported sets number
+            # their rows 1..n) are two rows, kept on the same side of the split by their shared id
+            content = _content(item.data)
+            if content in seen:
+                duplicates += 1
+                continue
+            seen.add(content)
+            rows.append(item.data)
         picked.append((src, name, _sampled(rows, src.weight, src.cap, rng)))
     keys = list(dict.fromkeys(row_key(r) for _, _, rows in picked for r in rows))
     val_keys = _val_keys(keys, cfg.val_fraction, cfg.val_max, ctx.seed)
@@ -114,8 +125,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     per_source: dict[str, int] = {}
     for src, name, rows in picked:
         tr = [r for r in rows if row_key(r) not in val_keys]
-        va = [r for r in rows if row_key(r) in val_keys and row_key(r) not in val_seen]
-        val_seen.update(row_key(r) for r in va)
+        va = [r for r in rows if row_key(r) in val_keys and _content(r) not in val_seen]
+        val_seen.update(_content(r) for r in va)  # one copy of a row two sources share
         tr = take(tr, max(src.weight, 1.0), src.cap, rng)  # repetition only now, after the split
         per_source[name] = len(tr) + len(va)
         train += [{**r, "meta": {**r.get("meta", {}), "mix_source": name}} for r in tr]
@@ -128,4 +139,4 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         write_jsonl(ctx.out_dir / "val.jsonl", val)
         outputs["val"] = "val.jsonl"
     return StageResult(outputs=outputs, counts={"train": len(train), "val": len(val), **per_source},
-                       metrics={"distinct_rows": len(keys), "train_val_overlap": 0})
+                       metrics={"distinct_rows": len(keys), "train_val_overlap": 0, "duplicate_rows": duplicates})
