@@ -414,3 +414,15 @@ def test_logprob_score_of_an_aspect_is_its_last_label_like_the_text_score():
     v = score_answer(Config(input="x", judges=["a"], scoring="logprobs"), text, toks, structured=True)
     assert v["scores"]["harmlessness"] == pytest.approx(2) and v["source"] == "logprobs"
     assert decide(Config(input="x", judges=["a"]), {"a": v})[2] == "veto_harmlessness"
+
+
+def test_model_identity_ignores_host_case_default_port_and_credentials():
+    """One model under two spellings of its URL is still one model (self-judging must be found)."""
+    from hypnos.data.clients import endpoint_identity
+
+    same = {endpoint_identity(u, "gpt-x") for u in ("https://api.example.com/v1", "https://API.Example.com:443/v1/",
+                                                      "https://user:sk-1@api.example.com/v1?api-version=2024")}
+    assert len(same) == 1 and "sk-1" not in same.pop()
+    assert endpoint_identity("https://api.example.com:8443/v1", "gpt-x") != endpoint_identity(
+        "https://api.example.com/v1", "gpt-x")
+    assert endpoint_identity("http://localhost:8001/v1", "m") == endpoint_identity("http://127.0.0.1:9/v1", "m")

@@ -164,9 +164,16 @@ def request_key(base_url: str, model: str, messages: list[dict], params: dict[st
 def endpoint_identity(base_url: str, model: str) -> str:
     """Which model answers: scheme://host[/path] (loopback for any local port, no credentials) + model name.
 
-    Two recipe endpoints with the same identity are the same model, whatever they are called.
+    Two recipe endpoints with the same identity are the same model, whatever they are called, and
+    however the URL is spelled (host case, an explicit default port, a trailing slash).
     """
-    return f"{_cache_scope(base_url)}|{model}"
+    parts = urlsplit(base_url.strip().rstrip("/"))
+    if parts.hostname in LOOPBACK:
+        host = "loopback"
+    else:
+        port = parts.port if parts.port not in (None, {"http": 80, "https": 443}.get(parts.scheme)) else None
+        host = (parts.hostname or "") + (f":{port}" if port else "")
+    return f"{urlunsplit((parts.scheme, host, parts.path.rstrip('/'), '', ''))}|{model}"
 
 
 _SECRET_PARAM = re.compile(r"key|token|secret|password|passwd|sig|auth|credential", re.IGNORECASE)
