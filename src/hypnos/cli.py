@@ -149,6 +149,8 @@ def _results_table(out: Console, report_json: Path) -> None:
     for p in heldout_rows(data)[2]:
         out.print(f"held-out {p['set']}: {p['a']} − {p['b']} = {p['difference']:+.3f} bits/char, paired 95% CI "
                   f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]: {p['verdict']}", highlight=False)
+    for r in data.get("preference") or []:
+        out.print(f"{r['stage']}: {r['what']} ({r['n']}): {r['before']} -> {r['after']}", highlight=False)
 
 
 def _stage_command(kind: str):

@@ -202,6 +202,26 @@ def tokenizer_analysis(manifests: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def preference_results(manifests: list[dict]) -> list[dict]:
+    """Before/after figures of reward and rejection-sampling stages, each measured on held-out data.
+
+    Rows ``{"stage", "what", "before", "after", "n"}``: a reward stage's pairwise accuracy on held-out rankings,
+    a rejection-sampling stage's mean reward of the start and final policy on held-out prompts.
+    """
+    rows = []
+    for m in manifests:
+        met, c = m.get("metrics") or {}, m.get("counts") or {}
+        if m.get("kind") == "reward" and "heldout_accuracy_after" in met:
+            rows.append({"stage": m["stage"], "what": "pairwise accuracy on held-out rankings",
+                         "before": met.get("heldout_accuracy_before"), "after": met["heldout_accuracy_after"],
+                         "n": f"{c.get('heldout_records', '?')} rankings"})
+        if m.get("kind") == "rejection_sampling" and "mean_reward_after" in met:
+            rows.append({"stage": m["stage"], "what": "mean reward on held-out prompts (policy before/after)",
+                         "before": met.get("mean_reward_before"), "after": met["mean_reward_after"],
+                         "n": f"{met.get('heldout_prompts', '?')} prompts"})
+    return rows
+
+
 def auto_notes(results: dict, manifests: list[dict]) -> list[str]:
     """Notes the run itself implies: a judge that also produced or filtered training data."""
     judge = (results.get("settings") or {}).get("judge")
@@ -371,6 +391,7 @@ def build_report(run_dir: Path, results_path: Path, out: Path, notes: list[str] 
         "curves": {k: v[-1] for k, v in curves.items()}, "tokenizer": tokenizer_analysis(manifests),
         "judge_cards": judge_cards(manifests),
         "heldout": results.get("heldout") or {},
+        "preference": preference_results(manifests),
         "stages": [{"stage": m["stage"], "kind": m["kind"], "status": m.get("status"),
                     "seconds": m.get("timings", {}).get("seconds")} for m in manifests],
     }

@@ -1,0 +1,76 @@
+"""recipes/demo_chimed.yaml end to end at a tiny size: pretrain -> SFT -> reward (rankings augmented through the
+local endpoint, a real `hypnos serve`) -> rejection sampling -> eval -> report with the held-out figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hypnos.common.runner import load_recipe, run_recipe
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_chimed.yaml"
+
+
+@pytest.fixture(scope="module")
+def eos_prone_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny model with its most frequently sampled tokens as extra end-of-sequence ids (as in
+    test_train_stages.py), so that rejection sampling sees complete answers within a few tokens."""
+    from collections import Counter
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    text = tok.apply_chat_template([{"role": "user", "content": "全麻醒来后嗓子疼正常吗？"}], tokenize=False,
+                                   add_generation_prompt=True)
+    enc = tok([text], return_tensors="pt", add_special_tokens=False)
+    torch.manual_seed(0)
+    gen = model.generate(**enc, do_sample=True, max_new_tokens=8, num_return_sequences=32, pad_token_id=tok.pad_token_id)
+    frequent = [t for t, _ in Counter(gen[:, enc["input_ids"].shape[1]:].flatten().tolist()).most_common(40)]
+    model.generation_config.eos_token_id = [tok.eos_token_id, *frequent]
+    out = tmp_path_factory.mktemp("eos-prone")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_demo_chimed_runs_end_to_end_at_tiny_size(tmp_path, eos_prone_dir):
+    tiny = str(eos_prone_dir)
+    steps = {"max_steps": 1, "per_device_train_batch_size": 2}
+    overrides = [
+        f"pretrain.model={tiny}", f"pretrain.training={json.dumps(steps)}", "pretrain.block_size=64",
+        f"sft.training={json.dumps(steps)}", "sft.max_length=256",
+        f"reward.training={json.dumps(steps)}", "reward.max_length=128", "reward.augment.max_tokens=8",
+        'rs_prompts.sources=[{path: "@anesthesia_split.train", name: seeds, cap: 8}]',
+        f"rejection_sampling.training={json.dumps(steps)}", "rejection_sampling.k=2",
+        "rejection_sampling.max_new_tokens=8", "rejection_sampling.max_length=256",
+        f"eval.models={json.dumps({'base': tiny, 'chimed_sft': '@sft', 'chimed_rs': '@rejection_sampling'})}",
+        "eval.limit=3", "eval.max_new_tokens=8", "eval.heldout.max_texts=4", "eval.heldout.max_chars=40",
+    ]
+    r = load_recipe(RECIPE, overrides, output_dir=tmp_path / "runs")
+    manifests = {m["stage"]: m for m in run_recipe(r)}
+    assert all(m["status"] == "done" for m in manifests.values())
+
+    reward = manifests["reward"]
+    assert reward["counts"]["heldout_records"] >= 1
+    # every ranking gained the local endpoint's answer (a real server answered, through the client's cache)
+    assert reward["metrics"]["augment_failed"] == 0
+    src = RECIPE.parent.parent / "examples" / "preference" / "anesthesia_preference.jsonl"
+    before = [len(json.loads(x)["responses"]) for x in src.read_text(encoding="utf-8").splitlines() if x.strip()]
+    aug = r.stage_dir("reward") / reward["outputs"]["data"]
+    after = [len(json.loads(x)["responses"]) for x in aug.read_text(encoding="utf-8").splitlines() if x.strip()]
+    assert after == [n + 1 for n in before]
+    rs = manifests["rejection_sampling"]
+    assert rs["counts"]["heldout"] == 2 and {"mean_reward_before", "mean_reward_after"} <= set(rs["metrics"])
+
+    report = json.loads((r.stage_dir("report") / "report.json").read_text(encoding="utf-8"))
+    rows = {row["stage"]: row for row in report["preference"]}
+    assert rows["reward"]["after"] == reward["metrics"]["heldout_accuracy_after"]
+    assert rows["rejection_sampling"]["before"] == rs["metrics"]["mean_reward_before"]
+    assert set(report["heldout"]) == {"anesthesia", "online"}
+    assert set(report["heldout"]["online"]["models"]) == {"base", "chimed_sft", "chimed_rs"}
+    html = (r.stage_dir("report") / "report.html").read_text(encoding="utf-8")
+    assert 'id="preference-table"' in html and "pairwise accuracy on held-out rankings" in html
