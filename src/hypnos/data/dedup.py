@@ -4,7 +4,7 @@ Run: ``hypnos dedup --config dedup.yaml`` or as a recipe stage::
 
     - name: dedup
       kind: dedup
-      input: "@crossfilter"          # the rows to deduplicate
+      input: "@generate"             # the rows to deduplicate (before the cross-filter pays judges)
       references: [seeds.jsonl]      # rows that win against any duplicate in ``input`` (never dropped)
       threshold: 0.7
 
