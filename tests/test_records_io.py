@@ -259,3 +259,20 @@ def test_a_one_line_json_array_over_the_detection_sample_is_utf8(tmp_path, shift
     gbk = tmp_path / "rows_gbk.json"  # the same in GBK: still GB18030, not a single-byte code page
     gbk.write_bytes(p.read_text(encoding="utf-8").encode("gbk"))
     assert [r.data for r in iter_rows(gbk)] == rows
+
+
+@pytest.mark.parametrize("name", ["rows.csv", "rows.jsonl", "rows.tsv"])
+def test_declared_utf8_reads_a_file_with_a_bom(tmp_path, name):
+    """Excel's "CSV UTF-8" always starts with a BOM; declaring `encoding: utf-8` used to keep it in the first
+    column's name ("\\ufeffinstruction": every row missing its instruction) or reject a JSONL's first row."""
+    from hypnos.common.io import iter_rows, read_text
+
+    p = tmp_path / name
+    body = {"rows.csv": "instruction,output\r\n问题一？,答一\r\n问题二？,答二\r\n",
+            "rows.tsv": "instruction\toutput\n问题一？\t答一\n问题二？\t答二\n",
+            "rows.jsonl": '{"instruction": "问题一？", "output": "答一"}\n{"instruction": "问题二？", "output": "答二"}\n'}[name]
+    p.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    for enc in (None, "utf-8", "UTF8"):
+        got = [r.data if not isinstance(r, DataError) else str(r) for r in iter_rows(p, encoding=enc)]
+        assert got == [{"instruction": "问题一？", "output": "答一"}, {"instruction": "问题二？", "output": "答二"}], enc
+        assert not read_text(p, encoding=enc).startswith("\ufeff")

@@ -128,6 +128,12 @@ def _canonical(encoding: str, path: str | Path) -> str:
     return "gb18030" if name in _GB else name
 
 
+def _declared(encoding: str, path: str | Path, start: bytes) -> str:
+    """A declared encoding; UTF-8 declared for a file with a BOM (Excel's "CSV UTF-8") drops the BOM."""
+    enc = _canonical(encoding, path)
+    return "utf-8-sig" if enc == "utf-8" and start.startswith(codecs.BOM_UTF8) else enc
+
+
 def _is_binary(sample: bytes) -> bool:
     if not sample:
         return False
@@ -242,7 +248,7 @@ def read_text(path: str | Path, encoding: str | None = None) -> str:
     """
     path = Path(path)
     raw = path.read_bytes()
-    enc = _canonical(encoding, path) if encoding else detect_encoding(path, raw[:SAMPLE_BYTES])
+    enc = _declared(encoding, path, raw) if encoding else detect_encoding(path, raw[:SAMPLE_BYTES])
     try:
         return raw.decode(enc)
     except UnicodeDecodeError as e:
@@ -331,7 +337,7 @@ def iter_rows(path: str | Path, encoding: str | None = None, on_error: OnError |
         sample = f.read(SAMPLE_BYTES)
         f.seek(0)
         fmt = _detect_format(path, sample)
-        enc = _canonical(encoding, path) if encoding else detect_encoding(path, sample)
+        enc = _declared(encoding, path, sample) if encoding else detect_encoding(path, sample)
         if fmt == "json":
             items: Iterator[Row | DataError] = _json_array(path, f, enc)
         elif fmt == "jsonl":
