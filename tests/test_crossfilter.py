@@ -426,3 +426,28 @@ def test_model_identity_ignores_host_case_default_port_and_credentials():
     assert endpoint_identity("https://api.example.com:8443/v1", "gpt-x") != endpoint_identity(
         "https://api.example.com/v1", "gpt-x")
     assert endpoint_identity("http://localhost:8001/v1", "m") == endpoint_identity("http://127.0.0.1:9/v1", "m")
+
+
+def test_a_judge_that_is_the_generator_under_another_name_skips_its_items_at_run_time(tmp_path):
+    """Two judges, one of them the generator's model under another endpoint name: each item is judged by
+    the other judge only (validate lets it through: an eligible judge remains)."""
+    from faulty_server import FaultyServer, judge_responder
+
+    rows = [{"id": f"r{i}", "instruction": "丙泊酚诱导剂量？", "output": "1.5-2.5mg/kg。", "meta": {"generator": "gen"}}
+            for i in range(3)]
+    _items(tmp_path / "items.jsonl", rows)
+    with FaultyServer(responder=judge_responder()) as server:
+        (tmp_path / "r.yaml").write_text(textwrap.dedent(f"""\
+            name: cf
+            endpoints:
+              gen: {{model: model-g, base_url: "{server.base_url}"}}
+              alias: {{model: model-g, base_url: "{server.base_url}/"}}
+              judge: {{model: model-j, base_url: "{server.base_url}"}}
+            stages:
+              - {{name: crossfilter, input: items.jsonl, judges: [alias, judge]}}
+            """), encoding="utf-8")
+        [m] = run_recipe(load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs"))
+        assert {b["model"] for b in server.bodies} == {"model-j"}
+    kept = [json.loads(x) for x in (tmp_path / "runs/cf/crossfilter/kept.jsonl").read_text().splitlines()]
+    assert len(kept) == 3 and all(list(r["meta"]["crossfilter"]["judges"]) == ["judge"] for r in kept)
+    assert m["metrics"]["judgements"] == 3
