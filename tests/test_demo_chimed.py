@@ -12,6 +12,7 @@ import torch
 from hypnos.common.runner import load_recipe, run_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_chimed.yaml"
+RANKED = Path(__file__).parent / "fixtures" / "train" / "ranked.jsonl"  # 8 rankings: 8 endpoint calls, not 44
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_demo_chimed_runs_end_to_end_at_tiny_size(tmp_path, eos_prone_dir):
     overrides = [
         f"pretrain.model={tiny}", f"pretrain.training={json.dumps(steps)}", "pretrain.block_size=64",
         f"sft.training={json.dumps(steps)}", "sft.max_length=256",
-        f"reward.training={json.dumps(steps)}", "reward.max_length=128", "reward.augment.max_tokens=8",
+        f"reward.training={json.dumps(steps)}", f"reward.data={json.dumps([str(RANKED)])}", "reward.max_length=128", "reward.augment.max_tokens=8",
         'rs_prompts.sources=[{path: "@anesthesia_split.train", name: seeds, cap: 8}]',
         f"rejection_sampling.training={json.dumps(steps)}", "rejection_sampling.k=2",
         "rejection_sampling.max_new_tokens=8", "rejection_sampling.max_length=256",
@@ -58,8 +59,7 @@ def test_demo_chimed_runs_end_to_end_at_tiny_size(tmp_path, eos_prone_dir):
     assert reward["counts"]["heldout_records"] >= 1
     # every ranking gained the local endpoint's answer (a real server answered, through the client's cache)
     assert reward["metrics"]["augment_failed"] == 0
-    src = RECIPE.parent.parent / "examples" / "preference" / "anesthesia_preference.jsonl"
-    before = [len(json.loads(x)["responses"]) for x in src.read_text(encoding="utf-8").splitlines() if x.strip()]
+    before = [len(json.loads(x)["responses"]) for x in RANKED.read_text(encoding="utf-8").splitlines() if x.strip()]
     aug = r.stage_dir("reward") / reward["outputs"]["data"]
     after = [len(json.loads(x)["responses"]) for x in aug.read_text(encoding="utf-8").splitlines() if x.strip()]
     assert after == [n + 1 for n in before]
