@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup lint bench clean
+.PHONY: demo demo_chimed test setup lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/hypnos run recipes/demo.yaml
+
+# ChiMed-GPT's regime at toy scale (README, under the two main commands)
+demo_chimed: $(STAMP)
+	$(BIN)/hypnos run recipes/demo_chimed.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu" -q tests
