@@ -130,8 +130,13 @@ def _examples(tok):
     return [tokenize_chat(tok, c, 512) for c in chats]
 
 
-def test_layouts_give_the_padded_loss_without_a_micro_batch_wide_mask(smol_tok, monkeypatch):
+@pytest.mark.parametrize("which", ["smol", "llama"])
+def test_layouts_give_the_padded_loss_without_a_micro_batch_wide_mask(which, request, monkeypatch):
+    """Both tokenizer families, each with its chat formatting (SmolLM2's ChatML; Llama-2's [INST] named for the
+    template-less SentencePiece base, loaded as a training stage loads it)."""
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hypnos.train.common import load_tokenizer_for_training
 
     from hypnos.train.packing import (
         PaddedCollator,
@@ -141,6 +146,10 @@ def test_layouts_give_the_padded_loss_without_a_micro_batch_wide_mask(smol_tok, 
         make_collator,
     )
 
+    if which == "smol":
+        smol_tok = request.getfixturevalue("smol_tok")
+    else:
+        smol_tok = load_tokenizer_for_training(str(request.getfixturevalue("templateless_dir")), "llama-2")
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                          num_key_value_heads=2, vocab_size=len(smol_tok),
