@@ -325,3 +325,21 @@ def test_a_base_url_with_a_query_parameter_reaches_the_chat_path_and_is_never_wr
         assert res.error is None and res.text == "echo: hi"
     written = b"".join(p.read_bytes() for p in tmp_path.iterdir()) + json.dumps(client.usage_dict()).encode()
     assert b"sk-in-url" not in written and b"sk-in-query" not in written and b"alice" not in written
+
+
+def test_a_cut_answer_in_a_legacy_cache_is_not_taken_as_a_success(tmp_path):
+    """The old JSONL cache stored cut answers (finish_reason "length") with no ``truncated`` flag; a retrying
+    caller (generate, crossfilter) resumed from it used to take them as complete answers."""
+    legacy = tmp_path / "cache.jsonl"
+    with FaultyServer() as server:
+        endpoint = Endpoint(base_url=server.base_url, model="echo", **FAST)
+        msgs = [{"role": "user", "content": "a"}]
+        key = request_key(endpoint.base_url, "echo", msgs, {"max_tokens": 64})
+        legacy.write_text(json.dumps({"key": key, "result": {"text": "old cut", "texts": ["old cut"],
+                                                              "finish_reason": "length"}}) + "\n", encoding="utf-8")
+        client = LLMClient(endpoint, legacy)
+        res = client.chat_sync(msgs, max_tokens=64, on_length="retry")
+        assert res.text == "echo: a" and not res.cached and server.requests == 1
+        flagged = LLMClient(endpoint, tmp_path / "other.sqlite")
+        flagged._cache.put(key, {}, {"text": "cut", "texts": ["cut"], "finish_reason": "length"})
+        assert flagged.chat_sync(msgs, max_tokens=64).truncated  # accepted, but flagged

@@ -538,7 +538,12 @@ class LLMClient:
         if self._cache is None:
             return None
         row = self._cache.get(key)
-        return ChatResult.model_validate({**row, "key": key}) if row is not None else None
+        if row is None:
+            return None
+        hit = ChatResult.model_validate({**row, "key": key})
+        # caches written before ``truncated`` existed hold cut answers as plain ones: their finish_reason says
+        hit.truncated = hit.truncated or hit.finish_reason == "length"
+        return hit
 
     def _store(self, key: str, messages: list[dict], params: dict, result: ChatResult) -> None:
         if self._cache is None:
