@@ -81,6 +81,31 @@ def test_tiny_model_output_validates_against_the_schemas(tiny, temperature):
         assert r.choices[0].message.content.startswith("{")
 
 
+NESTED = {  # enums of strings and of integers, an array of arrays, an array of objects
+    "type": "object", "properties": {
+        "kind": {"type": "string", "enum": ["mcq", "qa", "dialogue"]},
+        "grid": {"type": "array", "minItems": 1, "maxItems": 2,
+                 "items": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"type": "integer", "enum": [1, 2, 3]}}},
+        "options": {"type": "array", "minItems": 2, "maxItems": 2, "items": {
+            "type": "object", "properties": {"letter": {"type": "string", "enum": ["A", "B", "C"]},
+                                             "text": {"type": "string", "maxLength": 10}},
+            "required": ["letter", "text"], "additionalProperties": False}}},
+    "required": ["kind", "grid", "options"], "additionalProperties": False}
+
+
+def test_nested_arrays_and_enums_with_several_choices(tiny):
+    client = openai.OpenAI(base_url=tiny, api_key="x", max_retries=0)
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "出一道选择题"}], n=3, seed=5,
+                                       max_tokens=300, temperature=1.0, response_format=fmt(NESTED, "mcq"))
+    assert len(r.choices) == 3
+    for c in r.choices:
+        assert c.finish_reason == "stop", c.message.content
+        v = json.loads(c.message.content)
+        assert v["kind"] in ("mcq", "qa", "dialogue") and 1 <= len(v["grid"]) <= 2
+        assert all(1 <= len(row) <= 3 and set(row) <= {1, 2, 3} for row in v["grid"])
+        assert len(v["options"]) == 2 and all(o["letter"] in "ABC" and len(o["text"]) <= 10 for o in v["options"])
+
+
 def test_streamed_structured_output_and_logprobs(tiny):
     body = {"model": "tiny", "messages": [{"role": "user", "content": "评分"}], "max_tokens": 300,
             "temperature": 0, "stream": True, "logprobs": True, "response_format": fmt(VERDICT, "verdict")}
@@ -144,8 +169,11 @@ def test_sentencepiece_tokenizer_structured_completion(sentencepiece_model_dir):
         client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
         r = client.completions.create(model="sp", prompt="麻醉评分：", max_tokens=300, temperature=0,
                                       extra_body={"response_format": fmt(VERDICT, "verdict")})
+        lp = client.completions.create(model="sp", prompt="中文：麻醉学是", max_tokens=6, temperature=0, logprobs=5)
     assert r.choices[0].finish_reason == "stop"
     check_verdict(json.loads(r.choices[0].text))
+    assert [len(d) for d in lp.choices[0].logprobs.top_logprobs] == [5] * 6  # k entries on SentencePiece too
+    assert not any("\ufffd" in name for d in lp.choices[0].logprobs.top_logprobs for name in d)
 
 
 def test_smollm2_writes_schema_valid_items_and_verdicts(smollm2_dir):
