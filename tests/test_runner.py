@@ -366,3 +366,39 @@ def test_odd_recipe_shapes_are_messages(tmp_path):
                       ("name: t\nstages: x\n", r"recipe.yaml:2: `stages` is a list of stages")):
         with pytest.raises(ConfigError, match=msg):
             load_recipe(_recipe(tmp_path, body))
+
+
+def test_a_served_endpoint_is_fingerprinted_by_its_weights_and_their_answers_are_not_reused(tmp_path):
+    """``local: {model: runs/.../model, serve: true}``: retraining that model must re-run the stages that call
+    it (they were skipped: only the endpoint's YAML was fingerprinted) and must not answer from the answers
+    the old weights gave (the cache key holds the model's name, which did not change)."""
+    from hypnos.common.runner import _start_stage, stage_inputs
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"old weights")
+    _rows(tmp_path / "items.jsonl", 2)
+    (tmp_path / "r.yaml").write_text(textwrap.dedent("""\
+        name: t
+        endpoints:
+          local: {model: model, serve: true}
+          other: {model: m2, base_url: "http://127.0.0.1:9/v1"}
+        stages:
+          - {name: crossfilter, input: items.jsonl, judges: [local, other]}
+        """), encoding="utf-8")
+    recipe = load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs")
+    spec = recipe.stage("crossfilter")
+    before = stage_inputs(recipe, spec)
+    manifest = _start_stage(recipe, spec, force=False)
+    out = recipe.stage_dir("crossfilter")
+    manifest.update(status="done", outputs={}, timings={**manifest["timings"], "finished": "x"})
+    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    (out / "llm_cache").mkdir()
+    for f in ("local.sqlite", "local.sqlite-wal", "other.sqlite"):
+        (out / "llm_cache" / f).write_bytes(b"answers")
+    assert _start_stage(recipe, spec, force=False).get("skipped")  # unchanged: skipped
+    time.sleep(0.01)
+    (model / "model.safetensors").write_bytes(b"new weights")
+    assert stage_inputs(recipe, spec) != before
+    assert not _start_stage(recipe, spec, force=False).get("skipped")  # retrained: runs again
+    assert sorted(p.name for p in (out / "llm_cache").iterdir()) == ["other.sqlite"]  # the old model's answers go

@@ -575,6 +575,9 @@ def stage_inputs(recipe: Recipe, spec: StageSpec) -> dict[str, str]:
                 inputs[s] = "missing"
         elif s in recipe.endpoints:
             inputs[f"endpoint:{s}"] = hashlib.sha256(recipe.endpoints[s].model_dump_json().encode()).hexdigest()
+            served = _served_weights(recipe, recipe.endpoints[s])
+            if served is not None:  # a model Hypnos serves from a folder or a stage: its weights, not its name
+                inputs[f"served_model:{s}"] = served
         elif s and len(s) < 4096:
             p = resolve_ref(recipe, s)
             try:
@@ -589,6 +592,28 @@ def stage_inputs(recipe: Recipe, spec: StageSpec) -> dict[str, str]:
             inputs[f"file:{f}"] = _fingerprint_file(Path(f))
     _save_fp_cache(run_dir)
     return inputs
+
+
+def _served_weights(recipe: Recipe, ep: EndpointSpec) -> str | None:
+    """Fingerprint of the local model a ``serve: true`` endpoint serves (None: a built-in or hub model)."""
+    if not ep.serve:
+        return None
+    try:
+        p = resolve_ref(recipe, ep.model)
+        return _fingerprint_file(p) if p.exists() else ("missing" if is_ref(ep.model) else None)
+    except (ConfigError, OSError):
+        return "missing"
+
+
+def _drop_stale_answers(out_dir: Path, old_inputs: dict, inputs: dict) -> None:
+    """Forget the cached answers of a served endpoint whose weights changed: its requests (same model name,
+    loopback) would otherwise be answered by what the old weights said."""
+    for k, v in inputs.items():
+        if k.startswith("served_model:") and old_inputs.get(k) not in (None, v):
+            name = k.split(":", 1)[1]
+            for f in (out_dir / "llm_cache").glob(f"{name}.*"):
+                f.unlink(missing_ok=True)
+                log.info("%s: dropped (the weights of %r changed)", f, name)
 
 
 def _fingerprint(spec: StageSpec, inputs: dict[str, str], seed: int) -> str:
@@ -753,6 +778,8 @@ def _start_stage(recipe: Recipe, spec: StageSpec, force: bool) -> dict:
                 log.warning("%s", w)
                 old.setdefault("warnings", []).append(w)
         return old
+    if old and out_dir.exists():
+        _drop_stale_answers(out_dir, old.get("inputs") or {}, inputs)
     if old and (force or old.get("fingerprint") != fp) and out_dir.exists():
         # A different config or input: earlier partial work would be wrong to resume from.
         for child in out_dir.iterdir():
