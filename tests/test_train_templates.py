@@ -137,7 +137,6 @@ def test_layouts_give_the_padded_loss_without_a_micro_batch_wide_mask(which, req
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from hypnos.train.common import load_tokenizer_for_training
-
     from hypnos.train.packing import (
         PaddedCollator,
         RowPackedCollator,
