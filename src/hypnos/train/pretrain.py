@@ -52,7 +52,8 @@ class Config(TrainStageConfig):
     needs_chat_template: ClassVar[bool] = False  # plain text: no chat rendering
 
     def default_training(self) -> dict:
-        """Pretraining defaults: a lower LR for full training, like the SFT stage; blocks in corpus order."""
+        """Pretraining defaults: a lower LR for full training, like the SFT stage; blocks shuffled ("random"),
+        not grouped by length (they are all ``block_size`` long but the last)."""
         return {"learning_rate": 2e-4 if self.lora else 5e-5, "train_sampling_strategy": "random"}
 
 
