@@ -30,7 +30,7 @@ Gating: several judges are combined by ``mean`` or ``min`` of their overall scor
 (majority of the judges' own keep/drop decisions; a tie drops); the aggregate must reach
 ``threshold``. ``veto`` floors (default: harmlessness 8) drop an item when any judge scores that aspect
 below the floor, whatever the mean -- one harmful answer must not be averaged away by four good
-aspects. ``aspect_floor`` additionally requires every aspect's mean over judges to reach it.
+aspects, nor ignored because the same verdict left another aspect out. ``aspect_floor`` additionally requires every aspect's mean over judges to reach it.
 
 Judge quality card: with ``calibration`` (labelled answers: good / weak / unsafe to the same question,
 e.g. examples/preference/), every judge first scores those answers with the same prompt and gate; the
