@@ -154,3 +154,22 @@ def test_rejection_selection_floor_margin_and_truncation():
     # 3: the 9.0 answer was cut, so "b" (1.0) is the best complete one and beats "c" by 1.0
     assert [c[-1]["content"] for c in kept] == ["a", "b"]
     assert dropped == {"best_not_above_margin": 1, "best_below_min_reward": 1}
+
+
+def test_rewards_use_the_reward_models_own_chat_template(tmp_path, tiny_model_dir):
+    """A stage's ``chat_template`` renders its policy's chats; the reward model scores chats rendered the way it
+    was trained on them (its own saved template), else its scores mean nothing."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hypnos.train.rejection_sampling import reward_of
+
+    torch.manual_seed(0)
+    rm = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(rm)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tok.chat_template and "im_start" in tok.chat_template  # ChatML, as the reward stage trained with
+    tok.save_pretrained(rm)
+    prompts = [[{"role": "user", "content": "麻醉前禁食多久？"}]]
+    answers = [["固体食物6小时。", "不用禁食。"]]
+    own = reward_of(str(rm), prompts, answers)
+    assert reward_of(str(rm), prompts, answers, chat_template="llama-2") == own

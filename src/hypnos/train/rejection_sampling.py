@@ -167,12 +167,18 @@ def sample(ctx: StageContext, policy: str, prompts: list[list[dict]], cfg: Confi
 
 def reward_of(reward_dir: str, prompts: list[list[dict]], answers: list[list[str]],
               chat_template: str | None = None) -> list[list[float]]:
-    """Reward of every answer (rendered as a chat, like reward training does); prompts sharded by rank."""
+    """Reward of every answer (rendered as a chat, like reward training does); prompts sharded by rank.
+
+    ``chat_template`` (the stage's, meant for its policy) is used only when the reward model has no template
+    of its own: a reward model scores chats rendered the way it was trained on them.
+    """
     from transformers import AutoModelForSequenceClassification
 
     from hypnos.common.models import default_device, resolve_model
+    from hypnos.train.chat_templates import dir_has_chat_template
 
-    tok = load_tokenizer_for_training(reward_dir, chat_template)
+    own = dir_has_chat_template(resolve_model(reward_dir))
+    tok = load_tokenizer_for_training(reward_dir, None if own else chat_template)
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model(reward_dir)).to(default_device())
     model.config.pad_token_id = tok.pad_token_id
     idx, _ = dist.shard(list(range(len(prompts))))
