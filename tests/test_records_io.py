@@ -276,3 +276,19 @@ def test_declared_utf8_reads_a_file_with_a_bom(tmp_path, name):
         got = [r.data if not isinstance(r, DataError) else str(r) for r in iter_rows(p, encoding=enc)]
         assert got == [{"instruction": "问题一？", "output": "答一"}, {"instruction": "问题二？", "output": "答二"}], enc
         assert not read_text(p, encoding=enc).startswith("\ufeff")
+
+
+def test_data_check_reports_every_bad_row_without_quarantining(tmp_path):
+    """`hypnos data check FILE` stopped at a file's first bad row; it names them all (and writes nothing)."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "rows.jsonl"
+    p.write_text('{"id": "a", "instruction": "问一？", "output": "答"}\nnot json\n'
+                 '{"id": "b", "instruction": "问二？", "output": "答"}\n{"id": "c", "instruction": 3}\n', encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "hypnos.cli", "data", "check", str(p)], capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{p}:2:" in r.stdout and f"{p}:4:" in r.stdout, r.stdout
+    assert "4 rows: 2 valid, 2 rejected" in r.stdout.replace("\n", " ")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["rows.jsonl"]  # no quarantine file unless asked

@@ -27,12 +27,17 @@ def check(
     from hypnos.common.io import DataError, ReadReport, quarantine_path
     from hypnos.common.records import read_records
 
+    import tempfile
+
     bad = 0
     for f in files:
         report = ReadReport()
         try:
-            recs = read_records(f, kind, on_error="quarantine" if quarantine else "raise", report=report,
-                                encoding=encoding)
+            # every bad row is collected (a check that stops at the first one means one rerun per bad row);
+            # without --quarantine their quarantine file goes to a scratch folder that is thrown away
+            with tempfile.TemporaryDirectory() as scratch:
+                recs = read_records(f, kind, on_error="quarantine", report=report, encoding=encoding,
+                                    quarantine_dir=None if quarantine else scratch)
         except DataError as e:
             console.print(f"[red]{e}[/red]", highlight=False)
             bad += 1
@@ -40,7 +45,7 @@ def check(
         for e in report.rejected:
             console.print(f"[yellow]{e}[/yellow]", highlight=False)
         bad += len(report.rejected)
-        where = f" (quarantined in {quarantine_path(f)})" if report.rejected else ""
+        where = f" (quarantined in {quarantine_path(f)})" if report.rejected and quarantine else ""
         console.print(f"{f}: {report.read} rows: {len(recs)} valid, {len(report.rejected)} rejected{where}",
                       highlight=False)
         if report.read == 0:
