@@ -304,3 +304,31 @@ def test_a_server_without_structured_outputs_falls_back_to_text(tmp_path):
     assert gen_m["counts"]["generated"] == 8
     assert gen_m["metrics"]["per_generator"]["a"]["structured_requests"] == 0
     assert cf_m["usage"]["a"]["structured_outputs"] is False
+
+
+def test_an_accepted_machine_item_joins_the_pool_so_its_copies_are_refused(tmp_path):
+    """Every answer repeats one new item (not a seed): it counts once; later copies are rejected as duplicates
+    of the first accepted copy (the pool grows). Removing ``pool.add`` passed every other test."""
+    fixed = {"instruction": "全身麻醉苏醒期躁动的常见原因和处理原则有哪些？", "input": "", "output": "疼痛、尿潴留、低氧等，对因处理。"}
+
+    def responder(body: dict) -> str:
+        h = _h(body["messages"][-1]["content"], body.get("seed"))
+        new = {"instruction": _words(h, "q") + "？", "input": "", "output": _words(h, "a") + "。"}
+        return json.dumps({"items": [fixed, new]}, ensure_ascii=False)
+
+    with FaultyServer(responder=responder) as server:
+        _setup(tmp_path, server.base_url)
+        (tmp_path / "p.yaml").write_text(textwrap.dedent(f"""\
+            name: pool
+            endpoints:
+              a: {{model: model-a, base_url: "{server.base_url}"}}
+            stages:
+              - {{name: generate, seeds: seeds.jsonl, generators: [a], target_per_generator: 6, items_per_request: 2,
+                  max_rounds: 6, kinds: [knowledge]}}
+            """), encoding="utf-8")
+        run_recipe(load_recipe(tmp_path / "p.yaml", output_dir=tmp_path / "runs"))
+    out = tmp_path / "runs/pool/generate"
+    gen, rejected = _jsonl(out / "generated.jsonl"), _jsonl(out / "rejected.jsonl")
+    firsts = [r for r in gen if r["instruction"] == fixed["instruction"]]
+    assert len(gen) == 6 and len(firsts) == 1
+    assert rejected and {r["duplicate_of"] for r in rejected} == {firsts[0]["id"]}
