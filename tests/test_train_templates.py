@@ -96,6 +96,20 @@ def test_validate_refuses_a_templateless_base_until_chat_template_is_named(tmp_p
     assert recipe({"chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}) == []
 
 
+def test_validate_refuses_a_templateless_reward_model_in_rejection_sampling(tmp_path, tiny_model_dir, templateless_dir):
+    """Rewards are computed after all the sampling: a reward model that cannot render chats must be caught first."""
+    def problems(extra: dict) -> list[str]:
+        stage = {"name": "rs", "kind": "rejection_sampling", "model": str(tiny_model_dir),
+                 "reward_model": str(templateless_dir), "prompts": [str(FIX / "ranked.jsonl")], **extra}
+        p = tmp_path / "rs.yaml"
+        p.write_text(yaml.safe_dump({"name": "t", "stages": [stage]}), encoding="utf-8")
+        return validate_recipe(load_recipe(p, output_dir=tmp_path / "runs"))
+
+    found = problems({})
+    assert len(found) == 1 and "reward_model" in found[0] and "chat_template" in found[0], found
+    assert problems({"chat_template": "chatml"}) == []  # used for the reward model when it has none
+
+
 @pytest.mark.parametrize("name,base_keys", [("hypnos", ["tokenizer.base_model"]), ("chimed", ["pretrain.model"])])
 def test_paper_recipes_name_templates_for_templateless_bases(name, base_keys, tmp_path, monkeypatch,
                                                              templateless_dir):

@@ -81,6 +81,7 @@ class Config(TrainStageConfig):
         problems = super().check(ctx)
         problems += check_model_ref(ctx.recipe, self.reward_model, f"stage {ctx.name!r}: reward_model")
         problems += ctx.check_ref(self.reward_model, "reward_model") if self.reward_model.startswith("@") else []
+        problems += self.check_reward_template(ctx)
         for p in self.prompts:
             problems += ctx.check_ref(p, "prompts")
         if self.endpoint is not None:
@@ -90,6 +91,15 @@ class Config(TrainStageConfig):
                 problems.append(f"stage {ctx.name!r}: endpoint sampling needs iterations: 1 (the endpoint serves "
                                 "only the starting policy)")
         return problems
+
+    def check_reward_template(self, ctx: StageContext) -> list[str]:
+        """The reward model renders chats with its own template, else with this stage's ``chat_template``
+        (``reward_of``): with neither, scoring would fail only after every prompt was sampled."""
+        from hypnos.train.chat_templates import FIELD_HINT, model_has_chat_template
+
+        if self.chat_template is None and model_has_chat_template(ctx.recipe, self.reward_model) is False:
+            return [f"stage {ctx.name!r}: reward_model {self.reward_model!r} has no chat template; {FIELD_HINT}"]
+        return []
 
 
 def read_prompts(paths: list[Path]) -> list[list[dict]]:
