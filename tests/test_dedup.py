@@ -163,3 +163,14 @@ def test_a_50_mb_row_is_hashed_in_bounded_memory(tmp_path):
     dups, extra_mb = out.stdout.split("]")
     assert dups.strip("[ ") == "-1, 0, -1"
     assert int(extra_mb) < 2000, f"{extra_mb} MB above the input"
+
+
+def test_pairs_just_below_the_threshold_are_kept():
+    """Precision at the threshold: pairs with true Jaccard 0.60-0.68 are candidates (LSH tuned for recall) but
+    the exact check keeps both. Disabling that check passed every other test."""
+    rng = np.random.default_rng(1)
+    pairs = [p for p in (_pair_with_jaccard(rng, t) for t in np.linspace(0.60, 0.68, 80)) if 0.60 <= p[2] < 0.69]
+    assert len(pairs) >= 60
+    r = find_duplicates([t for a, b, _ in pairs for t in (a, b)], threshold=0.7)
+    assert (r.duplicate_of == -1).all(), f"{(r.duplicate_of != -1).sum()} false duplicates"
+    assert r.params["candidates"] > 0  # they were candidates: the exact check is what kept them
