@@ -40,7 +40,7 @@ def eos_prone_dir(tmp_path_factory, tiny_model_dir):
 
 def test_demo_chimed_runs_end_to_end_at_tiny_size(tmp_path, eos_prone_dir):
     tiny = str(eos_prone_dir)
-    steps = {"max_steps": 1, "per_device_train_batch_size": 2}
+    steps = {"max_steps": 1, "per_device_train_batch_size": 2, "warmup_steps": 0}  # warm-up: a step at lr 0
     overrides = [
         f"pretrain.model={tiny}", f"pretrain.training={json.dumps(steps)}", "pretrain.block_size=64",
         f"sft.training={json.dumps(steps)}", "sft.max_length=256",
@@ -72,5 +72,8 @@ def test_demo_chimed_runs_end_to_end_at_tiny_size(tmp_path, eos_prone_dir):
     assert rows["rejection_sampling"]["before"] == rs["metrics"]["mean_reward_before"]
     assert set(report["heldout"]) == {"anesthesia", "online"}
     assert set(report["heldout"]["online"]["models"]) == {"base", "chimed_sft", "chimed_rs"}
+    # every stage trained: each model reads the held-out text differently from the one before it
+    per_text = json.loads((r.stage_dir("eval") / "heldout" / "online.json").read_text(encoding="utf-8"))["per_text"]
+    assert per_text["base"] != per_text["chimed_sft"] != per_text["chimed_rs"]
     html = (r.stage_dir("report") / "report.html").read_text(encoding="utf-8")
     assert 'id="preference-table"' in html and "pairwise accuracy on held-out rankings" in html
