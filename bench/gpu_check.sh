@@ -110,7 +110,6 @@ stages:
   - {name: lora, kind: sft, model: $WORK/tiny, data: [$PWD/tests/fixtures/train/qa.jsonl], dtype: float32, lora: {r: 4, alpha: 8, dropout: 0.0},
      training: {max_steps: 2, per_device_train_batch_size: 4, learning_rate: 0.01, warmup_steps: 0, report_to: [], save_strategy: "no", bf16: false, train_sampling_strategy: sequential}}
 YAML
-LAUNCH="$PY -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no"
 timeout 120 $PY -m hypnos.cli run "$WORK/recipe.yaml" --output-dir "$WORK/plain" > "$WORK/plain.log" 2>&1 || echo "plain run failed: see $WORK/plain.log"
 cat > "$WORK/fsdp.yaml" <<YAML
 compute_environment: LOCAL_MACHINE
