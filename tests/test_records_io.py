@@ -292,3 +292,32 @@ def test_data_check_reports_every_bad_row_without_quarantining(tmp_path):
     assert f"{p}:2:" in r.stdout and f"{p}:4:" in r.stdout, r.stdout
     assert "4 rows: 2 valid, 2 rejected" in r.stdout.replace("\n", " ")
     assert sorted(x.name for x in tmp_path.iterdir()) == ["rows.jsonl"]  # no quarantine file unless asked
+
+
+WRITER = """
+import sys, time
+from hypnos.common.io import write_jsonl
+def rows():
+    for i in range(4000):
+        if i == 10:
+            time.sleep(0.5)  # both writers are mid-file at once
+        yield {"id": f"{sys.argv[2]}{i}", "text": sys.argv[2] * 40}
+write_jsonl(sys.argv[1], rows())
+"""
+
+
+def test_two_processes_writing_one_output_leave_one_whole_file(tmp_path):
+    """Both used the same temp name: the second one's rename failed (FileNotFoundError) or the file mixed both."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "rows.jsonl"
+    env = {"PYTHONPATH": str(Path(__file__).parents[1] / "src"), "PATH": "/usr/bin:/bin"}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(out), tag], env=env, stderr=subprocess.PIPE, text=True)
+             for tag in "ab"]
+    results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]
+    assert [rc for rc, _ in results] == [0, 0], results
+    tags = {json.loads(x)["id"][0] for x in out.read_text(encoding="utf-8").splitlines()}
+    assert len(tags) == 1 and len(out.read_text(encoding="utf-8").splitlines()) == 4000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]

@@ -558,16 +558,24 @@ def write_quarantine(errors: list[DataError], qpath: Path) -> None:
 # ---- writing ------------------------------------------------------------------------------------------
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
-    """Write rows atomically (temp file then rename) so a crash never leaves half a file."""
+    """Write rows atomically (temp file then rename) so a crash never leaves half a file.
+
+    The temp file is the writer's own (pid in its name): two processes writing one output leave one whole
+    file, never a mix of both or a failed rename.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (bad row, Ctrl-C) leaves no temp file behind
+        raise
     return n
 
 
