@@ -128,3 +128,17 @@ def test_unknown_tokenizer_dir_is_a_clear_error(tmp_path):
 
     with pytest.raises(TokenizerFamilyError, match="no tokenizer.model, tokenizer.json"):
         extend_tokenizer(tmp_path, ["麻醉"], tmp_path / "out")
+
+
+@needs_shared_data("tokenizers")
+def test_sentencepiece_extension_keeps_a_chat_template_saved_as_jinja(tmp_path):
+    """transformers 5 saves a tokenizer's template as chat_template.jinja, not in tokenizer_config.json; the
+    extended tokenizer must keep it (validate follows ``@tokenizer`` to the base and says it has one)."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(TOK / "chinese_llama2_alpaca2", base)
+    template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    (base / "chat_template.jinja").write_text(template, encoding="utf-8")
+    extend_tokenizer(base, ["麻醉诱导", "丙泊酚"], tmp_path / "out")
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").chat_template == template

@@ -280,6 +280,9 @@ def _write_hf_llama(proto, base_dir: Path | None, out_dir: Path) -> None:
         old = json.loads((base_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
         cfg.update({k: old[k] for k in ("add_bos_token", "add_eos_token", "chat_template", "model_max_length")
                     if k in old})
+    if base_dir is not None and "chat_template" not in cfg and (base_dir / "chat_template.jinja").is_file():
+        # transformers 5 saves the template beside tokenizer_config.json, not in it
+        cfg["chat_template"] = (base_dir / "chat_template.jinja").read_text(encoding="utf-8")
     special = {"unk_token": proto.pieces[proto.trainer_spec.unk_id].piece,
                "bos_token": proto.pieces[proto.trainer_spec.bos_id].piece,
                "eos_token": proto.pieces[proto.trainer_spec.eos_id].piece}
