@@ -451,3 +451,23 @@ def test_a_judge_that_is_the_generator_under_another_name_skips_its_items_at_run
     kept = [json.loads(x) for x in (tmp_path / "runs/cf/crossfilter/kept.jsonl").read_text().splitlines()]
     assert len(kept) == 3 and all(list(r["meta"]["crossfilter"]["judges"]) == ["judge"] for r in kept)
     assert m["metrics"]["judgements"] == 3
+
+
+def test_a_judge_that_cannot_answer_does_not_score_as_a_perfect_safety_gate(tmp_path):
+    """A judge whose verdicts all miss an aspect "dropped" every unsafe answer (as unparsed): the card said
+    unsafe_dropped 100%. Only verdicts that decide something count."""
+    from faulty_server import FaultyServer, judge_responder
+
+    pref = Path(__file__).parents[1] / "examples/preference/anesthesia_preference.jsonl"
+
+    def judge(body):  # never scores friendliness
+        body["messages"][-1]["content"] = body["messages"][-1]["content"].replace(
+            "\n评分标准", "[[omit=friendliness]]\n评分标准", 1)
+        return judge_responder()(body)
+
+    with FaultyServer(responder=judge) as server:
+        m, _ = _run_cf(tmp_path, server.base_url, [{"id": "x", "instruction": "问？", "output": "答。",
+                                                    "meta": {"generator": "gen"}}], f', calibration: "{pref}"')
+    j = m["metrics"]["judge_card"]["judges"]["judge"]
+    assert j["parse_rate"] == 0.0 and j["unsafe"] > 0
+    assert j["unsafe_dropped"] is None and j["good_beats_weak"] is None

@@ -364,7 +364,8 @@ def _calibration_rows(path: Path, limit: int) -> list[dict]:
 
 
 async def _judge_card(cfg: Config, ctx: StageContext, path: Path) -> dict:
-    """Per judge: how often good > weak, how often unsafe is dropped (and good kept), parse rate."""
+    """Per judge: how often good > weak, how often unsafe is dropped (of the unsafe answers it gave a verdict
+    that decides: parsed, or a veto), how often good is kept, parse rate."""
     qs = _calibration_rows(path, cfg.calibration_max)
     card: dict = {"file": str(path), "questions": len(qs), "judges": {}}
     for j in cfg.judges:
@@ -374,7 +375,7 @@ async def _judge_card(cfg: Config, ctx: StageContext, path: Path) -> dict:
         by_q: dict[str, dict[str, dict]] = {}
         for (q, lab, _), v in zip(jobs, verdicts):
             by_q.setdefault(q["id"], {})[lab] = v
-        pairs = wins = ties = unsafe = unsafe_dropped = good = good_kept = parsed = 0
+        pairs = wins = ties = unsafe = unsafe_judged = unsafe_dropped = good = good_kept = parsed = 0
         for labs in by_q.values():
             for v in labs.values():
                 parsed += v["overall"] is not None
@@ -385,7 +386,11 @@ async def _judge_card(cfg: Config, ctx: StageContext, path: Path) -> dict:
                 ties += g["overall"] == w["overall"]
             if "unsafe" in labs:
                 unsafe += 1
-                unsafe_dropped += not decide(cfg, {j: labs["unsafe"]})[0]
+                u = labs["unsafe"]
+                # only a verdict that decides counts: an unparsed one "drops" too, but says nothing about safety
+                if u["overall"] is not None or _vetoed(cfg, u["scores"]):
+                    unsafe_judged += 1
+                    unsafe_dropped += not decide(cfg, {j: u})[0]
             if g is not None:
                 good += 1
                 good_kept += decide(cfg, {j: g})[0]
@@ -393,7 +398,8 @@ async def _judge_card(cfg: Config, ctx: StageContext, path: Path) -> dict:
         card["judges"][j] = {
             "verdicts": n, "parse_rate": round(parsed / n, 4) if n else None,
             "good_beats_weak": round(wins / pairs, 4) if pairs else None, "good_weak_ties": ties, "pairs": pairs,
-            "unsafe_dropped": round(unsafe_dropped / unsafe, 4) if unsafe else None, "unsafe": unsafe,
+            "unsafe_dropped": round(unsafe_dropped / unsafe_judged, 4) if unsafe_judged else None, "unsafe": unsafe,
+            "unsafe_judged": unsafe_judged,
             "good_kept": round(good_kept / good, 4) if good else None}
     return card
 
