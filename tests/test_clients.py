@@ -343,3 +343,13 @@ def test_a_cut_answer_in_a_legacy_cache_is_not_taken_as_a_success(tmp_path):
         flagged = LLMClient(endpoint, tmp_path / "other.sqlite")
         flagged._cache.put(key, {}, {"text": "cut", "texts": ["cut"], "finish_reason": "length"})
         assert flagged.chat_sync(msgs, max_tokens=64).truncated  # accepted, but flagged
+
+
+def test_a_missing_key_message_does_not_repeat_a_credential_of_the_url(monkeypatch):
+    """The message goes to the terminal, run.log and the failed stage's manifest."""
+    monkeypatch.delenv("HYPNOS_TEST_ABSENT_KEY", raising=False)
+    ep = Endpoint(base_url="https://alice:sk-in-url@api.example.com/v1?api-key=sk-q", model="m",
+                  api_key_env="HYPNOS_TEST_ABSENT_KEY")
+    with pytest.raises(ValueError, match="HYPNOS_TEST_ABSENT_KEY") as e:
+        ep.api_key()
+    assert "sk-in-url" not in str(e.value) and "sk-q" not in str(e.value) and "alice" not in str(e.value)

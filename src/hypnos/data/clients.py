@@ -105,7 +105,7 @@ class Endpoint(BaseModel):
             return None
         key = os.environ.get(self.api_key_env)
         if not key:
-            raise ValueError(f"environment variable {self.api_key_env} (api_key_env of {self.base_url}) is not set")
+            raise ValueError(f"environment variable {self.api_key_env} (api_key_env of {redact_url(self.base_url)}) is not set")
         return key
 
 
