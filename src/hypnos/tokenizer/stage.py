@@ -9,7 +9,7 @@ Run: ``hypnos stage-tokenizer --config tokenizer.yaml`` or as a recipe stage::
       vocab_size: 8000
       max_new_pieces: 4000
       heldout: bench/anesthesia_openqa.jsonl
-      warmup: {steps: 40}              # train only the new rows before any fine-tuning (0: off)
+      warmup: {steps: 80}              # train only the new rows before any fine-tuning (0: off)
 
 Steps, each skipped when its result is already in the stage folder (so a killed run resumes):
 ``spm/spm.model`` (SentencePiece BPE on the corpus) -> ``tokenizer/`` (extended tokenizer and

@@ -33,9 +33,9 @@ class WarmupConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(40, ge=0)
-    """Optimizer steps; 0 turns the warm-up off. 40 steps of 4 x 128 tokens is what docs/tokenizer.md measured
-    on a 2-core CPU (about 2 minutes on an idle machine); more steps recover more."""
+    steps: int = Field(80, ge=0)
+    """Optimizer steps; 0 turns the warm-up off. 80 steps of 4 x 128 tokens was the best budget measured in
+    docs/tokenizer.md (about 3.5 minutes on an idle 2-core CPU); 40 recover less, more steps recover more."""
     learning_rate: float = Field(3e-3, gt=0)
     """Adam learning rate for the new rows (only ~1-2 % of the weights move, so it can be high)."""
     batch_size: int = Field(4, ge=1)
