@@ -297,6 +297,70 @@ def name_before(text: str, e: int) -> int:
     return -1
 
 
+# Verbs whose subject is a person: a name right before them (石磊签字, 管玉兰查房, 巩立新主刀).
+PERSON_VERBS = _words("签字 签名 诊查 查房 主刀 告知 陪同 代述 会诊 查看 护送 接回 审核 核对 交接 随访")
+_VERB_RE = re.compile("|".join(sorted(map(re.escape, PERSON_VERBS), key=len, reverse=True)))
+# Words that introduce a person in running text (由庄严医师完成, 经阙志华会诊, 请蒯建新医生, 与X共同):
+# between one of these and a title or person verb even a surname that is also a word is a name.
+_INTRO = set("由经请与和及、")
+# What may follow an item of a list of names (郗晓光、方圆、程亮组成, 齐鸣、杜鹃两位医师).
+_LIST_AFTER = re.compile(r"[、，,。；;：:）)\s]|$|两位|二人|三人|等|共同|组成|一起|分别")
+_LIST_SEP = "、和与及"
+_ROLE_END = tuple(sorted(set(LABELS) | set(TITLES), key=len, reverse=True))
+
+
+def _slot_name(text: str, e: int, intro_only: bool = False) -> int:
+    """Start of a name ending at ``e`` (right before a title, a person verb or a list separator) whose
+    left side is a boundary, an introducing word (由/经/请/与/、) or a role word (产科主任|管玉兰查房);
+    -1 if none. Surnames that are also words (管, 庄, 方, 平) are allowed here because both sides of the
+    slot say "person"; the guard list still vetoes clinical words (高年资, 康复)."""
+    gc = given_chars()
+    for k in (4, 3, 2):
+        s = e - k
+        if s < 0:
+            continue
+        sn = surname_at(text, s)
+        if not sn or len(sn) + 2 < k or len(sn) == k or (k == 4 and len(sn) != 2):
+            continue
+        if not all(c in gc for c in text[s + len(sn) : e]) or _guarded(text, s):
+            continue
+        left = text[s - 1] if s else ""
+        intro = left in _INTRO
+        role = bool(s) and text[:s].endswith(_ROLE_END)
+        bound = not s or left in _BOUNDARY_BEFORE or left in "）)"
+        if intro_only and not intro:
+            continue
+        if not (intro or role or bound):
+            continue
+        name = text[s:e]
+        # a dictionary word that is no name (庄严, 方圆) needs an introducing word or a role on its left;
+        # a word that starts with the left character (手段|…) is no slot at all
+        if (_common_word(name) or sn in WEAK_SURNAMES) and not (intro or role):
+            continue
+        if k == 3 and len(sn) == 1 and _is_word(text[s : s + 2]):
+            continue  # 许多|水医生: a word, then a character
+        if s and _is_word(text[s - 1 : s + 1]):
+            continue  # the left character and the "surname" are one word: 由于|情绪, 及时|告知, 经皮|引流
+        return s
+    return -1
+
+
+def _name_at(text: str, i: int) -> int:
+    """Length of a list item starting at ``i`` (surname + 1–2 given-name characters, then a list end,
+    a title or a person verb); 0 if none."""
+    gc = given_chars()
+    sn = surname_at(text, i)
+    if not sn or _guarded(text, i):
+        return 0
+    for run in (2, 1):
+        e = i + len(sn) + run
+        if e > len(text) or not all(c in gc for c in text[i + len(sn) : e]):
+            continue
+        if _LIST_AFTER.match(text, e) or _TITLE_RE.match(text, e) or _VERB_RE.match(text, e):
+            return e - i
+    return 0
+
+
 _MOU_RE = re.compile("(?:" + "|".join(COMPOUND) + "|[" + "".join(sorted(SURNAMES - WEAK_SURNAMES)) + "])某{1,2}(?![地处些种天日时年月次个项类位件])")
 _SPLIT = re.compile(r"[，,。；;！!？?\n（）()、：:\s]")
 
@@ -387,7 +451,54 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             add(s, m.start())
     for s, e in _name_like(text, free):
         add(s, e)
+    # a name right before a person verb (石磊签字), or between 由/经/请/与 and a title/verb/list (由庄严医师)
+    for m in list(_VERB_RE.finditer(text)) + list(_TITLE_RE.finditer(text)):
+        s = _slot_name(text, m.start())
+        if s >= 0:
+            add(s, m.start())
+    # the head of a list after 由/经/请/与 (由郗晓光、方圆…): a full name (surname + two given characters)
+    # that is no dictionary word, so herb and drug lists (黄芪、党参、白术) never start one
+    for m in re.finditer("、", text):
+        s = _slot_name(text, m.start(), intro_only=True)
+        if s >= 0 and m.start() - s >= 3 and s and text[s - 1] in "由经请与" and _dict_tag(text[s : m.start()]) in (None, "nr") \
+                and _dict_tag(text[m.start() - 2 : m.start()]) not in ("v", "vn"):  # 经皮|引流、
+            add(s, m.start())
+    # kinship or role in parentheses, then the name: 家属（患者侄子）芮建国; a name in parentheses after a
+    # person word: 我（戴红梅）同意, 丈夫（平安）
+    for m in _PAREN_RE.finditer(text):
+        n = name_after(text, m.end(), strong=m.group().endswith(("（", "(")))
+        if n and (not m.group().endswith(("（", "(")) or text[m.end() + n : m.end() + n + 1] in "）)"):
+            add(m.end(), m.end() + n)
+    _extend_lists(text, spans, free)
     return sorted(spans)
+
+
+_PAREN_RE = re.compile("(?:(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True))
+                       + r")\s*[）)]\s*|(?:我|本人|" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True))
+                       + r")\s*[（(])")
+
+
+def _extend_lists(text: str, spans: list[tuple[int, int]], free) -> None:
+    """Names coordinated with a found name (X、Y和Z): each neighbour that is surname + given-name
+    characters and ends like a list item is a name too; repeated until nothing changes."""
+    changed = True
+    while changed:
+        changed = False
+        for s, e in list(spans):
+            if e < len(text) and text[e] in _LIST_SEP:
+                n = _name_at(text, e + 1)
+                if n and free(e + 1, e + 1 + n) and (text[e] == "、" or not _common_word(text[e + 1 : e + 1 + n])):
+                    spans.append((e + 1, e + 1 + n))
+                    changed = True
+            if s > 1 and text[s - 1] in _LIST_SEP:
+                for k in (3, 2, 4):
+                    a = s - 1 - k
+                    if a >= 0 and free(a, s - 1) and _name_at(text, a) == k \
+                            and (a == 0 or text[a - 1] in _BOUNDARY_BEFORE or text[a - 1] in _INTRO) \
+                            and (text[s - 1] == "、" or not _common_word(text[a : s - 1])):
+                        spans.append((a, s - 1))
+                        changed = True
+                        break
 
 
 def _name_like(text: str, free) -> list[tuple[int, int]]:
