@@ -45,6 +45,28 @@ def test_clinical_words_that_look_like_names_stay(text):
     assert D.scrub(text)[0] == text, D.find(text)
 
 
+# ---- names with no label: slots, lists, parentheses (issue 13 follow-up; all miss before it) ---------
+
+@pytest.mark.parametrize("text,names", [
+    ("家属（患者外孙）伏建业已签字。", ["伏建业"]),          # kinship in parentheses, then the name
+    ("我（单丽君）已阅读上述内容。", ["单丽君"]),             # the name in parentheses after 我
+    ("病理科主任管淑华查房后建议复查。", ["管淑华"]),          # weak surname 管 between a role and 查房
+    ("由邝志远、葛蕾、单波组成会诊小组。", ["邝志远", "葛蕾", "单波"]),  # a list after 由
+    ("郝建林、阎婷婷两位医师共同完成手术。", ["郝建林", "阎婷婷"]),    # a list counted by 两位
+])
+def test_names_in_slots_lists_and_parentheses(text, names):
+    assert _found(text, "name") == names, D.find(text)
+
+
+@pytest.mark.parametrize("text", [
+    "由于情绪波动，血压升高。", "请及时告知医生。", "经皮引流、胆囊切除术均可选择。", "本同意书经双方签字后生效。",
+    "黄芪、党参、白术各10g。", "由全科医生随访。", "由康复医师指导训练。", "请相关科室会诊。", "每日两次，每次两片。",
+    "常规两位护士核对。", "由值班医生告知家属。",
+])
+def test_slot_and_list_rules_keep_clinical_words(text):
+    assert D.scrub(text)[0] == text, D.find(text)
+
+
 @pytest.mark.parametrize("text,hospital", [
     ("曾于复旦大学附属中山医院就诊", "复旦大学附属中山医院"), ("转至河南省人民医院", "河南省人民医院"),
     ("在新乡县古固寨镇卫生院输液", "新乡县古固寨镇卫生院"), ("在仁爱诊所就诊", "仁爱诊所"),

@@ -103,7 +103,9 @@ _BOUNDARY_BEFORE = set("，,。；;：:、（(）)\"“”'‘’ \t\n是找请�
 _COMMON_GIVEN = ("伟芳娜敏静丽强磊军洋勇艳杰娟涛明超霞平刚桂英华兰梅玲燕红萍鹏辉斌宇浩凯健俊帆帅旭宁龙林峰波"
                  "飞鑫瑞琳婷雪慧颖倩欣怡涵轩泽博文晨阳佳嘉琪悦彤雨思梓子诗晓小秀玉春冬志国建德金海荣永亮成"
                  "东立新云霖昊然睿哲瑶璐蕾薇莹菲媛婉琦璇妍馨钰淼森炜昕皓晟翔宏毅坤峥铭锋楠榕桐杨柳桦"
-                 "子天佑曦豪宸逸辰萱航熙琛瑾瑜瑄婕妤蕊芸茜姝娅婧骏弘彬晖煜烨栋梁伦琛珂珊瑛钧铮湘")
+                 "子天佑曦豪宸逸辰萱航熙琛瑾瑜瑄婕妤蕊芸茜姝娅婧骏弘彬晖煜烨栋梁伦琛珂珊瑛钧铮湘"
+                 # frequent in the names of people born 1940–1970 (淑珍, 桂娥) and of children today (晗, 暄)
+                 "淑娥晗暄澜璟蕴")
 _GUARD_FILE = Path(__file__).with_name("deid_guard.txt")
 
 
@@ -136,8 +138,8 @@ def given_chars() -> frozenset[str]:
     for w, t in pseg.dt.word_tag_tab.items():
         if t == "nr" and len(w) == 3 and w[0] in SURNAMES:
             c.update(w[1:])
-    common = set(_COMMON_GIVEN)
-    return frozenset(ch for ch, n in c.items() if n >= 8 or ch in common) - NOT_GIVEN
+    # the common characters count even where jieba's (older) names never use them (彤, 睿, 淑, 萱)
+    return frozenset({ch for ch, n in c.items() if n >= 8} | set(_COMMON_GIVEN)) - NOT_GIVEN
 
 
 def _dict_tag(word: str) -> str | None:
@@ -306,6 +308,7 @@ _INTRO = set("由经请与和及、")
 # What may follow an item of a list of names (郗晓光、方圆、程亮组成, 齐鸣、杜鹃两位医师).
 _LIST_AFTER = re.compile(r"[、，,。；;：:）)\s]|$|两位|二人|三人|等|共同|组成|一起|分别")
 _LIST_SEP = "、和与及"
+_COUNT_RE = re.compile("[两二三四]位|[两二三四]人(?![次份])|[两二三四]名(?:医|护)")
 _ROLE_END = tuple(sorted(set(LABELS) | set(TITLES), key=len, reverse=True))
 
 
@@ -455,6 +458,11 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     for m in list(_VERB_RE.finditer(text)) + list(_TITLE_RE.finditer(text)):
         s = _slot_name(text, m.start())
         if s >= 0:
+            add(s, m.start())
+    # the last of a list of people counted right after it (X、Y两位医师, X和Y二人): the count says "persons"
+    for m in _COUNT_RE.finditer(text):
+        s = _slot_name(text, m.start())
+        if s >= 0 and (s == 0 or text[s - 1] in _LIST_SEP or text[s - 1] in _BOUNDARY_BEFORE):
             add(s, m.start())
     # the head of a list after 由/经/请/与 (由郗晓光、方圆…): a full name (surname + two given characters)
     # that is no dictionary word, so herb and drug lists (黄芪、党参、白术) never start one
