@@ -305,6 +305,7 @@ _VERB_RE = re.compile("|".join(sorted(map(re.escape, PERSON_VERBS), key=len, rev
 # Words that introduce a person in running text (由庄严医师完成, 经阙志华会诊, 请蒯建新医生, 与X共同):
 # between one of these and a title or person verb even a surname that is also a word is a name.
 _INTRO = set("由经请与和及、")
+_INTRO_VERB_RE = re.compile("沟通|说明|指导|完成|负责|解释|联系|商量")
 # What may follow an item of a list of names (郗晓光、方圆、程亮组成, 齐鸣、杜鹃两位医师).
 _LIST_AFTER = re.compile(r"[、，,。；;：:）)\s]|$|两位|二人|三人|等|共同|组成|一起|分别")
 _LIST_SEP = "、和与及"
@@ -457,6 +458,11 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     # a name right before a person verb (石磊签字), or between 由/经/请/与 and a title/verb/list (由庄严医师)
     for m in list(_VERB_RE.finditer(text)) + list(_TITLE_RE.finditer(text)):
         s = _slot_name(text, m.start())
+        if s >= 0:
+            add(s, m.start())
+    # verbs that say "person" only with 由/经/请/与 on the other side (由X完成, 与X沟通, 请X指导)
+    for m in _INTRO_VERB_RE.finditer(text):
+        s = _slot_name(text, m.start(), intro_only=True)
         if s >= 0:
             add(s, m.start())
     # the last of a list of people counted right after it (X、Y两位医师, X和Y二人): the count says "persons"
