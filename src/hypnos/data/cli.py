@@ -24,10 +24,10 @@ def check(
     encoding: Annotated[str | None, typer.Option(help="the files' text encoding (default: detected per file)")] = None,
 ) -> None:
     """Validate record files; every bad row is reported as file:line: reason."""
+    import tempfile
+
     from hypnos.common.io import DataError, ReadReport, quarantine_path
     from hypnos.common.records import read_records
-
-    import tempfile
 
     bad = 0
     for f in files:
