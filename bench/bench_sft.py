@@ -28,6 +28,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def make_model(tok):
 
 
 def common_args(steps: int) -> dict:
-    return {"output_dir": "/tmp/hypnos_bench_sft", "max_steps": steps, "per_device_train_batch_size": BATCH,
+    return {"output_dir": tempfile.mkdtemp(prefix="hypnos_bench_sft_"), "max_steps": steps, "per_device_train_batch_size": BATCH,
             "learning_rate": 1e-4, "logging_steps": 1, "save_strategy": "no", "report_to": [], "seed": 0,
             "data_seed": 0, "disable_tqdm": True, "use_cpu": True, "dataloader_num_workers": 0,
             "bf16": False, "gradient_checkpointing": False}

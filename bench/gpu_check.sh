@@ -15,7 +15,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
 STEPS=${GPU_CHECK_STEPS:-12}
-WORK=${GPU_CHECK_DIR:-$(mktemp -d /tmp/hypnos_gpu_check.XXXX)}
+WORK=${GPU_CHECK_DIR:-$(mktemp -d -t hypnos_gpu_check.XXXX)}
 export HF_HUB_OFFLINE=1 HYPNOS_NO_PROGRESS=1 TOKENIZERS_PARALLELISM=false
 echo "== gpu_check: work dir $WORK, steps $STEPS"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || { echo "SKIP: no nvidia-smi"; exit 1; }
@@ -27,7 +27,7 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", tr
 PY
 
 # ---- 1. SFT throughput ---------------------------------------------------------------------------------
-timeout 300 $PY - "$STEPS" <<'PY'
+timeout 300 $PY - "$STEPS" "$WORK" <<'PY'
 import importlib.util, json, os, sys, time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
@@ -61,7 +61,7 @@ for mname, build in models.items():
         model = build(attn).cuda()
         n_params = sum(p.numel() for p in model.parameters())
         coll = make_collator(layout, tok.pad_token_id, 2048)
-        args = TrainingArguments(output_dir="/tmp/hypnos_gpu_sft", max_steps=2 * steps, per_device_train_batch_size=32,
+        args = TrainingArguments(output_dir=f"{sys.argv[2]}/sft", max_steps=2 * steps, per_device_train_batch_size=32,
                                  learning_rate=1e-5, bf16=True, logging_steps=1, save_strategy="no", report_to=[],
                                  remove_unused_columns=False, disable_tqdm=True, train_sampling_strategy=
                                  "group_by_length" if layout == "padded" else "random")

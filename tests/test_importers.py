@@ -37,9 +37,9 @@ def test_import_real_file(fmt, rel, valid, rejected, tmp_path):
         assert (tmp_path / f"{Path(rel).name}.quarantine.jsonl").read_text().count("\n") == rejected
 
 
-def test_cmexam_parses_options_and_rejects_multi_answer_loudly():
+def test_cmexam_parses_options_and_rejects_multi_answer_loudly(tmp_path):
     recs, _ = import_file("cmexam", DATA / "cmexam/cmexam_val_anesthesia.csv", on_error="quarantine",
-                          quarantine_dir="/tmp")
+                          quarantine_dir=tmp_path)
     assert all(list(r.options) in (list("ABCD"), list("ABCDE")) and r.answer in r.options for r in recs)
     with pytest.raises(DataError, match=r"cmexam_val_anesthesia\.csv:\d+: multiple-answer question"):
         import_file("cmexam", DATA / "cmexam/cmexam_val_anesthesia.csv")
