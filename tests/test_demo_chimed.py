@@ -6,36 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-import torch
-
 from hypnos.common.runner import load_recipe, run_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_chimed.yaml"
 RANKED = Path(__file__).parent / "fixtures" / "train" / "ranked.jsonl"  # 8 rankings: 8 endpoint calls, not 44
-
-
-@pytest.fixture(scope="module")
-def eos_prone_dir(tmp_path_factory, tiny_model_dir):
-    """The tiny model with its most frequently sampled tokens as extra end-of-sequence ids (as in
-    test_train_stages.py), so that rejection sampling sees complete answers within a few tokens."""
-    from collections import Counter
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    text = tok.apply_chat_template([{"role": "user", "content": "全麻醒来后嗓子疼正常吗？"}], tokenize=False,
-                                   add_generation_prompt=True)
-    enc = tok([text], return_tensors="pt", add_special_tokens=False)
-    torch.manual_seed(0)
-    gen = model.generate(**enc, do_sample=True, max_new_tokens=8, num_return_sequences=32, pad_token_id=tok.pad_token_id)
-    frequent = [t for t, _ in Counter(gen[:, enc["input_ids"].shape[1]:].flatten().tolist()).most_common(40)]
-    model.generation_config.eos_token_id = [tok.eos_token_id, *frequent]
-    out = tmp_path_factory.mktemp("eos-prone")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def test_demo_chimed_runs_end_to_end_at_tiny_size(tmp_path, eos_prone_dir):

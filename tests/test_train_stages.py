@@ -90,29 +90,6 @@ def test_reward_augmentation_asks_real_endpoints(tmp_path, tiny_model_dir, serve
     assert list((out / "llm_cache").iterdir()) and m["usage"]["strong"]["requests"] == len(original)
 
 
-@pytest.fixture(scope="module")
-def eos_prone_dir(tmp_path_factory, tiny_model_dir):
-    """The tiny model with extra end-of-sequence ids: the tokens it samples most often (models may have several,
-    e.g. Llama-3), so it ends some answers within a few tokens and rejection sampling has complete answers."""
-    from collections import Counter
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    text = tok.apply_chat_template([{"role": "user", "content": "全麻醒来后嗓子疼正常吗？"}], tokenize=False,
-                                   add_generation_prompt=True)
-    enc = tok([text], return_tensors="pt", add_special_tokens=False)
-    torch.manual_seed(0)
-    gen = model.generate(**enc, do_sample=True, max_new_tokens=8, num_return_sequences=32, pad_token_id=tok.pad_token_id)
-    frequent = [t for t, _ in Counter(gen[:, enc["input_ids"].shape[1]:].flatten().tolist()).most_common(40)]
-    model.generation_config.eos_token_id = [tok.eos_token_id, *frequent]
-    out = tmp_path_factory.mktemp("eos-prone")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.mark.slow
 def test_dpo_lora_and_rejection_sampling(tmp_path, eos_prone_dir):
     tiny_model_dir = eos_prone_dir
