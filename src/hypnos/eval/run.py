@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hypnos.common.io import write_jsonl
+from hypnos.common.io import read_jsonl, write_jsonl
 from hypnos.common.stage import StageConfig, StageContext, StageResult, is_ref
 from hypnos.eval.tasks import Task, TaskError, get_tasks
 
@@ -274,7 +274,7 @@ def _judge(cfg: Config, ctx: StageContext, tasks: list[Task]) -> dict:
         if t.private:
             log.warning("[eval] %s is private: its answers are not kept, so it cannot be judged", t.task)
             continue
-        rows = {label: _read_rows(_paths(ctx, t.task, label)[1]) for label in cfg.models}
+        rows = {label: read_jsonl(_paths(ctx, t.task, label)[1]) for label in cfg.models}
         out[t.task] = {f"{a} vs {b}": judge.compare(t, rows[a], rows[b], ctx.client(cfg.judge), ctx.seed)
                        for a, b in cfg.pairs}
     return out
@@ -292,14 +292,10 @@ def _paired(cfg: Config, ctx: StageContext, tasks: list[Task], seed: int) -> dic
         if t.private:
             out[t.task] = {"note": "private task: per-item scores are not kept, so no paired comparison"}
             continue
-        rows = {m: _read_rows(_paths(ctx, t.task, m)[1]) for m in labels}
+        rows = {m: read_jsonl(_paths(ctx, t.task, m)[1]) for m in labels}
         out[t.task] = {f"{a} vs {b}": paired(t.output_type, rows[a], rows[b], seed)
                        for i, a in enumerate(labels) for b in labels[i + 1:]}
     return out
-
-
-def _read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _headline(tasks: list[Task], scores: dict) -> dict:
