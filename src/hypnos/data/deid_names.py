@@ -31,27 +31,34 @@ def _words(s: str) -> list[str]:
     return s.split()
 
 
-COMPOUND = _words("欧阳 司马 诸葛 上官 司徒 慕容 端木 皇甫 令狐 赫连 东方 夏侯 尉迟 公孙 长孙 宇文 澹台 呼延 万俟 轩辕 "
-            "南宫 西门 独孤 拓跋 钟离 申屠 太史 闻人 百里 东郭 公冶 濮阳 淳于 单于 仲孙 闾丘 左丘 乐正 司空 "
-            "司寇 羊舌 微生 即墨 夹谷 第五 巫马 公羊 梁丘 呼延 宗政 亓官")
-# Single-character surnames (the few hundred that cover nearly all of China).
-SURNAMES = set(
-    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘蒋蔡余杜叶程苏魏吕丁"
-    "任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方邹熊白孟秦邱侯江尹薛闫段雷龙黎史陶贺顾毛郝龚邵万钱严覃武"
-    "戴莫孔汤向常温康施文牛樊葛邢安齐易乔伍庞颜倪庄聂章鲁岳翟殷詹申欧耿关兰焦俞左柳甘祝包宁尚符舒阮"
-    "柯纪梅童凌毕单季裴霍涂成苗谷盛曲翁冉骆蓝路游辛靳管柴蒙鲍华喻祁蒲房滕屈饶解牟艾尤阳时穆农司卓古"
-    "吉缪简车项连芦麦褚娄窦戚岑景党宫费卜冷晏席卫米柏宗瞿桂全佟应臧闵苟邬边卞姬师仇栾隋商刁沙荣巫寇"
-    "桑郎甄丛仲虞敖巩佘池查苑迟邝官封谈匡鞠惠荆乐冀郁胥南班储栗燕楚鄢劳谌奚皮粟冼蔺楼盘闻厉伊仝郜"
-    "阚权帅屠豆朴盖练廉禹井祖漆巴丰支卿狄计索宣晋初云容敬扈晁芮普阙浦戈伏鹿薄邸雍辜羊乌母裘亓修邰"
-    "赫杭况宿鲜印逯隆茹诸战慕危玉银亢嵇哈湛宾戎勾茅於揭干尉冶斯束檀衣展阴昝幸奉植衡富尧闭于阎"
-    # rarer ones (百家姓)
-    "习訾贝芮缪宓莘谈卞阚傅萧赖洪汝荣邴郦郗滑荀羊甄曲靳汲糜松段巫乌弓牧隗山车宓蓬仰秋暴钭厉祖韶蓟"
-    "薄怀蒲鄂咸籍苍双贡逄扶堵宰却璩寿通扈郏别充宦鱼慎庾终暨步弘禄殳沃蔚夔融厍毋乜养须巢蒯后荆红竺"
-    "益桓能从")
-# Surname characters that are, before a title or inside running text, far more often a word of
-# their own (请向医生咨询, 主任医师, 全科医生, 于术后, 和医生沟通): not trusted there.
-WEAK_SURNAMES = set("向于全时平原海花强都来相门信国云明位冷乐满初计元利但展智幸富井支练任管麻和由同合区"
-                    "应单成安方连易文华才官商资年常解查双通别充终步后红养须益能从却寿暴山松鱼曲")
+_SURNAME_FILE = Path(__file__).with_name("deid_surnames.txt")
+
+
+def _surname_sections() -> dict[str, list[str]]:
+    """The sections of ``deid_surnames.txt``: single surnames as characters, the others as words."""
+    sections: dict[str, list[str]] = {}
+    cur = None
+    for n, line in enumerate(_SURNAME_FILE.read_text("utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if re.fullmatch(r"\[\w+\]", line):
+            cur = sections.setdefault(line[1:-1], [])
+        elif line:
+            if cur is None:
+                raise ValueError(f"{_SURNAME_FILE}:{n}: surnames before any [section]")
+            cur += list("".join(line.split())) if line and sections.get("single") is cur else line.split()
+    return sections
+
+
+_SN = _surname_sections()
+# Compound surnames (欧阳, 诸葛, 司马 …), tried before single ones.
+COMPOUND = list(dict.fromkeys(_SN["compound"]))
+# Single-character surnames: the 百家姓 and the 2020 census ranking (see deid_surnames.txt).
+SURNAMES = set(_SN["single"])
+# Surnames (single characters and compounds) that, before a title or inside running text, are far more
+# often a word of their own (请向医生咨询, 主任医师, 全科医生, 于术后, 和医生沟通, 东方, 第五天): trusted only
+# next to a strong anchor.
+WEAK_SURNAMES = {w for line in _SN["weak"] for w in ([line] if len(line) == 2 and line in COMPOUND else list(line))}
+_STRONG_COMPOUND = [c for c in COMPOUND if c not in WEAK_SURNAMES]
 
 _CJK = "\u4e00-\u9fff"
 # Never part of a given name in running text: function words, numbers, units, titles, clinical heads.
@@ -88,8 +95,16 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
 # in running text they are ordinary words (麻醉平稳, 手术顺利).
 FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
                       "管床 记录 审核 签字人 核对人 操作者 操作医师 检查者 报告医师 报告者")
+# the colon may follow a remark in parentheses: 患者（签名）：, 家属(签字)：
 _LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True)) + ")"
-                       r"(?P<colon>\s*[：:]\s*|\s+|)")
+                       r"(?P<colon>(?:\s*[（(][^（）()：:\n]{1,8}[）)])?\s*[：:]\s*|\s+|)")
+# Labels that name the person they introduce (我叫和平，): even an ordinary word is the name there when its
+# clause ends right after it.
+_NAMING = ("我叫", "名叫")
+# Where a field's value ends (证人：宁静  与患者关系, 姓名：平安，男): an ordinary word after a field label
+# is a name only if one of these follows it (医生：平时宝宝…, 患者：明天去… are dialogue turns).
+_FIELD_END = re.compile(r"\s*$|\s{2,}|\s*[（(、/]|\s*[，,；;。]\s*(?:[男女]|性别|年龄|电话|联系|与患者|\d|$|[^，,；;。\s]{1,8}[：:])"
+                        r"|\s+\S{1,8}[：:]")
 _PREFIX_TITLES = {"医生", "医师", "护士", "大夫", "教授", "主任", "副主任", "院长"}
 _FIELD_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, FIELD_LABELS), key=len, reverse=True)) + r")\s*[：:]\s*")
 _TITLE_RE = re.compile("|".join(sorted(TITLES, key=len, reverse=True)))
@@ -105,7 +120,9 @@ _COMMON_GIVEN = ("伟芳娜敏静丽强磊军洋勇艳杰娟涛明超霞平刚�
                  "东立新云霖昊然睿哲瑶璐蕾薇莹菲媛婉琦璇妍馨钰淼森炜昕皓晟翔宏毅坤峥铭锋楠榕桐杨柳桦"
                  "子天佑曦豪宸逸辰萱航熙琛瑾瑜瑄婕妤蕊芸茜姝娅婧骏弘彬晖煜烨栋梁伦琛珂珊瑛钧铮湘"
                  # frequent in the names of people born 1940–1970 (淑珍, 桂娥) and of children today (晗, 暄)
-                 "淑娥晗暄澜璟蕴")
+                 "淑娥晗暄澜璟蕴"
+                 # common in women's names, rare among jieba's (杜鹃, 招娣, 黛玉, 潇潇)
+                 "鹃娣蓓霏婵黛潇澍")
 _GUARD_FILE = Path(__file__).with_name("deid_guard.txt")
 
 
@@ -132,11 +149,12 @@ def _jieba():
 @lru_cache(maxsize=1)
 def given_chars() -> frozenset[str]:
     """Characters of given names: those seen at least 8 times in the three-character names of
-    jieba's dictionary (tag nr, first character a surname), less function and clinical characters."""
+    jieba's dictionary (tag nr, first character a surname that is no common word: 麻醉X, 花X, 水X are
+    mostly no names), less function and clinical characters."""
     _, pseg = _jieba()
     c: Counter[str] = Counter()
     for w, t in pseg.dt.word_tag_tab.items():
-        if t == "nr" and len(w) == 3 and w[0] in SURNAMES:
+        if t == "nr" and len(w) == 3 and w[0] in SURNAMES and w[0] not in WEAK_SURNAMES:
             c.update(w[1:])
     # the common characters count even where jieba's (older) names never use them (彤, 睿, 淑, 萱)
     return frozenset({ch for ch, n in c.items() if n >= 8} | set(_COMMON_GIVEN)) - NOT_GIVEN
@@ -151,7 +169,7 @@ def _dict_tag(word: str) -> str | None:
 
 def surname_at(text: str, i: int, weak_ok: bool = True) -> str:
     """The surname starting at ``i`` ('' if none); compound surnames first."""
-    if text[i : i + 2] in COMPOUND:
+    if text[i : i + 2] in COMPOUND and (weak_ok or text[i : i + 2] not in WEAK_SURNAMES):
         return text[i : i + 2]
     ch = text[i : i + 1]
     if ch in SURNAMES and (weak_ok or ch not in WEAK_SURNAMES):
@@ -213,6 +231,13 @@ def _common_word(s: str) -> bool:
     return s in guard_words() or _dict_tag(s) not in (None, "nr", "nrt", "nrfg", "nz", "ns", "nt", "j", "x")
 
 
+def _wordy(text: str, i: int, n: int) -> bool:
+    """The name candidate ``text[i:i+n]`` (or its first two characters) is an ordinary word (平时, 明天|带,
+    首先); for a weak surname any dictionary word but a name (宁静 nr passes, 拜托 nrt does not)."""
+    check = _is_word if surname_at(text, i, weak_ok=False) == "" else _common_word
+    return check(text[i : i + n]) or (n > 2 and check(text[i : i + 2]))
+
+
 def _is_word(s: str) -> bool:
     """A dictionary word that is no name (谢谢 is tagged nr by jieba, hence the guard list too)."""
     return s in guard_words() or _dict_tag(s) not in (None, "nr")
@@ -222,8 +247,8 @@ def _acceptable(text: str, i: int, length: int, strong: bool) -> bool:
     name = text[i : i + length]
     if _guarded(text, i) or name in guard_words():
         return False
-    if i > 0 and _is_word(text[i - 1 : i + 1]):
-        return False  # the surname character ends a word: 手段|帮助, 上皮|增厚, 谢谢|胡医生
+    if i > 0 and _is_word(text[i - 1 : i + 1]) or i > 1 and _is_word(text[i - 2 : i + 1]):
+        return False  # the surname character ends a word: 手段|帮助, 上皮|增厚, 谢谢|胡医生, 神经元|变性
     if _DRUG_AFTER.match(text, i + length):
         return False
     if not strong:
@@ -246,12 +271,15 @@ def name_after(text: str, i: int, strong: bool, weak_ok: bool = True) -> int:
         # 患者李四，男 / 姓名 张三  性别: a clause head may use any character (四, 三); so may a name that
         # ends its clause (患者车淑贞，…) as long as it is no ordinary word (患者左侧，)
         loose = _name_length(text, i, sn, True)
-        if loose and _STRONG_AFTER.match(text, i + loose):
+        if loose and _STRONG_AFTER.match(text, i + loose) \
+                and not (sn in WEAK_SURNAMES and _common_word(text[i : i + loose])):  # 患者|年轻|女性
             length, strong = loose, True
         elif loose and _CLAUSE_END.match(text, i + loose) and not _common_word(text[i : i + loose]) \
                 and not _guarded(text, i):
             length = loose
     if not strong:
+        if sn == "和":
+            return 0  # 丈夫和…: in running text 和 after a person word coordinates, it is no surname
         # in running text the longest dictionary word here must not be an ordinary word
         # (患者|平素|体健, 医师|查房, 儿子|周末): a cheap stand-in for jieba's first token
         first = _longest_word(text, i)
@@ -286,7 +314,8 @@ def name_before(text: str, e: int) -> int:
         if k == 3 and len(sn) == 1 and _is_word(text[s : s + 2]):
             continue  # 许多|水医生: a word, then a character
         if given and all(c in gc for c in given) and _acceptable(text, s, k, strong=True) \
-                and not (k == 2 and _common_word(text[s:e])):
+                and not (k == 2 and (_is_word if sn in WEAK_SURNAMES else _common_word)(text[s:e])):
+            # (a weak surname and a word that jieba calls a proper noun: 拜托 nrt, 爱美 ns)
             return s
     s = e - 1
     title = _TITLE_RE.match(text, e).group()
@@ -343,8 +372,8 @@ def _slot_name(text: str, e: int, intro_only: bool = False) -> int:
             continue
         if k == 3 and len(sn) == 1 and _is_word(text[s : s + 2]):
             continue  # 许多|水医生: a word, then a character
-        if s and _is_word(text[s - 1 : s + 1]):
-            continue  # the left character and the "surname" are one word: 由于|情绪, 及时|告知, 经皮|引流
+        if s and _is_word(text[s - 1 : s + 1]) or s > 1 and _is_word(text[s - 2 : s + 1]):
+            continue  # the left characters and the "surname" are one word: 由于|情绪, 及时|告知, 经皮|引流, 神经元
         return s
     return -1
 
@@ -365,7 +394,7 @@ def _name_at(text: str, i: int) -> int:
     return 0
 
 
-_MOU_RE = re.compile("(?:" + "|".join(COMPOUND) + "|[" + "".join(sorted(SURNAMES - WEAK_SURNAMES)) + "])某{1,2}(?![地处些种天日时年月次个项类位件])")
+_MOU_RE = re.compile("(?:" + "|".join(_STRONG_COMPOUND) + "|[" + "".join(sorted(SURNAMES - WEAK_SURNAMES)) + "])某{1,2}(?![地处些种天日时年月次个项类位件])")
 _SPLIT = re.compile(r"[，,。；;！!？?\n（）()、：:\s]")
 
 
@@ -408,7 +437,7 @@ def _gate():
     full names there), so the only places worth running it on."""
     sn = "".join(sorted(SURNAMES - WEAK_SURNAMES))
     gc = "".join(sorted(given_chars() - _NOT_GIVEN_ALONE))
-    return re.compile(f"(?=((?:{'|'.join(COMPOUND)}|[{sn}])[{gc}]{{2}}))")
+    return re.compile(f"(?=((?:{'|'.join(_STRONG_COMPOUND)}|[{sn}])[{gc}]{{2}}))")
 
 
 def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
@@ -437,16 +466,24 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         label = m.group()[: len(m.group()) - len(m.group("colon"))]
         fielded = bool(m.group("colon").strip()) or len(m.group("colon")) >= 2  # 签名：卓越 / 姓名  张三
         forced = not fielded and label.endswith(("姓名", "签名", "签字"))
+        naming = not fielded and label in _NAMING
         title = label in _PREFIX_TITLES  # 护士苏晴 — but 医生|查明, 医生|曾|建议
-        n = name_after(text, i, strong=fielded or forced, weak_ok=not (forced or (title and not fielded)))
+        n = name_after(text, i, strong=fielded or forced or naming,
+                       weak_ok=not (forced or (title and not fielded)))
         if n and title and not fielded and (n == 3 and _common_word(text[i + 1 : i + 3])):
             n = 0
         if n and forced and _is_word(text[i : i + n]):
             n = 0  # 签名时间, 签字日期: a word, no name
+        if n and (fielded or naming) and _wordy(text, i, n):
+            end = _CLAUSE_END.match(text, i + n) or i + n == len(text) if naming else _FIELD_END.match(text, i + n)
+            if not end:
+                n = 0  # 医生：平时宝宝…, 患者：明天去…, 我叫了…: a dialogue turn or a sentence, no name
         if n:
             add(i, i + n)
     for m in _FIELD_RE.finditer(text):
         n = name_after(text, m.end(), strong=True)
+        if n and _wordy(text, m.end(), n) and not _FIELD_END.match(text, m.end() + n):
+            n = 0  # 医生：首先要…: a dialogue turn
         if n:
             add(m.end(), m.end() + n)
     for m in _TITLE_RE.finditer(text):
