@@ -59,6 +59,8 @@ SURNAMES = set(_SN["single"])
 # next to a strong anchor.
 WEAK_SURNAMES = {w for line in _SN["weak"] for w in ([line] if len(line) == 2 and line in COMPOUND else list(line))}
 _STRONG_COMPOUND = [c for c in COMPOUND if c not in WEAK_SURNAMES]
+# Weak surnames that in running text are mostly verbs, prepositions or adverbs (从, 能, 却, 应, 查)
+VERBAL_SURNAMES = set("".join(_SN["verbal"]))
 
 _CJK = "\u4e00-\u9fff"
 # Never part of a given name in running text: function words, numbers, units, titles, clinical heads.
@@ -90,11 +92,19 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
           "外甥 外甥女 侄子 侄女 舅舅 姑姑 叔叔 姨妈 儿媳 女婿 嫂子 姐夫 妹夫 弟媳 公公 婆婆 岳父 岳母 继父 继母 "
           "养父 养母 朋友 同事 邻居 同学 表哥 表姐 表弟 表妹 堂哥 堂姐 堂弟 堂妹 哥哥 姐姐 弟弟 妹妹 爷爷 奶奶 外公 "
           "外婆 姥姥 姥爷 孙女婿 我婆婆 我公公 我岳父 我岳母 我舅舅 我叔叔 我姑姑 我朋友 我同事 我老婆 我老公 "
-          "医生 医师 护士 大夫 教授")
+          "医生 医师 护士 大夫 教授 "
+          # more kinship (其兄成刚, 患儿父亲), staff roles of operation, ward and handover notes (一助, 规培医师,
+          # 责任护士) and the parties of consent forms (经办人, 证人): each is followed by a name in real notes
+          "其兄 其弟 其姐 其妹 其父 其母 其孙 其孙女 其侄 其侄女 其外孙 其儿媳 其女婿 其配偶 其丈夫 其妻子 其儿子 其女儿 "
+          "患儿父亲 患儿母亲 患儿爷爷 患儿奶奶 患儿外公 患儿外婆 患者丈夫 患者妻子 患者儿子 患者女儿 患者父亲 "
+          "患者母亲 患者配偶 患者之子 患者之女 陪护人 陪护者 证人 经办人 代办人 签署人 "
+          "住院医生 经治医生 进修医师 进修医生 规培医师 规培医生 实习医生 实习医师 值班医师 值班护士 麻醉护士 "
+          "洗手护士 器械护士 巡回护士 会诊医师 会诊医生 随访医生 随访医师 主诊医师 主诊医生 带教老师 带教医师 "
+          "指导医师 主管护师 执行护士 复核人 核对人 操作者 转诊医生 接诊护士 分诊护士 一助 二助 三助")
 # Short role words that announce a name only as a form field, with a colon (巡回：米娜, 麻醉：阮思琪);
 # in running text they are ordinary words (麻醉平稳, 手术顺利).
 FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
-                      "管床 记录 审核 签字人 核对人 操作者 操作医师 检查者 报告医师 报告者")
+                      "管床 记录 审核 签字人 核对人 操作者 操作医师 检查者 报告医师 报告者 家长 陪护 陪诊 监护")
 # the colon may follow a remark in parentheses: 患者（签名）：, 家属(签字)：
 _LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True)) + ")"
                        r"(?P<colon>(?:\s*[（(][^（）()：:\n]{1,8}[）)])?\s*[：:]\s*|\s+|)")
@@ -259,8 +269,19 @@ def _acceptable(text: str, i: int, length: int, strong: bool) -> bool:
     return True
 
 
-def name_after(text: str, i: int, strong: bool, weak_ok: bool = True) -> int:
-    """Length of a name starting at ``i`` (right after an anchor), 0 if none."""
+def _kin_weak_ok(text: str, i: int, sn: str, length: int) -> bool:
+    """After a kinship or role word (我妈|云秀英, 委托人|麻国庆) a weak surname starts a name when the
+    name is no dictionary word at all, its given characters are given-name characters and the surname does
+    not start a word with the first of them (我妈|云南人, 我爸|成天, 我老公|时常 stay)."""
+    name = text[i : i + length]
+    gc = given_chars()
+    return sn not in VERBAL_SURNAMES and length > len(sn) and all(c in gc for c in name[len(sn):]) and _dict_tag(name) is None \
+        and not _is_word(name[: len(sn) + 1]) and not _guarded(text, i)
+
+
+def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool = False) -> int:
+    """Length of a name starting at ``i`` (right after an anchor), 0 if none; ``kin``: the anchor is a
+    kinship or role word (我妈, 委托人, 其兄), not the patient or a title."""
     if i >= len(text):
         return 0
     sn = surname_at(text, i, weak_ok)
@@ -290,7 +311,8 @@ def name_after(text: str, i: int, strong: bool, weak_ok: bool = True) -> int:
         # not 患者|于|入院)
         if sn in WEAK_SURNAMES and (len(_segment(text[i : i + 8])[0]) != length
                                     or _dict_tag(text[i : i + length]) not in (None, "nr")
-                                    or (length == 2 and _dict_tag(text[i : i + length]) == "nr")):
+                                    or (length == 2 and _dict_tag(text[i : i + length]) == "nr")) \
+                and not (kin and _kin_weak_ok(text, i, sn, length)):
             return 0  # (患者|双耳失聪: a dictionary word; jieba tags many two-character words nr)
     if not length:
         return 0
@@ -328,12 +350,44 @@ def name_before(text: str, e: int) -> int:
     return -1
 
 
+# Labels that are the patient or a title, not a relation: what follows them is often no name (患者|时有…)
+_NOT_KIN = {"患者", "病人", "患儿", "产妇", "家属", "本人", "我叫", "我是", "委托", "科的", "兄弟"} | set(TITLES) \
+    | _PREFIX_TITLES
+# What only a person does, said right after the name (患者常青自诉…, 家属平安表示…)
+_SELF_REPORT = re.compile("自诉|自述|主诉|代诉|诉|述|称|表示|同意|拒绝|签字|签名|要求")
+# jieba's tags of words that may be names when a person anchor and a person verb enclose them (nouns,
+# names, places; not adverbs, time words, adjectives: 患者|平时|诉, 患者|平静|表示)
+_NAME_LIKE_TAGS = (None, "nr", "nrt", "nrfg", "n", "nz", "ns")
+
+
+def _self_report_name(text: str, i: int) -> int:
+    """Length of a name between a person anchor and a self-report verb (患者常青自诉口干): both sides say
+    "person", so a surname (even a weak one) + one or two characters is a name even when it is an
+    ordinary word, unless jieba calls it an adverb, time word or adjective, or the guard list has it, or
+    the verb is the end of a word (医生|能告|诉: 告诉)."""
+    sn = surname_at(text, i)
+    if not sn:
+        return 0
+    for length in (len(sn) + 2, len(sn) + 1):
+        name = text[i : i + length]
+        if len(name) < length or any(not ("\u4e00" <= c <= "\u9fff") or c in STRONG_STOP or c in NOT_GIVEN
+                                     for c in name[len(sn):]):
+            continue
+        if _SELF_REPORT.match(text, i + length) and not _is_word(text[i + length - 1 : i + length + 1]) \
+                and _dict_tag(name) in _NAME_LIKE_TAGS \
+                and (length == 2 or _dict_tag(name[:2]) in _NAME_LIKE_TAGS) and _acceptable(text, i, length, True):
+            return length
+    return 0
+
+
 # Verbs whose subject is a person: a name right before them (石磊签字, 管玉兰查房, 巩立新主刀).
-PERSON_VERBS = _words("签字 签名 诊查 查房 主刀 告知 陪同 代述 会诊 查看 护送 接回 审核 核对 交接 随访")
+PERSON_VERBS = _words("签字 签名 诊查 查房 主刀 告知 陪同 代述 会诊 查看 护送 接回 审核 核对 交接 随访 "
+                      # the roles of an operation, said right after the name (巩立新主刀，闫涛一助)
+                      "一助 二助 三助 主麻 副麻")
 _VERB_RE = re.compile("|".join(sorted(map(re.escape, PERSON_VERBS), key=len, reverse=True)))
 # Words that introduce a person in running text (由庄严医师完成, 经阙志华会诊, 请蒯建新医生, 与X共同):
 # between one of these and a title or person verb even a surname that is also a word is a name.
-_INTRO = set("由经请与和及、")
+_INTRO = set("由经请与和及、让挂找")
 _INTRO_VERB_RE = re.compile("沟通|说明|指导|完成|负责|解释|联系|商量")
 # What may follow an item of a list of names (郗晓光、方圆、程亮组成, 齐鸣、杜鹃两位医师).
 _LIST_AFTER = re.compile(r"[、，,。；;：:）)\s]|$|两位|二人|三人|等|共同|组成|一起|分别")
@@ -469,7 +523,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         naming = not fielded and label in _NAMING
         title = label in _PREFIX_TITLES  # 护士苏晴 — but 医生|查明, 医生|曾|建议
         n = name_after(text, i, strong=fielded or forced or naming,
-                       weak_ok=not (forced or (title and not fielded)))
+                       weak_ok=not (forced or (title and not fielded)), kin=label not in _NOT_KIN)
         if n and title and not fielded and (n == 3 and _common_word(text[i + 1 : i + 3])):
             n = 0
         if n and forced and _is_word(text[i : i + n]):
@@ -478,6 +532,8 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             end = _CLAUSE_END.match(text, i + n) or i + n == len(text) if naming else _FIELD_END.match(text, i + n)
             if not end:
                 n = 0  # 医生：平时宝宝…, 患者：明天去…, 我叫了…: a dialogue turn or a sentence, no name
+        if not n and not fielded:
+            n = _self_report_name(text, i)
         if n:
             add(i, i + n)
     for m in _FIELD_RE.finditer(text):
