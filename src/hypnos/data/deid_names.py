@@ -51,14 +51,14 @@ def _surname_sections() -> dict[str, list[str]]:
 
 _SN = _surname_sections()
 # Compound surnames (欧阳, 诸葛, 司马 …), tried before single ones.
-COMPOUND = list(dict.fromkeys(_SN["compound"]))
+COMPOUND = frozenset(_SN["compound"])
 # Single-character surnames: the 百家姓 and the 2020 census ranking (see deid_surnames.txt).
 SURNAMES = set(_SN["single"])
 # Surnames (single characters and compounds) that, before a title or inside running text, are far more
 # often a word of their own (请向医生咨询, 主任医师, 全科医生, 于术后, 和医生沟通, 东方, 第五天): trusted only
 # next to a strong anchor.
 WEAK_SURNAMES = {w for line in _SN["weak"] for w in ([line] if len(line) == 2 and line in COMPOUND else list(line))}
-_STRONG_COMPOUND = [c for c in COMPOUND if c not in WEAK_SURNAMES]
+_STRONG_COMPOUND = sorted(c for c in COMPOUND if c not in WEAK_SURNAMES)
 # Weak surnames that in running text are mostly verbs, prepositions or adverbs (从, 能, 却, 应, 查)
 VERBAL_SURNAMES = set("".join(_SN["verbal"]))
 
@@ -100,7 +100,9 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
           "患者母亲 患者配偶 患者之子 患者之女 陪护人 陪护者 证人 经办人 代办人 签署人 "
           "住院医生 经治医生 进修医师 进修医生 规培医师 规培医生 实习医生 实习医师 值班医师 值班护士 麻醉护士 "
           "洗手护士 器械护士 巡回护士 会诊医师 会诊医生 随访医生 随访医师 主诊医师 主诊医生 带教老师 带教医师 "
-          "指导医师 主管护师 执行护士 复核人 核对人 操作者 转诊医生 接诊护士 分诊护士 一助 二助 三助")
+          "指导医师 主管护师 执行护士 复核人 核对人 操作者 转诊医生 接诊护士 分诊护士 一助 二助 三助 "
+          # the person a patient asks about together with themself (我和X都是…)
+          "我和 我跟 我与")
 # Short role words that announce a name only as a form field, with a colon (巡回：米娜, 麻醉：阮思琪);
 # in running text they are ordinary words (麻醉平稳, 手术顺利).
 FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
@@ -312,12 +314,38 @@ def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool 
         if sn in WEAK_SURNAMES and (len(_segment(text[i : i + 8])[0]) != length
                                     or _dict_tag(text[i : i + length]) not in (None, "nr")
                                     or (length == 2 and _dict_tag(text[i : i + length]) == "nr")) \
-                and not (kin and _kin_weak_ok(text, i, sn, length)):
+                and not (kin and (_kin_weak_ok(text, i, sn, length)
+                                  or (len(_segment(text[i : i + 8])[0]) == length
+                                      and _dict_tag(text[i : i + length]) in ("nr", "ns")
+                                      and not _guarded(text, i)))):
+            # (我老公|于洋: jieba's dictionary has the name; after the patient it has 双耳 too)
             return 0  # (患者|双耳失聪: a dictionary word; jieba tags many two-character words nr)
     if not length:
         return 0
     strong = strong or bool(_STRONG_AFTER.match(text, i + length))
     return length if _acceptable(text, i, length, strong) else 0
+
+
+_PROPER = ("nr", "nrt", "nrfg", "ns", "nz")
+# What follows a title whose holder is named right before it (黄河清主任查房, 黄河清主任：, 黄河清主任的号)
+_AFTER_TITLE = re.compile(r"[^\u4e00-\u9fff]|$|查房|会诊|指示|指导|建议|认为|说|的号|号|看|诊|主刀|签|您好|你好")
+
+
+def _full_name_at_boundary(text: str, s: int, e: int) -> bool:
+    """A surname + two characters right after a boundary, right before a title that a person verb or a
+    boundary follows (。黄河清主任查房): a full name even when its given characters are rare in jieba's
+    names and its first two characters are a place (黄河) or a name; never an ordinary word."""
+    name = text[s:e]
+    if s and text[s - 1] not in _BOUNDARY_BEFORE and text[s - 1] not in _INTRO:
+        return False
+    if surname_at(text, s, weak_ok=False) == "" or _dict_tag(name) is not None or _guarded(text, s):
+        return False
+    if any(not ("\u4e00" <= c <= "\u9fff") or c in NOT_GIVEN or c in _NOT_GIVEN_ALONE for c in name[1:]):
+        return False
+    if _dict_tag(name[:2]) not in (None, *_PROPER) or _is_word(name[1:]) and _dict_tag(name[1:]) not in (None, *_PROPER):
+        return False
+    end = _TITLE_RE.match(text, e)
+    return bool(end and _AFTER_TITLE.match(text, end.end())) and _acceptable(text, s, 3, strong=True)
 
 
 def name_before(text: str, e: int) -> int:
@@ -333,6 +361,8 @@ def name_before(text: str, e: int) -> int:
         if not sn or len(sn) + 2 < k or (k == 4 and len(sn) != 2):
             continue
         given = text[s + len(sn) : e]
+        if k == 3 and len(sn) == 1 and _full_name_at_boundary(text, s, e):
+            return s
         if k == 3 and len(sn) == 1 and _is_word(text[s : s + 2]):
             continue  # 许多|水医生: a word, then a character
         if given and all(c in gc for c in given) and _acceptable(text, s, k, strong=True) \
@@ -513,7 +543,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
                 spans.append((e + 1, e + 1 + n))
                 e = e + 1 + n
 
-    for m in _MOU_RE.finditer(text):  # 张某, 李某某: already pseudonymous, still a surname
+    for m in _MOU_RE.finditer(text) if "某" in text else ():  # 张某, 李某某: already pseudonymous, still a surname
         add(*m.span())
     for m in _LABEL_RE.finditer(text):
         i = m.end()
@@ -572,17 +602,33 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             add(s, m.start())
     # kinship or role in parentheses, then the name: 家属（患者侄子）芮建国; a name in parentheses after a
     # person word: 我（戴红梅）同意, 丈夫（平安）
-    for m in _PAREN_RE.finditer(text):
-        n = name_after(text, m.end(), strong=m.group().endswith(("（", "(")))
-        if n and (not m.group().endswith(("（", "(")) or text[m.end() + n : m.end() + n + 1] in "）)"):
-            add(m.end(), m.end() + n)
+    for i, opening in _paren_anchors(text):
+        n = name_after(text, i, strong=opening)
+        if n and (not opening or text[i + n : i + n + 1] in "）)"):
+            add(i, i + n)
     _extend_lists(text, spans, free)
     return sorted(spans)
 
 
-_PAREN_RE = re.compile("(?:(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True))
-                       + r")\s*[）)]\s*|(?:我|本人|" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True))
-                       + r")\s*[（(])")
+_LABEL_ENDS = tuple(LABELS)
+_OPEN_ENDS = (*LABELS, "我", "本人")
+_PAREN = re.compile("[（()）]")
+
+
+def _paren_anchors(text: str):
+    """(where a name would start, opening) after a label then a closing parenthesis (家属（患者侄子）|芮建国)
+    or after 我/a label then an opening one (我（|单丽君）). Found from the parentheses, then the label
+    before them: one regex alternating over every label costs 20x more."""
+    for m in _PAREN.finditer(text):
+        j = k = m.start()
+        while k > 0 and text[k - 1].isspace():
+            k -= 1
+        opening = text[j] in "（("
+        if text.endswith(_OPEN_ENDS if opening else _LABEL_ENDS, 0, k):
+            e = j + 1
+            while not opening and e < len(text) and text[e].isspace():
+                e += 1
+            yield e, opening
 
 
 def _extend_lists(text: str, spans: list[tuple[int, int]], free) -> None:
