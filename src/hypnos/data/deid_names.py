@@ -97,7 +97,7 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
           # 责任护士) and the parties of consent forms (经办人, 证人): each is followed by a name in real notes
           "其兄 其弟 其姐 其妹 其父 其母 其孙 其孙女 其侄 其侄女 其外孙 其儿媳 其女婿 其配偶 其丈夫 其妻子 其儿子 其女儿 "
           "患儿父亲 患儿母亲 患儿爷爷 患儿奶奶 患儿外公 患儿外婆 患者丈夫 患者妻子 患者儿子 患者女儿 患者父亲 "
-          "患者母亲 患者配偶 患者之子 患者之女 陪护人 陪护者 证人 经办人 代办人 签署人 "
+          "患者母亲 患者配偶 患者之子 患者之女 其母亲 其父亲 其爱人 其哥哥 其姐姐 其弟弟 其妹妹 其老伴 陪护人 陪护者 证人 经办人 代办人 签署人 "
           "住院医生 经治医生 进修医师 进修医生 规培医师 规培医生 实习医生 实习医师 值班医师 值班护士 麻醉护士 "
           "洗手护士 器械护士 巡回护士 会诊医师 会诊医生 随访医生 随访医师 主诊医师 主诊医生 带教老师 带教医师 "
           "指导医师 主管护师 执行护士 复核人 核对人 操作者 转诊医生 接诊护士 分诊护士 一助 二助 三助 "
@@ -109,6 +109,7 @@ FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术�
                       "管床 记录 审核 签字人 核对人 操作者 操作医师 检查者 报告医师 报告者 家长 陪护 陪诊 监护")
 # the colon may follow a remark in parentheses: 患者（签名）：, 家属(签字)：
 _LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True)) + ")"
+                       r"(?P<naming>名字叫|名字是|姓名是|姓名为|名叫|叫做|叫)?"
                        r"(?P<colon>(?:\s*[（(][^（）()：:\n]{1,8}[）)])?\s*[：:]\s*|\s+|)")
 # Labels that name the person they introduce (我叫和平，): even an ordinary word is the name there when its
 # clause ends right after it.
@@ -118,7 +119,8 @@ _NAMING = ("我叫", "名叫")
 _FIELD_END = re.compile(r"\s*$|\s{2,}|\s*[（(、/]|\s*[，,；;。]\s*(?:[男女]|性别|年龄|电话|联系|与患者|\d|$|[^，,；;。\s]{1,8}[：:])"
                         r"|\s+\S{1,8}[：:]")
 _PREFIX_TITLES = {"医生", "医师", "护士", "大夫", "教授", "主任", "副主任", "院长"}
-_FIELD_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, FIELD_LABELS), key=len, reverse=True)) + r")\s*[：:]\s*")
+# (审核者：, 记录员：, 核对人： — the role word with the suffix of the person who does it)
+_FIELD_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, FIELD_LABELS), key=len, reverse=True)) + r")[者人员]?\s*[：:]\s*")
 _TITLE_RE = re.compile("|".join(sorted(TITLES, key=len, reverse=True)))
 # A name is followed by these when it is the head of a clause: 患者万里，男 / 姓名 张三  性别
 _STRONG_AFTER = re.compile(r"(?:\s*[，,、]?\s*[男女](?![士儿])|\s*[（(]|\s{2,})")
@@ -411,7 +413,7 @@ def _self_report_name(text: str, i: int) -> int:
 
 
 # Verbs whose subject is a person: a name right before them (石磊签字, 管玉兰查房, 巩立新主刀).
-PERSON_VERBS = _words("签字 签名 诊查 查房 主刀 告知 陪同 代述 会诊 查看 护送 接回 审核 核对 交接 随访 "
+PERSON_VERBS = _words("签字 签名 诊查 查房 主刀 告知 陪同 代述 会诊 查看 护送 接回 审核 核对 交接 随访 协助 "
                       # the roles of an operation, said right after the name (巩立新主刀，闫涛一助)
                       "一助 二助 三助 主麻 副麻")
 _VERB_RE = re.compile("|".join(sorted(map(re.escape, PERSON_VERBS), key=len, reverse=True)))
@@ -547,10 +549,12 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         add(*m.span())
     for m in _LABEL_RE.finditer(text):
         i = m.end()
-        label = m.group()[: len(m.group()) - len(m.group("colon"))]
+        label = text[m.start() : m.start("naming") if m.group("naming") else m.start("colon")]
         fielded = bool(m.group("colon").strip()) or len(m.group("colon")) >= 2  # 签名：卓越 / 姓名  张三
         forced = not fielded and label.endswith(("姓名", "签名", "签字"))
-        naming = not fielded and label in _NAMING
+        # 我叫和平, 我妈叫封桂兰, 我老公名叫…: not after a title (医生叫平躺)
+        naming = not fielded and (label in _NAMING or (bool(m.group("naming")) and label not in _PREFIX_TITLES
+                                                       and label not in TITLES))
         title = label in _PREFIX_TITLES  # 护士苏晴 — but 医生|查明, 医生|曾|建议
         n = name_after(text, i, strong=fielded or forced or naming,
                        weak_ok=not (forced or (title and not fielded)), kin=label not in _NOT_KIN)
@@ -559,7 +563,8 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         if n and forced and _is_word(text[i : i + n]):
             n = 0  # 签名时间, 签字日期: a word, no name
         if n and (fielded or naming) and _wordy(text, i, n):
-            end = _CLAUSE_END.match(text, i + n) or i + n == len(text) if naming else _FIELD_END.match(text, i + n)
+            end = (_CLAUSE_END.match(text, i + n) or i + n == len(text)) and _dict_tag(text[i : i + n]) in (
+                *_NAME_LIKE_TAGS, "a") if naming else _FIELD_END.match(text, i + n)
             if not end:
                 n = 0  # 医生：平时宝宝…, 患者：明天去…, 我叫了…: a dialogue turn or a sentence, no name
         if not n and not fielded:
