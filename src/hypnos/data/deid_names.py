@@ -257,11 +257,13 @@ def _is_word(s: str) -> bool:
     return s in guard_words() or _dict_tag(s) not in (None, "nr")
 
 
-def _acceptable(text: str, i: int, length: int, strong: bool) -> bool:
+def _acceptable(text: str, i: int, length: int, strong: bool, anchored: bool = False) -> bool:
+    """``anchored``: a field label or 我叫 ends right at ``i``, so the character before is the label's
+    (叫|安然 is no word there even if jieba's dictionary has 叫安)."""
     name = text[i : i + length]
     if _guarded(text, i) or name in guard_words():
         return False
-    if i > 0 and _is_word(text[i - 1 : i + 1]) or i > 1 and _is_word(text[i - 2 : i + 1]):
+    if not anchored and _is_word(text[i - 1 : i + 1]) or i > 1 and _is_word(text[i - 2 : i + 1]):
         return False  # the surname character ends a word: 手段|帮助, 上皮|增厚, 谢谢|胡医生, 神经元|变性
     if _DRUG_AFTER.match(text, i + length):
         return False
@@ -283,9 +285,11 @@ def _kin_weak_ok(text: str, i: int, sn: str, length: int) -> bool:
         and not _is_word(name[: len(sn) + 1]) and not _guarded(text, i)
 
 
-def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool = False) -> int:
+def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool = False,
+               anchored: bool = False) -> int:
     """Length of a name starting at ``i`` (right after an anchor), 0 if none; ``kin``: the anchor is a
-    kinship or role word (我妈, 委托人, 其兄), not the patient or a title."""
+    kinship or role word (我妈, 委托人, 其兄), not the patient or a title; ``anchored``: it is a field label
+    with its colon or a naming verb (我叫), see ``_acceptable``."""
     if i >= len(text):
         return 0
     sn = surname_at(text, i, weak_ok)
@@ -325,7 +329,7 @@ def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool 
     if not length:
         return 0
     strong = strong or bool(_STRONG_AFTER.match(text, i + length))
-    return length if _acceptable(text, i, length, strong) else 0
+    return length if _acceptable(text, i, length, strong, anchored) else 0
 
 
 _PROPER = ("nr", "nrt", "nrfg", "ns", "nz")
@@ -340,11 +344,11 @@ def _full_name_at_boundary(text: str, s: int, e: int) -> bool:
     name = text[s:e]
     if s and text[s - 1] not in _BOUNDARY_BEFORE and text[s - 1] not in _INTRO:
         return False
-    if surname_at(text, s, weak_ok=False) == "" or _dict_tag(name) is not None or _guarded(text, s):
+    if surname_at(text, s, weak_ok=False) == "" or _dict_tag(name) not in (None, "nr") or _guarded(text, s):
         return False
     if any(not ("\u4e00" <= c <= "\u9fff") or c in NOT_GIVEN or c in _NOT_GIVEN_ALONE for c in name[1:]):
         return False
-    if _dict_tag(name[:2]) not in (None, *_PROPER) or _is_word(name[1:]) and _dict_tag(name[1:]) not in (None, *_PROPER):
+    if _dict_tag(name[:2]) not in (None, *_PROPER):
         return False
     end = _TITLE_RE.match(text, e)
     return bool(end and _AFTER_TITLE.match(text, end.end())) and _acceptable(text, s, 3, strong=True)
@@ -557,7 +561,8 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
                                                        and label not in TITLES))
         title = label in _PREFIX_TITLES  # 护士苏晴 — but 医生|查明, 医生|曾|建议
         n = name_after(text, i, strong=fielded or forced or naming,
-                       weak_ok=not (forced or (title and not fielded)), kin=label not in _NOT_KIN)
+                       weak_ok=not (forced or (title and not fielded)), kin=label not in _NOT_KIN,
+                       anchored=naming or bool(m.group("colon").strip()))
         if n and title and not fielded and (n == 3 and _common_word(text[i + 1 : i + 3])):
             n = 0
         if n and forced and _is_word(text[i : i + n]):
