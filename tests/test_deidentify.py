@@ -67,6 +67,46 @@ def test_slot_and_list_rules_keep_clinical_words(text):
     assert D.scrub(text)[0] == text, D.find(text)
 
 
+# ---- names the issue-13 round 3 rules find (each fails on the scrubber before them) -------------------
+
+@pytest.mark.parametrize("text,names", [
+    ("管床医师：庹建华、郇晓梅", ["庹建华", "郇晓梅"]),           # surnames from the full list (庹, 郇)
+    ("病史由患者配偶禚玉梅提供。", ["禚玉梅"]),
+    ("证人：常乐  与患者关系：邻居", ["常乐"]),                  # an ordinary word at a field end (证人 label)
+    ("家属（签字）：芮红梅", ["芮红梅"]),                         # a remark in parentheses before the colon
+    ("患者授权其妹花玉洁查阅病历。", ["花玉洁"]),                 # 其妹, weak surname 花 after kinship
+    ("委托人满春生代为签署。", ["满春生"]),                       # 满 (a word: 满月) after a role
+    ("患者时光自诉头晕2天。", ["时光"]),                          # patient + name + self-report verb
+    ("术前由值班医生麻建华告知风险。", ["麻建华"]),               # 麻 (麻醉) between a role and a verb
+    ("经治医生冷建国已告知。", ["冷建国"]),                       # 经治医生 (jieba has 生冷)
+    ("陪护人：满小凤", ["满小凤"]),
+    ("由庹伟主刀，谯明一助。", ["庹伟", "谯明"]),                 # a name before an operation role
+    ("审核者：隗振华", ["隗振华"]),                               # a field role with 者
+    ("规培医师时雨协助换药。", ["时雨"]),                         # role + name + 协助
+    ("可以让时光护士帮忙预约。", ["时光"]),                       # 让 + name + title
+    ("我妈叫封桂兰，今年67岁。", ["封桂兰"]),                     # kinship + 叫
+    ("我老公名叫安然，今年40岁。", ["安然"]),                     # 名叫 + an ordinary word closing its clause
+    ("黄海波主任查房", ["黄海波"]),                               # a full name before a title and 查房
+    ("我和宓丽都是乙肝携带者。", ["宓丽"]),                       # 我和 + name
+])
+def test_names_round3_surnames_roles_and_ordinary_words(text, names):
+    assert _found(text, "name") == names, D.find(text)
+
+
+@pytest.mark.parametrize("text", [
+    "医生：平时注意饮食清淡。", "患者：明天去复查可以吗？", "医生：首先要规律作息。",  # dialogue turns, not fields
+    "患者：怀孕14周了。", "医生：应该不是感冒。", "患者：母乳不够。",
+    "我妈云南人，血压偏高。", "朋友从深山里带回蜂蜜。", "医生却告诉我不用担心。",      # weak/verbal surnames
+    "患者平时自诉乏力。", "医生能告诉我吗？", "患者平静表示理解。",                  # no name before 自诉/诉/表示
+    "让普通医生看看就行。", "找爱心护士咨询。", "交班给白班护士。",                  # words before titles
+    "医生叫平躺，不要动。", "丈夫和女儿陪同就诊。", "患者门静脉高压。", "患者年轻女性，24岁。",
+    "神经元变性、坏死。", "麻醉医师：", "其父母平均身高偏矮。", "采用辅助手段如药物治疗。",
+    "治疗包括蒙脱石等药物。", "让爱美女士更满意。", "第五天了还在发烧。",
+])
+def test_round3_rules_keep_ordinary_words(text):
+    assert D.scrub(text)[0] == text, D.find(text)
+
+
 @pytest.mark.parametrize("text,hospital", [
     ("曾于复旦大学附属中山医院就诊", "复旦大学附属中山医院"), ("转至河南省人民医院", "河南省人民医院"),
     ("在新乡县古固寨镇卫生院输液", "新乡县古固寨镇卫生院"), ("在仁爱诊所就诊", "仁爱诊所"),
@@ -121,7 +161,7 @@ def test_ages_over_89_only_when_configured():
 def test_evaluation_set_is_large_labelled_and_consistent():
     from hypnos.data.deid_eval import load_parts
 
-    parts = load_parts()
+    parts = load_parts(SEEN_PARTS)
     allx = [e for p in parts.values() for e in p]
     assert len(allx) >= 300 and sum(not e.spans for e in allx) >= 40
     assert len(parts["dev"]) / len(allx) <= 2 / 3  # at least a third is held out
@@ -145,21 +185,26 @@ def test_scorer_oracle_and_hand_computed_case():
     assert (s["recall_overlap"], s["recall_exact"], s["precision_overlap"], s["precision_exact"]) == (1.0, 0.0, 0.5, 0.0)
 
 
+# The parts already seen (each after its first look): a blind part added later is scored by hand once,
+# never by this regression test.
+SEEN_PARTS = ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5")
+
+
 def test_meets_the_bar_on_every_part_and_keeps_clean_sentences():
     """A regression guard (the honest first-look figures are in docs/deidentify.md): the bar of issue 13
-    on every part, except names on held-out parts 4 (now 1.000, 0.917 before) and 5 (0.647 on its first
-    look, names-focused and written against common-word surnames: far below the bar, see the note)."""
+    on every seen part. Names: 1.000 on dev and parts 1-4, 67/68 on part 5 (0.647 on its first look, 0.824
+    before the full surname list and the round-3 rules); precision 1.000 everywhere."""
     from hypnos.data.deid_eval import load_parts, score
 
     deid = Deidentifier(ages_over_89=True)
-    for part, ex in load_parts().items():
+    for part, ex in load_parts(SEEN_PARTS).items():
         st = score(deid.find, ex)
         for kind in ("id", "phone", "record"):
             assert st.get(kind, {}).get("recall_overlap", 1.0) >= 0.99, (part, kind, st.get(kind))
         for kind in ("name", "hospital", "address", "dob"):
-            bar = {("heldout4", "name"): 0.9, ("heldout5", "name"): 0.6}.get((part, kind), 0.95)
+            bar = {("heldout5", "name"): 0.98}.get((part, kind), 0.95 if kind != "name" else 0.99)
             assert st.get(kind, {}).get("recall_overlap", 1.0) >= bar, (part, kind, st.get(kind))
-        assert st["all"]["precision_overlap"] >= 0.95, (part, st["all"])
+        assert st["all"]["precision_overlap"] >= 0.99, (part, st["all"])
         changed = [e.where for e in ex if not e.spans and deid.scrub(e.text)[0] != e.text]
         assert len(changed) <= 0.05 * sum(not e.spans for e in ex), changed
 
@@ -260,7 +305,7 @@ def test_two_processes_write_outputs_and_mapping_once(tmp_path):
 def test_deid_eval_cli_prints_both_parts():
     from hypnos.data.cli import app
 
-    res = CliRunner().invoke(app, ["deid-eval"])
+    res = CliRunner().invoke(app, ["deid-eval", "--part", "dev", "--part", "heldout4"])  # seen parts only
     assert res.exit_code == 0, res.output
     for word in ("dev", "heldout", "heldout4", "姓名", "身份证号", "exact", "overlap"):
         assert word in res.output
