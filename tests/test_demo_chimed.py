@@ -44,6 +44,10 @@ def test_demo_chimed_runs_end_to_end_at_tiny_size(tmp_path, eos_prone_dir):
     rows = {row["stage"]: row for row in report["preference"]}
     assert rows["reward"]["after"] == reward["metrics"]["heldout_accuracy_after"]
     assert rows["rejection_sampling"]["before"] == rs["metrics"]["mean_reward_before"]
+    # each before/after comes with after − before and a paired 95% CI over the held-out rankings / prompts
+    assert rows["reward"]["difference"] == reward["metrics"]["heldout_accuracy_change"]["difference"]
+    assert rows["rejection_sampling"]["ci"] == rs["metrics"]["mean_reward_change"]["ci"]
+    assert all(len(row["ci"]) == 2 and row["ci"][0] <= row["difference"] <= row["ci"][1] for row in rows.values())
     assert set(report["heldout"]) == {"anesthesia", "online"}
     assert set(report["heldout"]["online"]["models"]) == {"base", "chimed_sft", "chimed_rs"}
     # every stage trained: each model reads the held-out text differently from the one before it
@@ -51,3 +55,4 @@ def test_demo_chimed_runs_end_to_end_at_tiny_size(tmp_path, eos_prone_dir):
     assert per_text["base"] != per_text["chimed_sft"] != per_text["chimed_rs"]
     html = (r.stage_dir("report") / "report.html").read_text(encoding="utf-8")
     assert 'id="preference-table"' in html and "pairwise accuracy on held-out rankings" in html
+    assert "after − before [95% CI]" in html

@@ -150,7 +150,9 @@ def _results_table(out: Console, report_json: Path) -> None:
         out.print(f"held-out {p['set']}: {p['a']} − {p['b']} = {p['difference']:+.3f} bits/char, paired 95% CI "
                   f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]: {p['verdict']}", highlight=False)
     for r in data.get("preference") or []:
-        out.print(f"{r['stage']}: {r['what']} ({r['n']}): {r['before']} -> {r['after']}", highlight=False)
+        ci = (f"; after − before {r['difference']:+.3f}, paired 95% CI [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"
+              if r.get("difference") is not None else "")
+        out.print(f"{r['stage']}: {r['what']} ({r['n']}): {r['before']} -> {r['after']}{ci}", highlight=False)
 
 
 def _stage_command(kind: str):

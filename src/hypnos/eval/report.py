@@ -214,12 +214,21 @@ def preference_results(manifests: list[dict]) -> list[dict]:
         if m.get("kind") == "reward" and "heldout_accuracy_after" in met:
             rows.append({"stage": m["stage"], "what": "pairwise accuracy on held-out rankings",
                          "before": met.get("heldout_accuracy_before"), "after": met["heldout_accuracy_after"],
-                         "n": f"{c.get('heldout_records', '?')} rankings"})
+                         "n": f"{c.get('heldout_records', '?')} rankings",
+                         **_paired_change(met.get("heldout_accuracy_change"))})
         if m.get("kind") == "rejection_sampling" and "mean_reward_after" in met:
             rows.append({"stage": m["stage"], "what": "mean reward on held-out prompts (policy before/after)",
                          "before": met.get("mean_reward_before"), "after": met["mean_reward_after"],
-                         "n": f"{met.get('heldout_prompts', '?')} prompts"})
+                         "n": f"{met.get('heldout_prompts', '?')} prompts",
+                         **_paired_change(met.get("mean_reward_change"))})
     return rows
+
+
+def _paired_change(change: dict | None) -> dict:
+    """``{"difference", "ci"}`` of a stage's after − before (paired bootstrap over held-out items); None when
+    the stage did not measure one (older manifests)."""
+    change = change or {}
+    return {"difference": change.get("difference"), "ci": change.get("ci")}
 
 
 def auto_notes(results: dict, manifests: list[dict]) -> list[str]:

@@ -14,8 +14,8 @@ Run: ``hypnos rejection_sampling --config configs/rejection_sampling/smollm2.yam
 
 A held-out share of the prompts (``heldout_fraction``) is set aside. Each iteration samples ``k`` answers per
 training prompt from the current policy (in-process ``generate`` with prompts sharded across processes, or an
-OpenAI-compatible ``endpoint``), scores them with the reward model, drops answers cut at ``max_new_tokens``,
-keeps the best answer when its reward is at least ``min_reward`` and beats the runner-up by ``margin``, and
+OpenAI-compatible ``endpoint``), scores them with the reward model, drops answers cut at ``max_new_tokens`` (unless
+``keep_truncated``), keeps the best answer when its reward is at least ``min_reward`` and beats the runner-up by ``margin``, and
 runs the sft code on the kept (prompt, answer) pairs; the next iteration samples from the result. Each
 iteration lives in ``iterN/`` and is skipped on resume once finished; its files are written by the main
 process. The report compares the mean reward of the starting and final policies on the held-out prompts
@@ -67,8 +67,14 @@ class Config(TrainStageConfig):
     temperature: float = Field(0.8, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     generate_batch_size: int = Field(8, ge=1)
-    """Ignored (kept so older configs load): in-process sampling now runs one prompt (k sequences) per
-    ``generate`` call, seeded per prompt so draws do not depend on how prompts are sharded across processes."""
+    """Prompts per in-process ``generate`` call (each with ``k`` sequences, left-padded). Prompts are cut into
+    chunks of this many by their global index and whole chunks are sharded across processes, each seeded by
+    its index: the draws depend on this number but not on how many processes sample. On a CPU one call of
+    8 prompts x 4 answers costs far less than 8 calls of 4 answers."""
+    keep_truncated: bool = False
+    """Let answers cut at ``max_new_tokens`` compete (and be trained on as if they ended there). Off: a
+    cut answer teaches the policy to stop mid-sentence. On only for toy budgets, where a small policy rarely
+    ends an answer within the few tokens a CPU can afford (``kept_truncated`` counts them)."""
     max_length: int = Field(1024, ge=16)
     """SFT: longer chats are cut."""
     packing: bool = True
@@ -125,8 +131,9 @@ def sample_local(model_dir: str, prompts: list[list[dict]], cfg: Config, seed: i
                  chat_template: str | None = None, offset: int = 0) -> list[list[tuple[str, bool]]]:
     """``k`` sampled (answer, truncated) pairs per prompt from the model in ``model_dir``, in process.
 
-    Seeded per prompt (``offset`` = the prompt's global index), so the draws do not depend on how prompts
-    are sharded or batched. An answer is truncated when no EOS came within ``max_new_tokens``.
+    Prompts go ``generate_batch_size`` at a time, each call seeded by its first prompt's global index
+    (``offset`` + position; ``offset`` is a multiple of the batch size, see ``sample``). An answer is
+    truncated when no EOS came within ``max_new_tokens``.
     """
     from hypnos.common.models import default_device, load_causal_lm
 
@@ -136,16 +143,19 @@ def sample_local(model_dir: str, prompts: list[list[dict]], cfg: Config, seed: i
     eos = {tok.eos_token_id, *([model.generation_config.eos_token_id] if isinstance(
         model.generation_config.eos_token_id, int) else (model.generation_config.eos_token_id or []))}
     out: list[list[tuple[str, bool]]] = []
-    for i in track(range(len(prompts)), desc=f"sample k={cfg.k}", unit="prompt"):
-        text = tok.apply_chat_template(prompts[i], tokenize=False, add_generation_prompt=True)
-        enc = tok([text], return_tensors="pt", add_special_tokens=False).to(default_device())
-        torch.manual_seed(seed * 100_003 + offset + i)
+    size = cfg.generate_batch_size
+    for at in track(range(0, len(prompts), size), desc=f"sample k={cfg.k}, {size} prompts a call", unit="call"):
+        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts[at: at + size]]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(default_device())
+        torch.manual_seed(seed * 100_003 + offset + at)
         gen = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
                              max_new_tokens=cfg.max_new_tokens, num_return_sequences=cfg.k,
                              pad_token_id=tok.pad_token_id)[:, enc["input_ids"].shape[1]:]
         answers = tok.batch_decode(gen, skip_special_tokens=True)
         cut = [not any(int(t) in eos for t in row) for row in gen]
-        out.append([(a.strip(), c) for a, c in zip(answers, cut)])
+        # generate repeats each prompt k times in place: rows [i*k, (i+1)*k) answer prompt i
+        for i in range(len(texts)):
+            out.append([(a.strip(), c) for a, c in zip(answers[i * cfg.k: (i + 1) * cfg.k], cut[i * cfg.k: (i + 1) * cfg.k])])
     return out
 
 
@@ -170,8 +180,10 @@ def sample(ctx: StageContext, policy: str, prompts: list[list[dict]], cfg: Confi
     """Samples for every prompt: from the endpoint (main process), or in process with prompts sharded by rank."""
     if use_endpoint:
         return dist.run_on_main(sample_endpoint, ctx, prompts, cfg, seed)
-    mine, start = dist.shard(prompts)
-    parts = dist.all_gather(sample_local(policy, mine, cfg, seed, cfg.chat_template, offset=start))
+    size = cfg.generate_batch_size
+    chunks, first = dist.shard([prompts[at: at + size] for at in range(0, len(prompts), size)])  # whole calls
+    mine = [p for chunk in chunks for p in chunk]
+    parts = dist.all_gather(sample_local(policy, mine, cfg, seed, cfg.chat_template, offset=first * size))
     return [x for part in parts for x in part]
 
 
@@ -202,23 +214,32 @@ def reward_of(reward_dir: str, prompts: list[list[dict]], answers: list[list[str
     return out
 
 
-def select(prompts, answers, rewards, truncated, margin: float, floor: float | None) -> tuple[list[list[dict]], dict]:
+def select(prompts, answers, rewards, truncated, margin: float, floor: float | None,
+           truncated_ok: bool = False) -> tuple[list[list[dict]], dict]:
     """Chats (prompt + best complete answer) whose reward clears ``floor`` and beats the runner-up by ``margin``.
 
-    Truncated answers never compete (a cut answer teaches the policy to stop mid-sentence).
+    Truncated answers never compete (a cut answer teaches the policy to stop mid-sentence) unless
+    ``truncated_ok`` (toy budgets where a small policy rarely ends an answer within ``max_new_tokens``).
 
     Returns:
         (kept chats, dropped prompts by reason).
     """
-    kept, dropped = [], {}
+    picks, dropped = pick_best(answers, rewards, truncated, margin, floor, truncated_ok)
+    return [[*prompts[i], {"role": "assistant", "content": answers[i][j]}] for i, j in picks], dropped
+
+
+def pick_best(answers, rewards, truncated, margin: float, floor: float | None,
+              truncated_ok: bool = False) -> tuple[list[tuple[int, int]], dict]:
+    """(prompt index, answer index) of every kept answer (see ``select``), and dropped prompts by reason."""
+    picks, dropped = [], {}
 
     def drop(reason: str) -> None:
         dropped[reason] = dropped.get(reason, 0) + 1
 
-    for p, ans, r, cut in zip(prompts, answers, rewards, truncated):
-        ok = [i for i in range(len(r)) if not cut[i] and ans[i]]
+    for n, (ans, r, cut) in enumerate(zip(answers, rewards, truncated)):
+        ok = [i for i in range(len(r)) if (truncated_ok or not cut[i]) and ans[i]]
         if not ok:
-            drop("all_truncated_or_empty")
+            drop("all_empty" if truncated_ok else "all_truncated_or_empty")
             continue
         order = sorted(ok, key=lambda i: -r[i])
         if floor is not None and r[order[0]] < floor:
@@ -226,13 +247,28 @@ def select(prompts, answers, rewards, truncated, margin: float, floor: float | N
         elif len(order) > 1 and r[order[0]] - r[order[1]] < margin:
             drop("best_not_above_margin")
         else:
-            kept.append([*p, {"role": "assistant", "content": ans[order[0]]}])
-    return kept, dropped
+            picks.append((n, order[0]))
+    return picks, dropped
 
 
 def _mean(rows: list[list[float]]) -> float | None:
     flat = [x for r in rows for x in r]
     return round(statistics.fmean(flat), 4) if flat else None
+
+
+def paired_change(before: list[list[float]], after: list[list[float]], seed: int = 0) -> dict:
+    """After − before mean reward on the same held-out prompts (same seeds), with a bootstrap CI over prompts.
+
+    Each prompt's k rewards are averaged first: the prompt is the unit that was sampled, its k answers are not
+    independent of each other. Returns ``{"difference", "ci": [low, high], "n"}`` (rounded to 4 places).
+    """
+    from hypnos.eval.stats import mean_ci
+
+    if len(before) != len(after):
+        raise ValueError(f"before/after rewards of {len(before)} vs {len(after)} prompts: not paired")
+    d = [statistics.fmean(a) - statistics.fmean(b) for b, a in zip(before, after)]
+    m = mean_ci(d, seed)
+    return {"difference": round(m["mean"], 4), "ci": [round(x, 4) for x in m["ci"]], "n": m["n"]}
 
 
 def split_prompts(prompts: list[list[dict]], fraction: float, seed: int) -> tuple[list, list]:
@@ -263,14 +299,15 @@ def run_iteration(cfg: Config, ctx: StageContext, it: int, policy: str, reward_d
     answers = [[a for a, _ in row] for row in drawn]
     truncated = [[c for _, c in row] for row in drawn]
     rewards = reward_of(reward_dir, prompts, answers, cfg.chat_template)
-    kept, dropped = select(prompts, answers, rewards, truncated, cfg.margin, cfg.min_reward)
+    picks, dropped = pick_best(answers, rewards, truncated, cfg.margin, cfg.min_reward, cfg.keep_truncated)
+    kept = [[*prompts[i], {"role": "assistant", "content": answers[i][j]}] for i, j in picks]
     dist.run_on_main(_write_samples, it_dir, prompts, answers, rewards, truncated, kept)
     complete = [[x for x, c in zip(r, t) if not c] for r, t in zip(rewards, truncated)]
     metrics: dict[str, Any] = {"mean_reward_sampled": _mean(rewards), "mean_reward_complete": _mean(complete),
                                "kept": len(kept), "prompts": len(prompts), "dropped": dropped,
-                               "truncated_answers": sum(map(sum, truncated))}
-    metrics["mean_reward_kept"] = _mean([[max(r[i] for i in range(len(r)) if not t[i])] for r, t in
-                                         zip(rewards, truncated) if not all(t)]) if kept else None
+                               "truncated_answers": sum(map(sum, truncated)),
+                               "kept_truncated": sum(truncated[i][j] for i, j in picks),
+                               "mean_reward_kept": _mean([[rewards[i][j] for i, j in picks]])}
     if not kept:
         raise DataError(it_dir / "samples.jsonl", None, f"iteration {it}: no answer kept ({dropped}); lower "
                         "`margin`/`min_reward`, raise `k` or `max_new_tokens`")
@@ -301,10 +338,15 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
                  per_iter[-1]["mean_reward_kept"])
     metrics: dict[str, Any] = {"iterations": per_iter, "heldout_prompts": len(held)}
     if held:  # same held-out prompts and seeds, start vs final policy, in process
+        held_rewards = {}
         for name, model_dir in (("before", start), ("after", policy)):
             drawn = sample(ctx, model_dir, held, cfg, seed=ctx.seed + 10_007, use_endpoint=False)
-            metrics[f"mean_reward_{name}"] = _mean(reward_of(reward_dir, held, [[a for a, _ in r] for r in drawn],
-                                                             cfg.chat_template))
+            held_rewards[name] = reward_of(reward_dir, held, [[a for a, _ in r] for r in drawn], cfg.chat_template)
+            metrics[f"mean_reward_{name}"] = _mean(held_rewards[name])
+        metrics["mean_reward_change"] = paired_change(held_rewards["before"], held_rewards["after"], ctx.seed)
+        log.info("rejection sampling: held-out mean reward %s -> %s (%d prompts; change %+.3f, 95%% CI "
+                 "[%+.3f, %+.3f])", metrics["mean_reward_before"], metrics["mean_reward_after"], len(held),
+                 metrics["mean_reward_change"]["difference"], *metrics["mean_reward_change"]["ci"])
     last = per_iter[-1]
     counts = {"in": len(train), "kept": last["kept"], "dropped": len(train) - last["kept"],
               "heldout": len(held)}

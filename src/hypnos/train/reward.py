@@ -201,15 +201,41 @@ def score(model, tok, seqs: list[list[int]], batch_size: int = 16) -> list[float
     return out
 
 
-def pairwise_accuracy(model, tok, examples: list[dict]) -> float | None:
-    """Share of all ordered (better, worse) pairs of held-out rankings the model scores in order."""
-    right = total = 0
+def ranking_hits(model, tok, examples: list[dict]) -> list[tuple[int, int]]:
+    """(pairs scored in order, pairs) of every held-out ranking, over all ordered (better, worse) pairs."""
+    out = []
     for ex in examples:
         r = score(model, tok, ex["responses"])
-        for i, j in record_pairs(len(r), "all"):
-            right += r[i] > r[j]
-            total += 1
-    return round(right / total, 4) if total else None
+        pairs = record_pairs(len(r), "all")
+        out.append((sum(r[i] > r[j] for i, j in pairs), len(pairs)))
+    return out
+
+
+def pairwise_accuracy(model, tok, examples: list[dict]) -> float | None:
+    """Share of all ordered (better, worse) pairs of held-out rankings the model scores in order."""
+    hits = ranking_hits(model, tok, examples)
+    total = sum(t for _, t in hits)
+    return round(sum(h for h, _ in hits) / total, 4) if total else None
+
+
+def accuracy_change(before: list[tuple[int, int]], after: list[tuple[int, int]], seed: int = 0) -> dict:
+    """Pairwise accuracy before/after on the same held-out rankings, and after − before with a paired
+    bootstrap CI over rankings (a ranking's pairs share its question and answers: the ranking is the unit).
+
+    Returns ``{"before", "after", "difference", "ci": [low, high], "n"}``; None figures for no pairs.
+    """
+    import numpy as np
+
+    from hypnos.eval.stats import paired_bootstrap
+
+    if len(before) != len(after) or any(tb != ta for (_, tb), (_, ta) in zip(before, after)):
+        raise ValueError("before/after accuracy of different rankings: not paired")
+    hb, ha, tot = (np.array([x[k] for x in src], dtype=float) for src, k in ((before, 0), (after, 0), (before, 1)))
+    if not len(tot) or tot.sum() == 0:
+        return {"before": None, "after": None, "difference": None, "ci": [None, None], "n": 0}
+    value, lo, hi = paired_bootstrap(lambda ix: (ha[ix].sum() - hb[ix].sum()) / max(tot[ix].sum(), 1), len(tot), seed)
+    return {"before": round(hb.sum() / tot.sum(), 4), "after": round(ha.sum() / tot.sum(), 4),
+            "difference": round(value, 4), "ci": [round(lo, 4), round(hi, 4)], "n": len(tot)}
 
 
 def split(records: list[Ranked], fraction: float, seed: int) -> tuple[list[Ranked], list[Ranked]]:
@@ -251,13 +277,15 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         return apply_lora(model, cfg.lora, task_type="SEQ_CLS") if with_lora else model
 
     model = load()
-    metrics["heldout_accuracy_before"] = pairwise_accuracy(model, tok, held_ex)
+    hits_before = ranking_hits(model, tok, held_ex)
     trainer = Trainer(model=model, args=args, train_dataset=train_ex, data_collator=RankCollator(
         tok.pad_token_id, cfg.pairs), processing_class=tok, compute_loss_func=bradley_terry_loss)
     metrics.update(train_and_resume(trainer))
-    metrics["heldout_accuracy_after"] = pairwise_accuracy(trainer.model, tok, held_ex)
-    log.info("reward: held-out pairwise accuracy %s -> %s", metrics["heldout_accuracy_before"],
-             metrics["heldout_accuracy_after"])
+    change = accuracy_change(hits_before, ranking_hits(trainer.model, tok, held_ex), ctx.seed)
+    metrics["heldout_accuracy_before"], metrics["heldout_accuracy_after"] = change["before"], change["after"]
+    metrics["heldout_accuracy_change"] = {k: change[k] for k in ("difference", "ci", "n")}
+    log.info("reward: held-out pairwise accuracy %s -> %s (%d rankings; change %s, 95%% CI %s)",
+             change["before"], change["after"], change["n"], change["difference"], change["ci"])
     outputs = {**save_model(trainer, tok, ctx.out_dir, load_base=lambda: load(with_lora=False)), **outputs}
     n_pairs = sum(len(record_pairs(len(e["responses"]), cfg.pairs)) for e in train_ex)
     counts = {"in": len(records), "kept": len(records), "dropped": 0, "train_records": len(train_ex),
