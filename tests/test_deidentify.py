@@ -88,6 +88,12 @@ def test_slot_and_list_rules_keep_clinical_words(text):
     ("我老公名叫安然，今年40岁。", ["安然"]),                     # 名叫 + an ordinary word closing its clause
     ("黄海波主任查房", ["黄海波"]),                               # a full name before a title and 查房
     ("我和宓丽都是乙肝携带者。", ["宓丽"]),                       # 我和 + name
+    ("孩子叫覃浩然，6岁，发烧两天了。", ["覃浩然"]),               # 叫 after a child word
+    ("我是上周来看过的病人，叫秦淑芬。", ["秦淑芬"]),               # 叫 at a clause's start
+    ("会诊意见（梁国华，主任医师）：建议加用抗凝。", ["梁国华"]),   # name, comma, title in parentheses
+    ("术者签名：_____蓝建业_____", ["蓝建业"]),                   # the underscores of a paper form
+    ("录入员：邰佳佳", ["邰佳佳"]),                               # who typed the record
+    ("患者孙子晏鹏飞表示理解。", ["晏鹏飞"]),                     # 孙子 is kinship, not 孙 + a name
 ])
 def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     assert _found(text, "name") == names, D.find(text)
@@ -102,6 +108,7 @@ def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     "医生叫平躺，不要动。", "丈夫和女儿陪同就诊。", "患者门静脉高压。", "患者年轻女性，24岁。",
     "神经元变性、坏死。", "麻醉医师：", "其父母平均身高偏矮。", "采用辅助手段如药物治疗。",
     "治疗包括蒙脱石等药物。", "让爱美女士更满意。", "第五天了还在发烧。",
+    "孩子叫了一晚上，没睡好。", "孩子叫平时不舒服。", "今日，主任医师查房。", "平时，医生说要多喝水。",
 ])
 def test_round3_rules_keep_ordinary_words(text):
     assert D.scrub(text)[0] == text, D.find(text)

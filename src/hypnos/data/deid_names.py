@@ -106,21 +106,34 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
 # Short role words that announce a name only as a form field, with a colon (巡回：米娜, 麻醉：阮思琪);
 # in running text they are ordinary words (麻醉平稳, 手术顺利).
 FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
-                      "管床 记录 审核 签字人 核对人 操作者 操作医师 检查者 报告医师 报告者 家长 陪护 陪诊 监护")
+                      "管床 记录 审核 签字人 核对人 操作者 操作医师 检查者 报告医师 报告者 家长 陪护 陪诊 监护 "
+                      # who typed, printed, checked or handed over a record (录入员：, 质控医师：, 交班：)
+                      "录入 打印 质控 质控医师 填表 制表 复核 执行 交班 接班 值班 查房 查房医师 带教")
 # the colon may follow a remark in parentheses: 患者（签名）：, 家属(签字)：
 _LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True)) + ")"
                        r"(?P<naming>名字叫|名字是|姓名是|姓名为|名叫|叫做|叫)?"
-                       r"(?P<colon>(?:\s*[（(][^（）()：:\n]{1,8}[）)])?\s*[：:]\s*|\s+|)")
+                       r"(?P<colon>(?:\s*[（(][^（）()：:\n]{1,8}[）)])?\s*[：:][\s_]*|\s+|)")
 # Labels that name the person they introduce (我叫和平，): even an ordinary word is the name there when its
 # clause ends right after it.
 _NAMING = ("我叫", "名叫")
+# 叫 after a child word or at a clause's start also names someone (孩子叫…, 我是…的病人，叫…)
+_NAMING_RE = re.compile(r"(?:孩子|宝宝|小孩|他|她|[，,]\s*)(?:名字|姓名)?(?:名叫|叫做|叫)\s*")
+
+
+def _named(text: str, i: int, n: int) -> int:
+    """``n`` if the name after a naming word (叫, 名叫) stands: an ordinary word only when its clause
+    ends right after it and jieba does not call it a verb or an adverb (我叫和平，; not 医生叫平躺，)."""
+    if n and _wordy(text, i, n) and not ((_CLAUSE_END.match(text, i + n) or i + n == len(text))
+                                         and _dict_tag(text[i : i + n]) in (*_NAME_LIKE_TAGS, "a")):
+        return 0
+    return n
 # Where a field's value ends (证人：宁静  与患者关系, 姓名：平安，男): an ordinary word after a field label
 # is a name only if one of these follows it (医生：平时宝宝…, 患者：明天去… are dialogue turns).
-_FIELD_END = re.compile(r"\s*$|\s{2,}|\s*[（(、/]|\s*[，,；;。]\s*(?:[男女]|性别|年龄|电话|联系|与患者|\d|$|[^，,；;。\s]{1,8}[：:])"
+_FIELD_END = re.compile(r"\s*$|\s{2,}|\s*[（(、/_]|\s*[，,；;。]\s*(?:[男女]|性别|年龄|电话|联系|与患者|\d|$|[^，,；;。\s]{1,8}[：:])"
                         r"|\s+\S{1,8}[：:]")
 _PREFIX_TITLES = {"医生", "医师", "护士", "大夫", "教授", "主任", "副主任", "院长"}
 # (审核者：, 记录员：, 核对人： — the role word with the suffix of the person who does it)
-_FIELD_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, FIELD_LABELS), key=len, reverse=True)) + r")[者人员]?\s*[：:]\s*")
+_FIELD_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, FIELD_LABELS), key=len, reverse=True)) + r")[者人员]?\s*[：:][\s_]*")
 _TITLE_RE = re.compile("|".join(sorted(TITLES, key=len, reverse=True)))
 # A name is followed by these when it is the head of a clause: 患者万里，男 / 姓名 张三  性别
 _STRONG_AFTER = re.compile(r"(?:\s*[，,、]?\s*[男女](?![士儿])|\s*[（(]|\s{2,})")
@@ -290,8 +303,8 @@ def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool 
     """Length of a name starting at ``i`` (right after an anchor), 0 if none; ``kin``: the anchor is a
     kinship or role word (我妈, 委托人, 其兄), not the patient or a title; ``anchored``: it is a field label
     with its colon or a naming verb (我叫), see ``_acceptable``."""
-    if i >= len(text):
-        return 0
+    if i >= len(text) or text.startswith(_LABEL_ENDS, i):
+        return 0  # 患者|孙子晏鹏飞: another person word (孙子, 孙女) comes first, not a name
     sn = surname_at(text, i, weak_ok)
     if not sn:
         return 0
@@ -460,8 +473,8 @@ def _slot_name(text: str, e: int, intro_only: bool = False) -> int:
         # a word that starts with the left character (手段|…) is no slot at all
         if (_common_word(name) or sn in WEAK_SURNAMES) and not (intro or role):
             continue
-        if k == 3 and len(sn) == 1 and _is_word(text[s : s + 2]):
-            continue  # 许多|水医生: a word, then a character
+        if k == 3 and len(sn) == 1 and _is_word(text[s : s + 2]) and _dict_tag(text[s : s + 2]) not in _PROPER:
+            continue  # 许多|水医生: a word, then a character (but 梁国|华, 黄河|清: a place, then a character)
         if s and _is_word(text[s - 1 : s + 1]) or s > 1 and _is_word(text[s - 2 : s + 1]):
             continue  # the left characters and the "surname" are one word: 由于|情绪, 及时|告知, 经皮|引流, 神经元
         return s
@@ -562,20 +575,24 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         title = label in _PREFIX_TITLES  # 护士苏晴 — but 医生|查明, 医生|曾|建议
         n = name_after(text, i, strong=fielded or forced or naming,
                        weak_ok=not (forced or (title and not fielded)), kin=label not in _NOT_KIN,
-                       anchored=naming or bool(m.group("colon").strip()))
+                       # (a long role word is whole: 经治医生|冷建国 though jieba has 生冷; 助手 may end 辅助手|段)
+                       anchored=naming or bool(m.group("colon").strip()) or (len(label) >= 3 and label not in _NOT_KIN))
         if n and title and not fielded and (n == 3 and _common_word(text[i + 1 : i + 3])):
             n = 0
         if n and forced and _is_word(text[i : i + n]):
             n = 0  # 签名时间, 签字日期: a word, no name
-        if n and (fielded or naming) and _wordy(text, i, n):
-            end = (_CLAUSE_END.match(text, i + n) or i + n == len(text)) and _dict_tag(text[i : i + n]) in (
-                *_NAME_LIKE_TAGS, "a") if naming else _FIELD_END.match(text, i + n)
-            if not end:
-                n = 0  # 医生：平时宝宝…, 患者：明天去…, 我叫了…: a dialogue turn or a sentence, no name
+        if n and naming:
+            n = _named(text, i, n)
+        elif n and fielded and _wordy(text, i, n) and not _FIELD_END.match(text, i + n):
+            n = 0  # 医生：平时宝宝…, 患者：明天去…: a dialogue turn, no name
         if not n and not fielded:
             n = _self_report_name(text, i)
         if n:
             add(i, i + n)
+    for m in _NAMING_RE.finditer(text):  # 孩子叫覃浩然, …的病人，叫秦淑芬
+        n = _named(text, m.end(), name_after(text, m.end(), strong=True, anchored=True))
+        if n:
+            add(m.end(), m.end() + n)
     for m in _FIELD_RE.finditer(text):
         n = name_after(text, m.end(), strong=True)
         if n and _wordy(text, m.end(), n) and not _FIELD_END.match(text, m.end() + n):
@@ -593,6 +610,12 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         s = _slot_name(text, m.start())
         if s >= 0:
             add(s, m.start())
+    # a name and its title after a comma, in parentheses or at a line's start (（梁国华，主任医师）)
+    for m in _TITLE_RE.finditer(text):
+        if m.start() > 1 and text[m.start() - 1] in "，,":
+            s = _slot_name(text, m.start() - 1)
+            if s >= 0 and (s == 0 or text[s - 1] in "（(\n \t"):
+                add(s, m.start() - 1)
     # verbs that say "person" only with 由/经/请/与 on the other side (由X完成, 与X沟通, 请X指导)
     for m in _INTRO_VERB_RE.finditer(text):
         s = _slot_name(text, m.start(), intro_only=True)
