@@ -94,6 +94,12 @@ def test_slot_and_list_rules_keep_clinical_words(text):
     ("术者签名：_____蓝建业_____", ["蓝建业"]),                   # the underscores of a paper form
     ("录入员：邰佳佳", ["邰佳佳"]),                               # who typed the record
     ("患者孙子晏鹏飞表示理解。", ["晏鹏飞"]),                     # 孙子 is kinship, not 孙 + a name
+    ("感谢方圆医生的耐心解答！", ["方圆"]),                       # 感谢 + name + title
+    ("@钱多多 你好，复查结果出来了吗？", ["钱多多"]),              # a chat mention
+    ("患者的女儿叫夏天，今年12岁。", ["夏天"]),                   # kinship + 叫 + a time word closing its clause
+    ("医生您好，我爸爸林森昨天做了胃镜。", ["林森"]),             # 我爸爸 (我爸 was a label, 我爸爸 not)
+    ("请明月医生会诊。", ["明月"]),                               # 月 is a given-name character too
+    ("患者文静，女，32岁，因腹痛入院。", ["文静"]),               # an ordinary word, then ，女，
 ])
 def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     assert _found(text, "name") == names, D.find(text)
@@ -109,6 +115,7 @@ def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     "神经元变性、坏死。", "麻醉医师：", "其父母平均身高偏矮。", "采用辅助手段如药物治疗。",
     "治疗包括蒙脱石等药物。", "让爱美女士更满意。", "第五天了还在发烧。",
     "孩子叫了一晚上，没睡好。", "孩子叫平时不舒服。", "今日，主任医师查房。", "平时，医生说要多喝水。",
+    "甲类包括：＠霍乱。", "由全麻组长负责麻醉。", "宝宝满月后再打疫苗。", "元月3日复查。", "谢谢全科医生的建议。",
 ])
 def test_round3_rules_keep_ordinary_words(text):
     assert D.scrub(text)[0] == text, D.find(text)

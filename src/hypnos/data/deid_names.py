@@ -66,7 +66,7 @@ _CJK = "\u4e00-\u9fff"
 # Never part of a given name in running text: function words, numbers, units, titles, clinical heads.
 NOT_GIVEN = set("的了是在和与及或等为于因由被把将向对从自到至给让请说诉称要已未不无有没也都又再还就才即便谢"
                 "而且但并之其此该这那每各某些们我你您他她它谁啥么吗呢吧啊呀哦嗯男女岁氏医师护士主任教授术"
-                "院科室床号月日年时分秒周次例病症痛炎疸诊治疗查检验血压肿瘤癌药片丸汤散针剂液胶囊服用"
+                "院科室床号日年时分秒周次例病症痛炎疸诊治疗查检验血压肿瘤癌药片丸汤散针剂液胶囊服用"
                 "一二三四五六七八九十百千万两个位名岁后前中内外上下左右再也已代签字述诉陪同提供办理同意"
                 "患者属儿孩妈爸哥姐弟妹爷奶公婆夫妻伴人家亲友边行做去来看说问答向")
 # After a field label (签名：, 姓名  ) only these end a name early: the field boundary does the rest.
@@ -102,7 +102,8 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
           "洗手护士 器械护士 巡回护士 会诊医师 会诊医生 随访医生 随访医师 主诊医师 主诊医生 带教老师 带教医师 "
           "指导医师 主管护师 执行护士 复核人 核对人 操作者 转诊医生 接诊护士 分诊护士 一助 二助 三助 "
           # the person a patient asks about together with themself (我和X都是…)
-          "我和 我跟 我与")
+          "我和 我跟 我与 "
+          "爸爸 妈妈 我爸爸 我妈妈 老爸 老妈 我老爸 我老妈 我外公 我外婆 我姥姥 我姥爷 孩子爸爸 孩子妈妈 组长 科长 治疗组长")
 # Short role words that announce a name only as a form field, with a colon (巡回：米娜, 麻醉：阮思琪);
 # in running text they are ordinary words (麻醉平稳, 手术顺利).
 FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
@@ -117,14 +118,16 @@ _LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, 
 # clause ends right after it.
 _NAMING = ("我叫", "名叫")
 # 叫 after a child word or at a clause's start also names someone (孩子叫…, 我是…的病人，叫…)
+_AT_RE = re.compile(r"[@＠]")
 _NAMING_RE = re.compile(r"(?:孩子|宝宝|小孩|他|她|[，,]\s*)(?:名字|姓名)?(?:名叫|叫做|叫)\s*")
 
 
 def _named(text: str, i: int, n: int) -> int:
     """``n`` if the name after a naming word (叫, 名叫) stands: an ordinary word only when its clause
-    ends right after it and jieba does not call it a verb or an adverb (我叫和平，; not 医生叫平躺，)."""
+    ends right after it and jieba does not call it a verb or an adverb (我叫和平，, 女儿叫夏天，; not
+    医生叫平躺，)."""
     if n and _wordy(text, i, n) and not ((_CLAUSE_END.match(text, i + n) or i + n == len(text))
-                                         and _dict_tag(text[i : i + n]) in (*_NAME_LIKE_TAGS, "a")):
+                                         and _dict_tag(text[i : i + n]) in (*_NAME_LIKE_TAGS, "a", "t")):
         return 0
     return n
 # Where a field's value ends (证人：宁静  与患者关系, 姓名：平安，男): an ordinary word after a field label
@@ -314,7 +317,8 @@ def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool 
         # ends its clause (患者车淑贞，…) as long as it is no ordinary word (患者左侧，)
         loose = _name_length(text, i, sn, True)
         if loose and _STRONG_AFTER.match(text, i + loose) \
-                and not (sn in WEAK_SURNAMES and _common_word(text[i : i + loose])):  # 患者|年轻|女性
+                and not (sn in WEAK_SURNAMES and _common_word(text[i : i + loose])
+                         and text[i + loose : i + loose + 1] in "男女"):  # 患者|年轻|女性 (患者文静，女 is a name)
             length, strong = loose, True
         elif loose and _CLAUSE_END.match(text, i + loose) and not _common_word(text[i : i + loose]) \
                 and not _guarded(text, i):
@@ -436,7 +440,7 @@ PERSON_VERBS = _words("签字 签名 诊查 查房 主刀 告知 陪同 代述 �
 _VERB_RE = re.compile("|".join(sorted(map(re.escape, PERSON_VERBS), key=len, reverse=True)))
 # Words that introduce a person in running text (由庄严医师完成, 经阙志华会诊, 请蒯建新医生, 与X共同):
 # between one of these and a title or person verb even a surname that is also a word is a name.
-_INTRO = set("由经请与和及、让挂找")
+_INTRO = set("由经请与和及、让挂找谢")  # 谢: 感谢/谢谢 + name + title
 _INTRO_VERB_RE = re.compile("沟通|说明|指导|完成|负责|解释|联系|商量")
 # What may follow an item of a list of names (郗晓光、方圆、程亮组成, 齐鸣、杜鹃两位医师).
 _LIST_AFTER = re.compile(r"[、，,。；;：:）)\s]|$|两位|二人|三人|等|共同|组成|一起|分别")
@@ -589,6 +593,11 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             n = _self_report_name(text, i)
         if n:
             add(i, i + n)
+    for m in _AT_RE.finditer(text):  # @钱多多 你好: a mention in a chat message
+        n = name_after(text, m.end(), strong=True, anchored=True)
+        if n and (m.end() + n == len(text) or not "\u4e00" <= text[m.end() + n] <= "\u9fff") \
+                and not _wordy(text, m.end(), n):  # (＠霍乱: a bullet before a word)
+            add(m.end(), m.end() + n)
     for m in _NAMING_RE.finditer(text):  # 孩子叫覃浩然, …的病人，叫秦淑芬
         n = _named(text, m.end(), name_after(text, m.end(), strong=True, anchored=True))
         if n:
