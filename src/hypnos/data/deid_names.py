@@ -326,6 +326,8 @@ def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool 
     if not strong:
         if sn == "和":
             return 0  # 丈夫和…: in running text 和 after a person word coordinates, it is no surname
+        if sn in VERBAL_SURNAMES and not kin and _dict_tag(text[i : i + length]) != "nr":
+            return 0  # 患者|易继发, 患者|应单…: after the patient a verb or an adverb, unless jieba knows the name
         # in running text the longest dictionary word here must not be an ordinary word
         # (患者|平素|体健, 医师|查房, 儿子|周末): a cheap stand-in for jieba's first token
         first = _longest_word(text, i)
@@ -587,8 +589,9 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             n = 0  # 签名时间, 签字日期: a word, no name
         if n and naming:
             n = _named(text, i, n)
-        elif n and fielded and _wordy(text, i, n) and not _FIELD_END.match(text, i + n):
-            n = 0  # 医生：平时宝宝…, 患者：明天去…: a dialogue turn, no name
+        elif n and fielded and (_wordy(text, i, n) or text[i] in VERBAL_SURNAMES) \
+                and not _FIELD_END.match(text, i + n):
+            n = 0  # 医生：平时宝宝…, 患者：明天去…, 医生：从描述…: a dialogue turn, no name
         if not n and not fielded:
             n = _self_report_name(text, i)
         if n:
@@ -604,7 +607,8 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             add(m.end(), m.end() + n)
     for m in _FIELD_RE.finditer(text):
         n = name_after(text, m.end(), strong=True)
-        if n and _wordy(text, m.end(), n) and not _FIELD_END.match(text, m.end() + n):
+        if n and (_wordy(text, m.end(), n) or text[m.end()] in VERBAL_SURNAMES) \
+                and not _FIELD_END.match(text, m.end() + n):
             n = 0  # 医生：首先要…: a dialogue turn
         if n:
             add(m.end(), m.end() + n)
