@@ -100,6 +100,7 @@ def test_slot_and_list_rules_keep_clinical_words(text):
     ("医生您好，我爸爸林森昨天做了胃镜。", ["林森"]),             # 我爸爸 (我爸 was a label, 我爸爸 not)
     ("请明月医生会诊。", ["明月"]),                               # 月 is a given-name character too
     ("患者文静，女，32岁，因腹痛入院。", ["文静"]),               # an ordinary word, then ，女，
+    ("患者家属高山陪同就诊。", ["高山"]),                         # a kinship word + name + 陪同
 ])
 def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     assert _found(text, "name") == names, D.find(text)
@@ -118,6 +119,7 @@ def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     "甲类包括：＠霍乱。", "由全麻组长负责麻醉。", "宝宝满月后再打疫苗。", "元月3日复查。", "谢谢全科医生的建议。",
     "医生：从描述看考虑腹泻。", "患者：能游泳吗？",   # a verbal surname (从, 能) after a speaker label
     "可用马应龙痔疮膏外用。", "病态窦房结综合征。",     # guard words found on unlabelled real text
+    "患者家属常常陪同。", "患者家属平时陪同。",         # adverbs and time words in a person slot
 ])
 def test_round3_rules_keep_ordinary_words(text):
     assert D.scrub(text)[0] == text, D.find(text)

@@ -409,10 +409,12 @@ def name_before(text: str, e: int) -> int:
 _NOT_KIN = {"患者", "病人", "患儿", "产妇", "家属", "本人", "我叫", "我是", "委托", "科的", "兄弟"} | set(TITLES) \
     | _PREFIX_TITLES
 # What only a person does, said right after the name (患者常青自诉…, 家属平安表示…)
-_SELF_REPORT = re.compile("自诉|自述|主诉|代诉|诉|述|称|表示|同意|拒绝|签字|签名|要求")
+_SELF_REPORT = re.compile("自诉|自述|主诉|代诉|诉|述|称|表示|同意|拒绝|签字|签名|要求|代为|代签|陪同")
 # jieba's tags of words that may be names when a person anchor and a person verb enclose them (nouns,
 # names, places; not adverbs, time words, adjectives: 患者|平时|诉, 患者|平静|表示)
 _NAME_LIKE_TAGS = (None, "nr", "nrt", "nrfg", "n", "nz", "ns")
+# ... and tags no name has, whatever encloses it
+_NOT_NAME_TAGS = ("d", "m", "mq", "p", "c", "r", "f", "q", "u", "ad", "vd", "zg", "y", "e", "o")
 
 
 def _self_report_name(text: str, i: int) -> int:
@@ -479,6 +481,9 @@ def _slot_name(text: str, e: int, intro_only: bool = False) -> int:
         # a word that starts with the left character (手段|…) is no slot at all
         if (_common_word(name) or sn in WEAK_SURNAMES) and not (intro or role):
             continue
+        tag = _dict_tag(name)
+        if tag in _NOT_NAME_TAGS or (tag == "t" and not _TITLE_RE.match(text, e)):
+            continue  # 家属|常常|陪同, 家属|平时|陪同: an adverb, time word, number or function word (明月医生 is t too)
         if k == 3 and len(sn) == 1 and _is_word(text[s : s + 2]) and _dict_tag(text[s : s + 2]) not in _PROPER:
             continue  # 许多|水医生: a word, then a character (but 梁国|华, 黄河|清: a place, then a character)
         if s and _is_word(text[s - 1 : s + 1]) or s > 1 and _is_word(text[s - 2 : s + 1]):
