@@ -37,7 +37,7 @@ os.environ.setdefault("HYPNOS_NO_PROGRESS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HYPNOS_DATA") or ROOT.parent / "shared" / "data")
 CORPUS = [ROOT / "examples/corpus/medical_corpus.jsonl", ROOT / "examples/general/general_medical_qa.jsonl"]
-VARIANTS = ("base", "mean", "fused", "mean+lm", "mean+distill")
+VARIANTS = ("base", "mean", "fused", "mean+lm", "mean+distill", "mean+lm+lora", "base+lora")
 
 
 def heldout_sets(n: int) -> dict[str, list]:
@@ -81,19 +81,39 @@ def make_model(variant: str, seed: int, base: Path, tok_dir: Path, args) -> tupl
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if variant == "base":
         return model, AutoTokenizer.from_pretrained(base), None
+    if variant == "base+lora":  # the control: no extension, LoRA on the same corpus for the same steps
+        tok = AutoTokenizer.from_pretrained(base)
+        return model, tok, base_lora(model, tok, seed, args)
     tok = AutoTokenizer.from_pretrained(tok_dir)
     sub = read_new_tokens(tok_dir)
     init, _, warm = variant.partition("+")
+    warm, _, lora = warm.partition("+")
     resize_and_init(model, len(tok), sub, init)
     if not warm:
         return model, tok, None
     torch.manual_seed(seed)
-    cfg = WarmupConfig(steps=args.steps, learning_rate=args.lr, seed=seed, distill=1.0 if warm == "distill" else 0.0)
+    cfg = WarmupConfig(steps=args.steps, learning_rate=args.lr, seed=seed, distill=1.0 if warm == "distill" else 0.0,
+                       lora_steps=args.lora_steps if lora else 0, lora_learning_rate=args.lora_lr)
     teacher = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32) if cfg.distill else None
     texts = load_texts(CORPUS, None, max_chars=10**9)
     stats = warmup_new_rows(model, tok, texts, sorted(sub), args.out / "trainer", cfg, teacher,
                             AutoTokenizer.from_pretrained(base), sub)
     return model, tok, stats
+
+
+def base_lora(model, tok, seed: int, args) -> dict:
+    """The unextended model trained with a LoRA adapter (merged) for steps + lora_steps on the corpus."""
+    import torch
+
+    from hypnos.tokenizer.analyze import lm_blocks, load_texts
+    from hypnos.tokenizer.warmup import WarmupConfig, _lora_phase
+
+    torch.manual_seed(seed)
+    cfg = WarmupConfig(steps=0, seed=seed, lora_steps=args.steps + args.lora_steps, lora_learning_rate=args.lora_lr)
+    model.requires_grad_(False)
+    blocks = lm_blocks(tok, load_texts(CORPUS, None, max_chars=10**9), cfg.seq_len)
+    _, losses = _lora_phase(model, blocks, args.out / "trainer-base-lora", cfg, rows=False)
+    return {"steps": cfg.lora_steps, "first_loss": losses[0], "last_loss": losses[-1]}
 
 
 def main() -> None:
@@ -103,6 +123,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lora-steps", type=int, default=0, help="'+lora' variants: steps of the rows + LoRA phase")
+    p.add_argument("--lora-lr", type=float, default=3e-4)
     p.add_argument("--texts", type=int, default=32, help="held-out texts per set (real: half from each file)")
     p.add_argument("--vocab", type=int, default=3000)
     p.add_argument("--max-new", type=int, default=1500)
@@ -130,6 +152,8 @@ def main() -> None:
             key = f"{variant}@{seed}" if "+" in variant else variant
             if "+" in variant:
                 key += f"/steps{args.steps}/lr{args.lr:g}"
+            if variant.endswith("+lora"):
+                key += f"/lora{args.lora_steps}/lr{args.lora_lr:g}"
             if key in results:
                 continue
             t0 = time.perf_counter()

@@ -57,3 +57,41 @@ def test_real_dialogues_oracle_through_score(tmp_path):
     assert res.exit_code == 0, res.output
     s = json.loads(res.output)
     assert s["rougeL"] == 1.0 and s["n"] == len(docs) and s["missing"] == 0
+
+
+def test_anti_repetition_decoding_is_applied_and_changes_a_looping_answer(tiny_model_dir, tmp_path):
+    """A model whose next token depends only on the last one (attention and MLP outputs zeroed) loops under
+    greedy decoding; ``no_repeat_ngram_size`` is passed to generate (no repeated n-gram in what it returns)
+    and changes the answer, and the report states the setting."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hypnos.eval.backends import LocalLM
+    from hypnos.eval.run import Config, _decoding
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.zero_()  # the residual stream is the input embedding: a deterministic token -> token map
+    model.save_pretrained(tmp_path / "loop")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "loop")
+
+    def repeats(ids: list[int], n: int) -> int:
+        grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+        return len(grams) - len(set(grams))
+
+    prompts = ["术前访视要问什么？", "Hello"]
+    plain = LocalLM(str(tmp_path / "loop"), batch_size=2)
+    guarded = LocalLM(str(tmp_path / "loop"), batch_size=2, no_repeat_ngram_size=2)
+    a, b = plain.generate(prompts, 40), guarded.generate(prompts, 40)
+    assert a != b
+    batch = guarded._encode(prompts)
+    for lm, want_repeats in ((plain, True), (guarded, False)):
+        out = lm.model.generate(**batch, max_new_tokens=40, do_sample=False, pad_token_id=lm.tok.pad_token_id,
+                                **lm.decoding())[:, batch["input_ids"].shape[1]:]
+        assert (sum(repeats(row.tolist(), 2) for row in out) > 0) == want_repeats
+    assert lm.tok.batch_decode(out, skip_special_tokens=True)[0].strip() == b[0]  # generate() used these settings
+    cfg = Config(models={"m": "x"}, tasks=["anesthesia_openqa"], no_repeat_ngram_size=3)
+    assert _decoding(cfg) == "greedy (no_repeat_ngram_size 3; every local model alike)"
+    assert _decoding(Config(models={"m": "x"}, tasks=["anesthesia_openqa"])) == "greedy"

@@ -63,6 +63,28 @@ def test_warmup_moves_only_new_rows_and_lowers_the_loss(extended, tiny_model_dir
     assert bits_per_char(after, tok, texts) < bits_per_char(before, tok, texts)
 
 
+def test_lora_phase_moves_the_body_but_never_an_old_row(extended, tmp_path):
+    """Phase 2 (rows + LoRA, merged): the saved checkpoint is a plain model whose linear layers changed, old
+    embedding rows are bit-for-bit the extension's, new rows moved, and the loss keeps falling."""
+    cfg = WarmupConfig(steps=4, learning_rate=2e-2, seq_len=32, batch_size=4, lora_steps=6, lora_r=4,
+                       lora_learning_rate=1e-2)
+    stats = warmup_model_dir(extended, [FIX / "med_corpus.jsonl"], tmp_path / "warm", cfg)
+    assert stats["lora_steps"] == 6 and stats["lora_first_loss"] is not None
+    assert stats["last_loss"] < stats["first_loss"]
+    saved = json.loads((tmp_path / "warm" / "config.json").read_text(encoding="utf-8"))
+    assert "lora" not in json.dumps(saved).lower() and not (tmp_path / "warm" / "adapter_config.json").exists()
+    before = AutoModelForCausalLM.from_pretrained(extended)
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "warm")
+    rows = torch.tensor(new_row_ids(extended))
+    emb0, emb1 = before.get_input_embeddings().weight, after.get_input_embeddings().weight
+    old = torch.ones(emb0.shape[0], dtype=torch.bool)
+    old[rows] = False
+    assert torch.equal(emb0[old], emb1[old]) and not torch.equal(emb0[rows], emb1[rows])
+    moved = [n for (n, p0), (_, p1) in zip(before.named_parameters(), after.named_parameters(), strict=True)
+             if p0.dim() == 2 and p0.shape[0] != emb0.shape[0] and not torch.equal(p0, p1)]
+    assert any("q_proj" in n for n in moved) and any("down_proj" in n for n in moved), moved
+
+
 def test_distillation_rows_pair_positions_that_have_read_the_same_text(extended, tiny_model_dir):
     tok, teacher_tok = AutoTokenizer.from_pretrained(extended), AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = distill_rows(tok, teacher_tok, TEXTS, chunk_chars=96)

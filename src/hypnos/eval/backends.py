@@ -36,11 +36,15 @@ class LocalLM:
         ref: model reference (local dir, built-in name, hub id) as ``hypnos.common.models`` resolves it.
         batch_size: prompts per forward / generate call.
         chat_template: wrap prompts in the tokenizer's chat template (when it has one).
+        repetition_penalty: HF ``generate``'s penalty on tokens already in the prompt or answer (1.0: off).
+        no_repeat_ngram_size: HF ``generate`` never repeats an n-gram of this many tokens (0: off).
     """
 
     ref: str
     batch_size: int = 8
     chat_template: bool = True
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
     model: Any = field(init=False, repr=False)
     tok: Any = field(init=False, repr=False)
 
@@ -177,13 +181,22 @@ class LocalLM:
             batch = self._encode([prompts[i] for i in idx])
             with torch.inference_mode():
                 ids = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tok.pad_token_id)
+                                          pad_token_id=self.tok.pad_token_id, **self.decoding())
             new = ids[:, batch["input_ids"].shape[1]:]
             for i, text in zip(idx, self.tok.batch_decode(new, skip_special_tokens=True)):
                 out[i] = text.strip()
             progress.update(len(idx))
         progress.close()
         return [out[i] for i in range(len(prompts))]
+
+    def decoding(self) -> dict:
+        """The non-default anti-repetition settings passed to ``generate`` (still greedy, deterministic)."""
+        out: dict = {}
+        if self.repetition_penalty != 1.0:
+            out["repetition_penalty"] = self.repetition_penalty
+        if self.no_repeat_ngram_size:
+            out["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return out
 
     def close(self) -> None:
         """Free the weights (models are evaluated one after another)."""

@@ -70,6 +70,11 @@ class Config(StageConfig):
     """Prompts per forward/generate call for local models."""
     max_new_tokens: int = Field(128, ge=1)
     """Greedy generation length for open answers (a task's ``generation_kwargs.max_gen_toks`` wins)."""
+    repetition_penalty: float = Field(1.0, ge=1.0)
+    """Greedy decoding of local models with HF's repetition penalty (1.0: off); the same for every model, and
+    stated in the report, since it changes Distinct-n and the overlap metrics."""
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    """Local models never repeat a token n-gram of this size in an answer (0: off); same for every model."""
     tokenization: Literal["char", "zh", "jieba"] = "char"
     """Tokens for BLEU/ROUGE/GLEU/Distinct."""
     chat_template: bool = True
@@ -176,7 +181,8 @@ def _load_model(cfg: Config, ctx: StageContext, label: str):
     if ref in ctx.recipe.endpoints:
         return EndpointLM(ctx.client(ref), ref)
     log.info("[eval] loading %s = %s", label, ref)
-    return LocalLM(ctx.resolve_model(ref), batch_size=cfg.batch_size, chat_template=cfg.chat_template)
+    return LocalLM(ctx.resolve_model(ref), batch_size=cfg.batch_size, chat_template=cfg.chat_template,
+                   repetition_penalty=cfg.repetition_penalty, no_repeat_ngram_size=cfg.no_repeat_ngram_size)
 
 
 def _evaluate(cfg: Config, ctx: StageContext, task: Task, docs: list[dict], model) -> tuple[dict, list[dict]]:
@@ -239,7 +245,7 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             scores[t.task][label] = json.loads(_paths(ctx, t.task, label)[0].read_text(encoding="utf-8"))
 
     results = {"models": {k: v for k, v in cfg.models.items()}, "tasks": info, "scores": scores,
-               "settings": {"limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens, "decoding": "greedy",
+               "settings": {"limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens, "decoding": _decoding(cfg),
                             "tokenization": cfg.tokenization, "judge": cfg.judge, "chat_template": cfg.chat_template,
                             "num_fewshot": cfg.num_fewshot, "circular": cfg.circular,
                             "seed": ctx.seed, "ci": "95% percentile bootstrap over items, 1000 resamples",
@@ -278,6 +284,13 @@ def _judge(cfg: Config, ctx: StageContext, tasks: list[Task]) -> dict:
         out[t.task] = {f"{a} vs {b}": judge.compare(t, rows[a], rows[b], ctx.client(cfg.judge), ctx.seed)
                        for a, b in cfg.pairs}
     return out
+
+
+def _decoding(cfg: Config) -> str:
+    """How answers were decoded, as the report states it."""
+    extra = [f"repetition_penalty {cfg.repetition_penalty:g}"] if cfg.repetition_penalty != 1.0 else []
+    extra += [f"no_repeat_ngram_size {cfg.no_repeat_ngram_size}"] if cfg.no_repeat_ngram_size else []
+    return "greedy" + (f" ({', '.join(extra)}; every local model alike)" if extra else "")
 
 
 def _paired(cfg: Config, ctx: StageContext, tasks: list[Task], seed: int) -> dict:

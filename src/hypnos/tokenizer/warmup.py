@@ -56,6 +56,16 @@ class WarmupConfig(BaseModel):
     """Checkpoint every this many steps so a killed run resumes (0: no checkpoints, a rerun starts over)."""
     seed: int = 0
     """Seed of the data order."""
+    lora_steps: int = Field(0, ge=0)
+    """Second phase (0: off): this many more steps training the new rows *and* a LoRA adapter on every linear
+    layer of the body, merged into the weights afterwards -- Chinese-LLaMA's two-stage recipe (embeddings
+    first, then embeddings + LoRA). The rows-only phase cannot change how the body reads the new tokens; this
+    one can, at the price of no longer leaving the base model's own weights untouched (old embedding rows
+    still are). docs/tokenizer.md compares it with the same steps on the unextended model."""
+    lora_r: int = Field(16, ge=1)
+    """LoRA rank of the second phase (alpha = 2 r)."""
+    lora_learning_rate: float = Field(3e-4, gt=0)
+    """Learning rate of the second phase (the rows and the adapter)."""
 
 
 def new_row_ids(tok_dir: str | Path) -> list[int]:
@@ -181,7 +191,7 @@ def warmup_new_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, texts:
         RuntimeError: an existing row changed (a bug in the masking: the warm-up would not be safe).
     """
     import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+    from transformers import default_data_collator
 
     from hypnos.tokenizer.analyze import lm_blocks
 
@@ -196,50 +206,18 @@ def warmup_new_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, texts:
         raise ValueError(f"the warm-up corpus holds fewer than {cfg.seq_len} tokens")
     keep = [w.detach().clone() for w in trainable_matrices(model)]
     handles = freeze_all_but_rows(model, rows)
-    cuda = torch.cuda.is_available()
     work_dir = Path(work_dir)
-    args = TrainingArguments(
-        output_dir=str(work_dir), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, weight_decay=0.0,  # decay would move the frozen rows too
-        warmup_steps=max(1, cfg.steps // 10), lr_scheduler_type="cosine",
-        logging_steps=1, save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
-        save_total_limit=1, report_to=[], seed=cfg.seed, data_seed=cfg.seed, use_cpu=not cuda, bf16=cuda,
-        disable_tqdm=True, dataloader_num_workers=0,
-    )
-    losses: list[float] = []
-
-    class _Losses(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
-
-    collate = default_data_collator
-    loss_func = None
+    collate, loss_func = default_data_collator, None
     if distill:
-        teacher.eval().requires_grad_(False)
-        first = torch.tensor(first_base_ids(sub_pieces, model.get_input_embeddings().weight.shape[0]))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        tpad = teacher_tok.pad_token_id if teacher_tok.pad_token_id is not None else teacher_tok.eos_token_id
-
-        def collate(batch):
-            return _pad_collate(batch, pad, tpad)
-
-        def loss_func(model, inputs, return_outputs=False, num_items_in_batch=None):
-            extra = {k: inputs.pop(k) for k in ("teacher_ids", "teacher_mask", "pairs", "pair_mask")}
-            out = model(**inputs)
-            with torch.no_grad():
-                t_logits = teacher(input_ids=extra["teacher_ids"], attention_mask=extra["teacher_mask"]).logits
-            kl = distill_loss(out.logits, t_logits, extra["pairs"], extra["pair_mask"], first.to(out.logits.device))
-            loss = out.loss + cfg.distill * kl
-            return (loss, out) if return_outputs else loss
-
-        args.remove_unused_columns = False
-    trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=collate, callbacks=[_Losses()])
-    if loss_func is not None:
-        trainer.compute_loss = loss_func  # the one change distillation needs: the loss, not the loop
+        collate, loss_func = _distill_parts(tok, teacher, teacher_tok, sub_pieces, model, cfg)
     resume = cfg.save_steps > 0 and any(work_dir.glob("checkpoint-*"))
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result, losses = _train(model, blocks, cfg.steps, cfg.learning_rate, work_dir, cfg, collate, loss_func, resume)
+    lora_losses: list[float] = []
+    if cfg.lora_steps:
+        merged, lora_losses = _lora_phase(model, lm_blocks(tok, texts, cfg.seq_len) if distill else blocks,
+                                         work_dir.with_name(work_dir.name + "-lora"), cfg)
+        assert merged is model  # peft injects and merges in place: the caller's model is the trained one
     seconds = time.perf_counter() - t0
     for h in handles:
         h.remove()
@@ -251,11 +229,84 @@ def warmup_new_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, texts:
             raise RuntimeError("warm-up changed rows of existing tokens: the row mask failed")
     model.requires_grad_(True)
     shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints are only for resuming this call
-    return {"steps": cfg.steps, "train_loss": float(result.training_loss), "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None, "seconds": round(seconds, 1), "blocks": len(blocks),
-            "rows": len(rows), "resumed": resume}
+    out = {"steps": cfg.steps, "train_loss": float(result.training_loss), "first_loss": losses[0] if losses else None,
+           "last_loss": (lora_losses or losses or [None])[-1], "seconds": round(seconds, 1), "blocks": len(blocks),
+           "rows": len(rows), "resumed": resume}
+    if cfg.lora_steps:
+        out.update(lora_steps=cfg.lora_steps, rows_last_loss=losses[-1] if losses else None,
+                   lora_first_loss=lora_losses[0] if lora_losses else None)
+    return out
 
 
+def _train(model, dataset, steps: int, lr: float, work_dir: Path, cfg: WarmupConfig, collate, loss_func=None,
+           resume: bool = False):
+    """One plain HF ``Trainer`` run; returns (TrainOutput, logged losses)."""
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(work_dir), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=lr, weight_decay=0.0,  # decay would move the frozen rows too
+        warmup_steps=max(1, steps // 10), lr_scheduler_type="cosine",
+        logging_steps=1, save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
+        save_total_limit=1, report_to=[], seed=cfg.seed, data_seed=cfg.seed, use_cpu=not cuda, bf16=cuda,
+        disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=loss_func is None,
+    )
+    losses: list[float] = []
+
+    class _Losses(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[_Losses()])
+    if loss_func is not None:
+        trainer.compute_loss = loss_func  # the one change distillation needs: the loss, not the loop
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return result, losses
+
+
+def _lora_phase(model, blocks, work_dir: Path, cfg: WarmupConfig, rows: bool = True):
+    """Phase 2: new rows + a LoRA adapter on every linear layer, then merged. Returns (plain model, losses).
+
+    ``rows=False``: the adapter only (the unextended control in bench/bench_heldout.py)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import default_data_collator
+
+    emb = trainable_matrices(model)
+    peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
+                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
+    for w in emb if rows else []:  # peft froze them; the row-mask hooks from phase 1 are still attached
+        w.requires_grad_(True)
+    _, losses = _train(peft_model, blocks, cfg.lora_steps, cfg.lora_learning_rate, work_dir, cfg,
+                       default_data_collator)
+    return peft_model.merge_and_unload(), losses
+
+
+def _distill_parts(tok, teacher, teacher_tok, sub_pieces, model, cfg: WarmupConfig):
+    """(collate, loss function) of the distillation loss."""
+    import torch
+
+    teacher.eval().requires_grad_(False)
+    first = torch.tensor(first_base_ids(sub_pieces, model.get_input_embeddings().weight.shape[0]))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    tpad = teacher_tok.pad_token_id if teacher_tok.pad_token_id is not None else teacher_tok.eos_token_id
+
+    def collate(batch):
+        return _pad_collate(batch, pad, tpad)
+
+    def loss_func(model, inputs, return_outputs=False, num_items_in_batch=None):
+        extra = {k: inputs.pop(k) for k in ("teacher_ids", "teacher_mask", "pairs", "pair_mask")}
+        out = model(**inputs)
+        with torch.no_grad():
+            t_logits = teacher(input_ids=extra["teacher_ids"], attention_mask=extra["teacher_mask"]).logits
+        kl = distill_loss(out.logits, t_logits, extra["pairs"], extra["pair_mask"], first.to(out.logits.device))
+        loss = out.loss + cfg.distill * kl
+        return (loss, out) if return_outputs else loss
+
+    return collate, loss_func
 def warmup_model_dir(model_dir: str | Path, corpus: list[str | Path], out_dir: str | Path, cfg: WarmupConfig,
                      teacher_dir: str | Path | None = None) -> dict:
     """Warm up the extended checkpoint in ``model_dir`` and write it (atomically) to ``out_dir``.
