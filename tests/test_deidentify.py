@@ -101,6 +101,8 @@ def test_slot_and_list_rules_keep_clinical_words(text):
     ("请明月医生会诊。", ["明月"]),                               # 月 is a given-name character too
     ("患者文静，女，32岁，因腹痛入院。", ["文静"]),               # an ordinary word, then ，女，
     ("患者家属高山陪同就诊。", ["高山"]),                         # a kinship word + name + 陪同
+    ("交接护士：甘露。", ["甘露"]),                               # a role field, not a speaker: 。 ends it
+    ("患者家属（妻子：安琪）表示同意手术。", ["安琪"]),
 ])
 def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     assert _found(text, "name") == names, D.find(text)
@@ -120,6 +122,8 @@ def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     "医生：从描述看考虑腹泻。", "患者：能游泳吗？",   # a verbal surname (从, 能) after a speaker label
     "可用马应龙痔疮膏外用。", "病态窦房结综合征。",     # guard words found on unlabelled real text
     "患者家属常常陪同。", "患者家属平时陪同。",         # adverbs and time words in a person slot
+    "患者：明白了，谢谢医生。", "家属：满意。",          # jieba tags 明白 nr; a one-word turn of a dialogue
+    "患者常青藤过敏。",
 ])
 def test_round3_rules_keep_ordinary_words(text):
     assert D.scrub(text)[0] == text, D.find(text)

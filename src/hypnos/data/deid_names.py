@@ -132,7 +132,7 @@ def _named(text: str, i: int, n: int) -> int:
     return n
 # Where a field's value ends (证人：宁静  与患者关系, 姓名：平安，男): an ordinary word after a field label
 # is a name only if one of these follows it (医生：平时宝宝…, 患者：明天去… are dialogue turns).
-_FIELD_END = re.compile(r"\s*$|\s{2,}|\s*[（(、/_]|\s*[，,；;。]\s*(?:[男女]|性别|年龄|电话|联系|与患者|\d|$|[^，,；;。\s]{1,8}[：:])"
+_FIELD_END = re.compile(r"\s*$|\s{2,}|\s*[（(）)、/_]|\s*[，,；;。]\s*(?:[男女]|性别|年龄|电话|联系|与患者|\d|$|[^，,；;。\s]{1,8}[：:])"
                         r"|\s+\S{1,8}[：:]")
 _PREFIX_TITLES = {"医生", "医师", "护士", "大夫", "教授", "主任", "副主任", "院长"}
 # (审核者：, 记录员：, 核对人： — the role word with the suffix of the person who does it)
@@ -263,9 +263,29 @@ def _common_word(s: str) -> bool:
 
 def _wordy(text: str, i: int, n: int) -> bool:
     """The name candidate ``text[i:i+n]`` (or its first two characters) is an ordinary word (平时, 明天|带,
-    首先); for a weak surname any dictionary word but a name (宁静 nr passes, 拜托 nrt does not)."""
-    check = _is_word if surname_at(text, i, weak_ok=False) == "" else _common_word
+    首先); for a weak surname any dictionary word but a three-character name: jieba tags 明白, 宁静 nr."""
+    if surname_at(text, i, weak_ok=False) == "":
+        def check(s: str) -> bool:
+            tag = _dict_tag(s)
+            return tag is not None and not (len(s) == 3 and tag == "nr")
+    else:
+        check = _common_word
     return check(text[i : i + n]) or (n > 2 and check(text[i : i + 2]))
+
+
+# Labels that also open a turn of a dialogue (患者：明白了。 家属：满意。): after them an ordinary word is
+# a name only at a field end that is no sentence end
+_SPEAKERS = {"患者", "病人", "患儿", "家属", "本人", "医生", "医师", "护士", "大夫", "家长", "陪护", "陪诊"}
+
+
+def _field_value_ok(text: str, i: int, n: int, label: str, at: int) -> bool:
+    """Whether the name candidate ``text[i:i+n]`` after the field label ``label`` (starting at ``at``)
+    stands: an ordinary word or a verbal surname only at a field end (证人：宁静  与患者关系, not
+    医生：平时宝宝…), and after a speaker (患者：, but not 交接护士：) not at a sentence end."""
+    if not (_wordy(text, i, n) or text[i] in VERBAL_SURNAMES):
+        return True
+    speaker = label in _SPEAKERS and (at == 0 or not "\u4e00" <= text[at - 1] <= "\u9fff")
+    return bool(_FIELD_END.match(text, i + n)) and not (speaker and text[i + n : i + n + 1] in "。！？!?")
 
 
 def _is_word(s: str) -> bool:
@@ -347,7 +367,6 @@ def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool 
             return 0  # (患者|双耳失聪: a dictionary word; jieba tags many two-character words nr)
     if not length:
         return 0
-    strong = strong or bool(_STRONG_AFTER.match(text, i + length))
     return length if _acceptable(text, i, length, strong, anchored) else 0
 
 
@@ -594,8 +613,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             n = 0  # 签名时间, 签字日期: a word, no name
         if n and naming:
             n = _named(text, i, n)
-        elif n and fielded and (_wordy(text, i, n) or text[i] in VERBAL_SURNAMES) \
-                and not _FIELD_END.match(text, i + n):
+        elif n and fielded and not _field_value_ok(text, i, n, label, m.start()):
             n = 0  # 医生：平时宝宝…, 患者：明天去…, 医生：从描述…: a dialogue turn, no name
         if not n and not fielded:
             n = _self_report_name(text, i)
@@ -612,8 +630,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             add(m.end(), m.end() + n)
     for m in _FIELD_RE.finditer(text):
         n = name_after(text, m.end(), strong=True)
-        if n and (_wordy(text, m.end(), n) or text[m.end()] in VERBAL_SURNAMES) \
-                and not _FIELD_END.match(text, m.end() + n):
+        if n and not _field_value_ok(text, m.end(), n, text[m.start() : m.end()].rstrip("：: _者人员"), m.start()):
             n = 0  # 医生：首先要…: a dialogue turn
         if n:
             add(m.end(), m.end() + n)
