@@ -123,7 +123,7 @@ def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     "可用马应龙痔疮膏外用。", "病态窦房结综合征。",     # guard words found on unlabelled real text
     "患者家属常常陪同。", "患者家属平时陪同。",         # adverbs and time words in a person slot
     "患者：明白了，谢谢医生。", "家属：满意。",          # jieba tags 明白 nr; a one-word turn of a dialogue
-    "患者常青藤过敏。",
+    "患者常青藤过敏。", "我爸冷汗直冒。", "我妈言语不清两天了。",  # jieba tags 冷汗, 言语 nr
 ])
 def test_round3_rules_keep_ordinary_words(text):
     assert D.scrub(text)[0] == text, D.find(text)
@@ -136,6 +136,10 @@ def test_round3_rules_keep_ordinary_words(text):
 ])
 def test_hospitals_by_pattern_without_a_list(text, hospital):
     assert _found(text, "hospital") == [hospital]
+
+
+def test_a_kinship_word_before_a_hospital_is_not_part_of_it():
+    assert _found("我爸华西医院看过。", "hospital") == ["华西医院"]
 
 
 def test_generic_hospital_words_stay():

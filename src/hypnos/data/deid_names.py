@@ -318,7 +318,7 @@ def _kin_weak_ok(text: str, i: int, sn: str, length: int) -> bool:
     name = text[i : i + length]
     gc = given_chars()
     return sn not in VERBAL_SURNAMES and length > len(sn) and all(c in gc for c in name[len(sn):]) and _dict_tag(name) is None \
-        and not _is_word(name[: len(sn) + 1]) and not _guarded(text, i)
+        and _dict_tag(name[: len(sn) + 1]) is None and not _guarded(text, i)  # (jieba tags 冷汗, 言语 nr)
 
 
 def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool = False,
@@ -359,11 +359,7 @@ def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool 
         if sn in WEAK_SURNAMES and (len(_segment(text[i : i + 8])[0]) != length
                                     or _dict_tag(text[i : i + length]) not in (None, "nr")
                                     or (length == 2 and _dict_tag(text[i : i + length]) == "nr")) \
-                and not (kin and (_kin_weak_ok(text, i, sn, length)
-                                  or (len(_segment(text[i : i + 8])[0]) == length
-                                      and _dict_tag(text[i : i + length]) in ("nr", "ns")
-                                      and not _guarded(text, i)))):
-            # (我老公|于洋: jieba's dictionary has the name; after the patient it has 双耳 too)
+                and not (kin and _kin_weak_ok(text, i, sn, length)):
             return 0  # (患者|双耳失聪: a dictionary word; jieba tags many two-character words nr)
     if not length:
         return 0
