@@ -103,6 +103,9 @@ def test_slot_and_list_rules_keep_clinical_words(text):
     ("患者家属高山陪同就诊。", ["高山"]),                         # a kinship word + name + 陪同
     ("交接护士：甘露。", ["甘露"]),                               # a role field, not a speaker: 。 ends it
     ("患者家属（妻子：安琪）表示同意手术。", ["安琪"]),
+    ("麻醉医师：敖雪峰/鄂丽", ["敖雪峰", "鄂丽"]),                 # a list with /
+    ("由王医生和付医生共同完成手术。", ["王", "付"]),              # a bare surname after 由 + title
+    ("医方代表：宓强", ["宓强"]),                                 # the parties of a consent form
 ])
 def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     assert _found(text, "name") == names, D.find(text)

@@ -109,7 +109,7 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
 FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
                       "管床 记录 审核 签字人 核对人 操作者 操作医师 检查者 报告医师 报告者 家长 陪护 陪诊 监护 "
                       # who typed, printed, checked or handed over a record (录入员：, 质控医师：, 交班：)
-                      "录入 打印 质控 质控医师 填表 制表 复核 执行 交班 接班 值班 查房 查房医师 带教")
+                      "录入 打印 质控 质控医师 填表 制表 复核 执行 交班 接班 值班 查房 查房医师 带教 代表 患方代表 医方代表")
 # the colon may follow a remark in parentheses: 患者（签名）：, 家属(签字)：
 _LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True)) + ")"
                        r"(?P<naming>名字叫|名字是|姓名是|姓名为|名叫|叫做|叫)?"
@@ -414,7 +414,8 @@ def name_before(text: str, e: int) -> int:
     # a bare surname right after a boundary (张医生您好, 我是许大夫); at the very start even 常/时医生;
     # never the head of a word that includes the title (班主任)
     if s >= 0 and surname_at(text, s, weak_ok=s == 0 and text[s] not in "向于和由同与在为对从") \
-            and (s == 0 or text[s - 1] in _BOUNDARY_BEFORE) and _dict_tag(text[s] + title) in (None, "nr") \
+            and (s == 0 or text[s - 1] in _BOUNDARY_BEFORE or text[s - 1] in _INTRO) \
+            and _dict_tag(text[s] + title) in (None, "nr") \
             and (s == 0 or not _is_word(text[s - 1 : s + 1])):
         return s
     return -1
@@ -455,7 +456,7 @@ def _self_report_name(text: str, i: int) -> int:
 # Verbs whose subject is a person: a name right before them (石磊签字, 管玉兰查房, 巩立新主刀).
 PERSON_VERBS = _words("签字 签名 诊查 查房 主刀 告知 陪同 代述 会诊 查看 护送 接回 审核 核对 交接 随访 协助 "
                       # the roles of an operation, said right after the name (巩立新主刀，闫涛一助)
-                      "一助 二助 三助 主麻 副麻")
+                      "一助 二助 三助 主麻 副麻 填写 书写")
 _VERB_RE = re.compile("|".join(sorted(map(re.escape, PERSON_VERBS), key=len, reverse=True)))
 # Words that introduce a person in running text (由庄严医师完成, 经阙志华会诊, 请蒯建新医生, 与X共同):
 # between one of these and a title or person verb even a surname that is also a word is a name.
@@ -581,7 +582,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         if e > s and free(s, e):
             spans.append((s, e))
             # lists: 手术医师：黄建军、吴涛
-            while e < len(text) and text[e] == "、":
+            while e < len(text) and text[e] in "、/／":  # (麻醉医师：敖雪峰/鄂丽)
                 n = name_after(text, e + 1, strong=True)
                 if not n or not free(e + 1, e + 1 + n):
                     break
