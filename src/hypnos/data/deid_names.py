@@ -16,6 +16,12 @@ Three sources, each cheap before it is precise:
 
 Every candidate is checked against a guard list of clinical words that look like names
 (``deid_guard.txt``: 高热, 黄疸, 高龄, 曾于, 高年资, 王氏…) and against drug/herb suffixes.
+
+Surnames come from ``deid_surnames.txt`` (the 百家姓 and the 2020 census ranking). Those that are
+mostly ordinary words (``[weak]``: 平, 和, 花, 麻, 东方) need a strong anchor: a field label with the
+value ending at a field end (``证人：宁静  与患者关系``), a naming word (``我叫和平，``), a person anchor
+and a self-report verb on both sides (``患者常青自诉``), or a kinship word and a name that is no
+dictionary word (``我妈云秀英``). ``[verbal]`` ones (从, 能, 于) never start a name after a speaker label.
 """
 
 from __future__ import annotations

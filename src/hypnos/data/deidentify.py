@@ -11,8 +11,9 @@ Run: ``hypnos deidentify --config deid.yaml`` or as a recipe stage::
 What is replaced (placeholder):
 
 - names ``[姓名]``: after labels, roles and kinship words (姓名 张三, 主刀医师：陈志刚, 家属签字：, 之子王磊,
-  丈夫何伟), before titles (石磊医师, 张医生), compound surnames (诸葛明, 欧阳娜娜), and words jieba's POS
-  tagger marks ``nr`` (see ``deid_names``); a guard list keeps 高热, 黄疸, 高龄, 曾于, 高年资… intact.
+  丈夫何伟, 我妈叫…), before titles and person verbs (石磊医师, 张医生, 闫涛一助), compound surnames
+  (诸葛明, 欧阳娜娜), and words jieba's POS tagger marks ``nr`` (see ``deid_names``; surnames in
+  ``deid_surnames.txt``); a guard list keeps 高热, 黄疸, 高龄, 曾于, 高年资… intact.
 - hospitals ``[医院]``: …医院 / …卫生院 / …诊所 / …保健院 / …中心 (复旦大学附属中山医院, 河南省人民医院) found
   by pattern, plus an optional list; generic ones (当地医院, 县医院, 我院) stay.
 - resident IDs ``[身份证号]``: any 15- or 18-digit number after 身份证/证件号, whatever its check digit;
