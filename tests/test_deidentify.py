@@ -106,6 +106,9 @@ def test_slot_and_list_rules_keep_clinical_words(text):
     ("麻醉医师：敖雪峰/鄂丽", ["敖雪峰", "鄂丽"]),                 # a list with /
     ("由王医生和付医生共同完成手术。", ["王", "付"]),              # a bare surname after 由 + title
     ("医方代表：宓强", ["宓强"]),                                 # the parties of a consent form
+    ("海洋医生说我需要做胃镜。", ["海洋"]),                       # an ordinary noun at a clause's start,
+    ("术中高山医师行桡动脉穿刺。", ["高山"]),                     # then a title and what a doctor does
+    ("马力签字确认。", ["马力"]),                                 # or a person verb
 ])
 def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     assert _found(text, "name") == names, D.find(text)
@@ -127,6 +130,8 @@ def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     "患者家属常常陪同。", "患者家属平时陪同。",         # adverbs and time words in a person slot
     "患者：明白了，谢谢医生。", "家属：满意。",          # jieba tags 明白 nr; a one-word turn of a dialogue
     "患者常青藤过敏。", "我爸冷汗直冒。", "我妈言语不清两天了。",  # jieba tags 冷汗, 言语 nr
+    "明天医生说要手术。", "年轻医生说不要紧。", "单位医生说是感冒。", "首诊医生建议住院。",  # no nouns, or
+    "门诊医生说是胃炎。", "今天医生说没事。", "双方签字确认。", "术中医师行穿刺。", "海外医生建议手术。",  # guarded
 ])
 def test_round3_rules_keep_ordinary_words(text):
     assert D.scrub(text)[0] == text, D.find(text)

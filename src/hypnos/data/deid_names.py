@@ -374,7 +374,31 @@ def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool 
 
 _PROPER = ("nr", "nrt", "nrfg", "ns", "nz")
 # What follows a title whose holder is named right before it (黄河清主任查房, 黄河清主任：, 黄河清主任的号)
-_AFTER_TITLE = re.compile(r"[^\u4e00-\u9fff]|$|查房|会诊|指示|指导|建议|认为|说|的号|号|看|诊|主刀|签|您好|你好")
+_AFTER_TITLE = re.compile(r"[^\u4e00-\u9fff]|$|查房|会诊|指示|指导|建议|认为|说|的号|号|看|诊|主刀|签|您好|你好"
+                          r"|回复|行|开|给|让|告诉|交代|解释|安排|同意|已")
+# Heads of a clause whose subject follows (术中甘霖医师行…, 今日X主任查房): a boundary for a name
+_CLAUSE_HEADS = ("术中", "术前", "术后", "今日", "今天", "昨日", "昨天", "次日", "当日", "随后", "之后", "上次是", "这次是")
+# jieba tags of ordinary words that are names often enough (高山, 海洋, 方舟: nouns and places)
+_NOUNISH = (None, "n", "nr", "nrt", "nrfg", "nz", "ns", "nt")
+
+
+def _noun_name_at_clause_start(text: str, e: int, after: re.Pattern) -> int:
+    """Start of a two-character name that is an ordinary noun (海洋, 马力, 夏天 is a time word: no) at a
+    clause's start, right before a title or a person verb (``after`` matches what follows ``e``):
+    。海洋医生说…, 术中高山医师行…, 马力签字确认; -1 if none. Adverbs, time words, adjectives and
+    verbal surnames never (明天医生说, 年轻医生说, 全科医生 is guarded)."""
+    s = e - 2
+    if s < 0 or not after.match(text, e):
+        return -1
+    left_ok = s == 0 or text[s - 1] in "，,。；;：:！!？?（(\n \t\"“" or text[:s].endswith(_CLAUSE_HEADS)
+    sn = surname_at(text, s)
+    if not left_ok or len(sn) != 1 or sn in VERBAL_SURNAMES or _guarded(text, s):
+        return -1
+    name = text[s:e]
+    if not "\u4e00" <= name[1] <= "\u9fff" or name[1] in NOT_GIVEN or _dict_tag(name) not in _NOUNISH:
+        return -1
+    return s if _acceptable(text, s, 2, strong=True, anchored=True) else -1
+
 
 
 def _full_name_at_boundary(text: str, s: int, e: int) -> bool:
@@ -646,6 +670,16 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     # a name right before a person verb (石磊签字), or between 由/经/请/与 and a title/verb/list (由庄严医师)
     for m in list(_VERB_RE.finditer(text)) + list(_TITLE_RE.finditer(text)):
         s = _slot_name(text, m.start())
+        if s >= 0:
+            add(s, m.start())
+    # an ordinary noun as a name at a clause's start, before a title and what a doctor does (。海洋医生说)
+    # or before a person verb (。马力签字确认)
+    for m in _TITLE_RE.finditer(text):
+        s = _noun_name_at_clause_start(text, m.start(), _TITLE_RE)
+        if s >= 0 and _AFTER_TITLE.match(text, m.end()):
+            add(s, m.start())
+    for m in _VERB_RE.finditer(text):
+        s = _noun_name_at_clause_start(text, m.start(), _VERB_RE)
         if s >= 0:
             add(s, m.start())
     # a name and its title after a comma, in parentheses or at a line's start (（梁国华，主任医师）)
