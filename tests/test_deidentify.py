@@ -132,6 +132,9 @@ def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     "患者常青藤过敏。", "我爸冷汗直冒。", "我妈言语不清两天了。",  # jieba tags 冷汗, 言语 nr
     "明天医生说要手术。", "年轻医生说不要紧。", "单位医生说是感冒。", "首诊医生建议住院。",  # no nouns, or
     "门诊医生说是胃炎。", "今天医生说没事。", "双方签字确认。", "术中医师行穿刺。", "海外医生建议手术。",  # guarded
+    "患者（男，45岁）因胸痛入院。", "一助、二助均已到位。", "我和老公都是O型血。", "患者孙女陪同。",
+    "签名：______  日期：2024-01-02", "录入员：系统自动录入。", "执行：已执行。", "麻醉方式：全麻/局麻",
+    "由于医生建议，暂缓手术。",
 ])
 def test_round3_rules_keep_ordinary_words(text):
     assert D.scrub(text)[0] == text, D.find(text)

@@ -158,7 +158,7 @@ _COMMON_GIVEN = ("伟芳娜敏静丽强磊军洋勇艳杰娟涛明超霞平刚�
                  # frequent in the names of people born 1940–1970 (淑珍, 桂娥) and of children today (晗, 暄)
                  "淑娥晗暄澜璟蕴"
                  # common in women's names, rare among jieba's (杜鹃, 招娣, 黛玉, 潇潇)
-                 "鹃娣蓓霏婵黛潇澍")
+                 "鹃娣蓓霏婵黛潇澍汐沐")
 _GUARD_FILE = Path(__file__).with_name("deid_guard.txt")
 
 
