@@ -455,7 +455,7 @@ def name_before(text: str, e: int) -> int:
 _NOT_KIN = {"患者", "病人", "患儿", "产妇", "家属", "本人", "我叫", "我是", "委托", "科的", "兄弟"} | set(TITLES) \
     | _PREFIX_TITLES
 # What only a person does, said right after the name (患者常青自诉…, 家属平安表示…)
-_SELF_REPORT = re.compile("自诉|自述|主诉|代诉|诉|述|称|表示|同意|拒绝|签字|签名|要求|代为|代签|陪同"
+_SELF_REPORT = re.compile("自诉|自述|主诉|代诉|诉|述|称|表示|同意|拒绝|签字|签名|要求|代为|代签|陪同|记录|填写"
                           # the head of an admission or discharge sentence (患者高山因胸痛入院, 于3天前)
                           r"|因(?!此|而|为)|于(?=[\d今昨前近半本我当外])|出院|入院")
 # jieba's tags of words that may be names when a person anchor and a person verb enclose them (nouns,
