@@ -38,7 +38,9 @@ def test_demo_chimed_runs_end_to_end_at_tiny_size(tmp_path, eos_prone_dir):
     after = [len(json.loads(x)["responses"]) for x in aug.read_text(encoding="utf-8").splitlines() if x.strip()]
     assert after == [n + 1 for n in before]
     rs = manifests["rejection_sampling"]
-    assert rs["counts"]["heldout"] == 2 and {"mean_reward_before", "mean_reward_after"} <= set(rs["metrics"])
+    assert rs["counts"]["heldout"] == 3 and {"mean_reward_before", "mean_reward_after"} <= set(rs["metrics"])  # 40% of 8
+    first = rs["metrics"]["iterations"][0]  # keep_truncated: every prompt keeps its best answer, cut or not
+    assert first["kept"] == first["prompts"] == 5 and first["kept_truncated"] <= first["kept"]
 
     report = json.loads((r.stage_dir("report") / "report.json").read_text(encoding="utf-8"))
     rows = {row["stage"]: row for row in report["preference"]}
