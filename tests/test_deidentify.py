@@ -112,6 +112,8 @@ def test_slot_and_list_rules_keep_clinical_words(text):
     ("患者高山因胸痛入院。", ["高山"]),                           # patient + noun + the head of an
     ("患者海洋于3天前出现发热。", ["海洋"]),                      # admission sentence (因, 于 + a date)
     ("复苏室护士金星记录：患者清醒。", ["金星"]),                   # a role + name + 记录
+    ("我妈于丹最近失眠。", ["于丹"]),                             # 于 after kinship, no word after it
+    ("我老公于飞打呼噜。", ["于飞"]),
 ])
 def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     assert _found(text, "name") == names, D.find(text)
@@ -139,6 +141,7 @@ def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     "签名：______  日期：2024-01-02", "录入员：系统自动录入。", "执行：已执行。", "麻醉方式：全麻/局麻",
     "由于医生建议，暂缓手术。", "患者平时因工作忙未复查。", "患者家属因故未到。", "患者海鲜过敏。",
     "护士常规记录生命体征。", "护士及时记录出入量。",
+    "我妈于北京工作。", "我妈于昨晚发热。", "我妈于家中摔倒。", "同事却得了酒精肝。", "我爸从小就有哮喘。",
 ])
 def test_round3_rules_keep_ordinary_words(text):
     assert D.scrub(text)[0] == text, D.find(text)

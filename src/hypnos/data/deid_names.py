@@ -320,11 +320,19 @@ def _acceptable(text: str, i: int, length: int, strong: bool, anchored: bool = F
 def _kin_weak_ok(text: str, i: int, sn: str, length: int) -> bool:
     """After a kinship or role word (我妈|云秀英, 委托人|麻国庆) a weak surname starts a name when the
     name is no dictionary word at all, its given characters are given-name characters and the surname does
-    not start a word with the first of them (我妈|云南人, 我爸|成天, 我老公|时常 stay)."""
+    not start a word with the first of them (我妈|云南人, 我爸|成天, 我老公|时常 stay); of the verbal
+    surnames only 于, when no dictionary word starts right after it."""
     name = text[i : i + length]
     gc = given_chars()
-    return sn not in VERBAL_SURNAMES and length > len(sn) and all(c in gc for c in name[len(sn):]) and _dict_tag(name) is None \
-        and _dict_tag(name[: len(sn) + 1]) is None and not _guarded(text, i)  # (jieba tags 冷汗, 言语 nr)
+    if length <= len(sn) or not all(c in gc for c in name[len(sn):]) or _guarded(text, i):
+        return False
+    if sn == "于":
+        # 我老公|于洋 (于 is a top-50 surname and a preposition): only when no word starts after it (我妈|于|
+        # 北京, 于|昨晚) and jieba has the name as a name or none
+        return len(_longest_word(text, i + 1)) == 1 and _dict_tag(name) in (None, "nr", "ns")
+    if sn in VERBAL_SURNAMES:
+        return False  # 我爸|从小, 同事|却得了, 我妈|言语: verbs, prepositions, adverbs
+    return _dict_tag(name) is None and _dict_tag(name[: len(sn) + 1]) is None  # (jieba tags 冷汗, 言语 nr)
 
 
 def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool = False,
@@ -369,6 +377,8 @@ def name_after(text: str, i: int, strong: bool, weak_ok: bool = True, kin: bool 
             return 0  # (患者|双耳失聪: a dictionary word; jieba tags many two-character words nr)
     if not length:
         return 0
+    if not strong and kin and sn in VERBAL_SURNAMES and _kin_weak_ok(text, i, sn, length):
+        strong = True  # (我老公|于洋: jieba's dictionary calls it a place; the kinship rule has checked it)
     return length if _acceptable(text, i, length, strong, anchored) else 0
 
 
