@@ -147,6 +147,19 @@ def test_round3_rules_keep_ordinary_words(text):
     assert D.scrub(text)[0] == text, D.find(text)
 
 
+def test_surname_list_is_full_and_its_marks_are_consistent(tmp_path):
+    from hypnos.data import deid_names as dn
+
+    assert len(dn.SURNAMES) >= 500 and len(dn.COMPOUND) >= 70
+    assert set("笪仉禚庹郇王李张") <= dn.SURNAMES and {"欧阳", "诸葛", "司马"} <= dn.COMPOUND
+    assert dn.WEAK_SURNAMES <= dn.SURNAMES | dn.COMPOUND  # a weak mark on a non-surname does nothing
+    assert dn.VERBAL_SURNAMES <= dn.WEAK_SURNAMES and not set("那有都经家") & dn.SURNAMES
+    bad = tmp_path / "s.txt"
+    bad.write_text("# header\n王李\n[single]\n张\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"s\.txt:2: surnames before any \[section\]"):
+        dn._surname_sections(bad)
+
+
 @pytest.mark.parametrize("text,hospital", [
     ("曾于复旦大学附属中山医院就诊", "复旦大学附属中山医院"), ("转至河南省人民医院", "河南省人民医院"),
     ("在新乡县古固寨镇卫生院输液", "新乡县古固寨镇卫生院"), ("在仁爱诊所就诊", "仁爱诊所"),

@@ -40,18 +40,18 @@ def _words(s: str) -> list[str]:
 _SURNAME_FILE = Path(__file__).with_name("deid_surnames.txt")
 
 
-def _surname_sections() -> dict[str, list[str]]:
+def _surname_sections(path: Path = _SURNAME_FILE) -> dict[str, list[str]]:
     """The sections of ``deid_surnames.txt``: single surnames as characters, the others as words."""
     sections: dict[str, list[str]] = {}
     cur = None
-    for n, line in enumerate(_SURNAME_FILE.read_text("utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if re.fullmatch(r"\[\w+\]", line):
             cur = sections.setdefault(line[1:-1], [])
         elif line:
             if cur is None:
-                raise ValueError(f"{_SURNAME_FILE}:{n}: surnames before any [section]")
-            cur += list("".join(line.split())) if line and sections.get("single") is cur else line.split()
+                raise ValueError(f"{path}:{n}: surnames before any [section]")
+            cur += list("".join(line.split())) if sections.get("single") is cur else line.split()
     return sections
 
 
@@ -124,18 +124,9 @@ _LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, 
 # clause ends right after it.
 _NAMING = ("我叫", "名叫")
 # 叫 after a child word or at a clause's start also names someone (孩子叫…, 我是…的病人，叫…)
-_AT_RE = re.compile(r"[@＠]")
 _NAMING_RE = re.compile(r"(?:孩子|宝宝|小孩|他|她|[，,]\s*)(?:名字|姓名)?(?:名叫|叫做|叫)\s*")
-
-
-def _named(text: str, i: int, n: int) -> int:
-    """``n`` if the name after a naming word (叫, 名叫) stands: an ordinary word only when its clause
-    ends right after it and jieba does not call it a verb or an adverb (我叫和平，, 女儿叫夏天，; not
-    医生叫平躺，)."""
-    if n and _wordy(text, i, n) and not ((_CLAUSE_END.match(text, i + n) or i + n == len(text))
-                                         and _dict_tag(text[i : i + n]) in (*_NAME_LIKE_TAGS, "a", "t")):
-        return 0
-    return n
+# A mention in a chat message (@钱多多 你好)
+_AT_RE = re.compile(r"[@＠]")
 # Where a field's value ends (证人：宁静  与患者关系, 姓名：平安，男): an ordinary word after a field label
 # is a name only if one of these follows it (医生：平时宝宝…, 患者：明天去… are dialogue turns).
 _FIELD_END = re.compile(r"\s*$|\s{2,}|\s*[（(）)、/_]|\s*[，,；;。]\s*(?:[男女]|性别|年龄|电话|联系|与患者|\d|$|[^，,；;。\s]{1,8}[：:])"
@@ -265,6 +256,16 @@ def _name_length(text: str, i: int, sn: str, strong: bool) -> int:
 def _common_word(s: str) -> bool:
     """A dictionary word that is no proper noun (全科, 成人, 平时, 庄严 — but not 柯文 nz, 高峰 nr)."""
     return s in guard_words() or _dict_tag(s) not in (None, "nr", "nrt", "nrfg", "nz", "ns", "nt", "j", "x")
+
+
+def _named(text: str, i: int, n: int) -> int:
+    """``n`` if the name after a naming word (叫, 名叫) stands: an ordinary word only when its clause
+    ends right after it and jieba does not call it a verb or an adverb (我叫和平，, 女儿叫夏天，; not
+    医生叫平躺，)."""
+    if n and _wordy(text, i, n) and not ((_CLAUSE_END.match(text, i + n) or i + n == len(text))
+                                         and _dict_tag(text[i : i + n]) in (*_NAME_LIKE_TAGS, "a", "t")):
+        return 0
+    return n
 
 
 def _wordy(text: str, i: int, n: int) -> bool:
