@@ -114,6 +114,9 @@ def test_slot_and_list_rules_keep_clinical_words(text):
     ("复苏室护士金星记录：患者清醒。", ["金星"]),                   # a role + name + 记录
     ("我妈于丹最近失眠。", ["于丹"]),                             # 于 after kinship, no word after it
     ("我老公于飞打呼噜。", ["于飞"]),
+    ("主诉人：韶华（患者之女）", ["韶华"]),                       # any field named after who fills it
+    ("参加人员：柯明、乔丽、訾伟", ["柯明", "乔丽", "訾伟"]),
+    ("手术记录：术者宦立华，助手钮丹，麻醉师扈宁。", ["宦立华", "钮丹", "扈宁"]),  # 麻醉师
 ])
 def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     assert _found(text, "name") == names, D.find(text)
@@ -142,6 +145,7 @@ def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     "由于医生建议，暂缓手术。", "患者平时因工作忙未复查。", "患者家属因故未到。", "患者海鲜过敏。",
     "护士常规记录生命体征。", "护士及时记录出入量。",
     "我妈于北京工作。", "我妈于昨晚发热。", "我妈于家中摔倒。", "同事却得了酒精肝。", "我爸从小就有哮喘。",
+    "禁用者：孕妇及哺乳期妇女。", "操作者：常规消毒铺巾。", "执行人：已完成。", "生产者：华润制药。",
 ])
 def test_round3_rules_keep_ordinary_words(text):
     assert D.scrub(text)[0] == text, D.find(text)

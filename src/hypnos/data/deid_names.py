@@ -109,7 +109,8 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
           "指导医师 主管护师 执行护士 复核人 核对人 操作者 转诊医生 接诊护士 分诊护士 一助 二助 三助 "
           # the person a patient asks about together with themself (我和X都是…)
           "我和 我跟 我与 "
-          "爸爸 妈妈 我爸爸 我妈妈 老爸 老妈 我老爸 我老妈 我外公 我外婆 我姥姥 我姥爷 孩子爸爸 孩子妈妈 组长 科长 治疗组长")
+          "爸爸 妈妈 我爸爸 我妈妈 老爸 老妈 我老爸 我老妈 我外公 我外婆 我姥姥 我姥爷 孩子爸爸 孩子妈妈 组长 科长 治疗组长 "
+          "麻醉师 药师 药剂师 营养师 康复师 治疗师 技师 护师")
 # Short role words that announce a name only as a form field, with a colon (巡回：米娜, 麻醉：阮思琪);
 # in running text they are ordinary words (麻醉平稳, 手术顺利).
 FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
@@ -135,6 +136,10 @@ _PREFIX_TITLES = {"医生", "医师", "护士", "大夫", "教授", "主任", "�
 # (审核者：, 记录员：, 核对人： — the role word with the suffix of the person who does it)
 _FIELD_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, FIELD_LABELS), key=len, reverse=True)) + r")[者人员]?\s*[：:][\s_]*")
 _TITLE_RE = re.compile("|".join(sorted(TITLES, key=len, reverse=True)))
+# Any field named after the person who fills it (主诉人：, 参加人员：, 申请者：, 麻醉师：): a role word ending in
+# 人/者/员/师 right before a colon, at a line's or field's start
+_ROLE_FIELD_RE = re.compile(r"(?:^|(?<=[\s，,；;。：:（(]))[\u4e00-\u9fff]{1,5}?[人者员师]"
+                            r"(?:[（(][^（）()：:\n]{1,8}[）)])?\s*[：:][\s_]*")
 # A name is followed by these when it is the head of a clause: 患者万里，男 / 姓名 张三  性别
 _STRONG_AFTER = re.compile(r"(?:\s*[，,、]?\s*[男女](?![士儿])|\s*[（(]|\s{2,})")
 _CLAUSE_END = re.compile(r"\s*[，,、；;。）)]")
@@ -667,6 +672,10 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     for m in _NAMING_RE.finditer(text):  # 孩子叫覃浩然, …的病人，叫秦淑芬
         n = _named(text, m.end(), name_after(text, m.end(), strong=True, anchored=True))
         if n:
+            add(m.end(), m.end() + n)
+    for m in _ROLE_FIELD_RE.finditer(text):
+        n = name_after(text, m.end(), strong=True, anchored=True)
+        if n and _field_value_ok(text, m.end(), n, "", m.start()):
             add(m.end(), m.end() + n)
     for m in _FIELD_RE.finditer(text):
         n = name_after(text, m.end(), strong=True)
