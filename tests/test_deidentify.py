@@ -116,6 +116,7 @@ def test_slot_and_list_rules_keep_clinical_words(text):
     ("我老公于飞打呼噜。", ["于飞"]),
     ("主诉人：韶华（患者之女）", ["韶华"]),                       # any field named after who fills it
     ("参加人员：柯明、乔丽、訾伟", ["柯明", "乔丽", "訾伟"]),
+    ("心理咨询师：蓟红", ["蓟红"]),
     ("手术记录：术者宦立华，助手钮丹，麻醉师扈宁。", ["宦立华", "钮丹", "扈宁"]),  # 麻醉师
 ])
 def test_names_round3_surnames_roles_and_ordinary_words(text, names):
