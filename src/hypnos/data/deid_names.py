@@ -471,12 +471,14 @@ def name_before(text: str, e: int) -> int:
 _NOT_KIN = {"患者", "病人", "患儿", "产妇", "家属", "本人", "我叫", "我是", "委托", "科的", "兄弟"} | set(TITLES) \
     | _PREFIX_TITLES
 # What only a person does, said right after the name (患者常青自诉…, 家属平安表示…)
-_SELF_REPORT = re.compile("自诉|自述|主诉|代诉|诉|述|称|表示|同意|拒绝|签字|签名|要求|代为|代签|陪同|记录|填写"
-                          # the head of an admission or discharge sentence (患者高山因胸痛入院, 于3天前)
-                          r"|因(?!此|而|为)|于(?=[\d今昨前近半本我当外])|出院|入院")
+_SELF_REPORT = re.compile("自诉|自述|主诉|代诉|诉|述|称|表示|同意|拒绝|签字|签名|要求|代为|代签|陪同|记录|填写")
+# The head of an admission or discharge sentence (患者蓟红因胸痛入院, 于3天前): an organ or a finding sits
+# there too (患者房颤于…, 患者宫颈因…), so only a name that is no common noun
+_ADMISSION_HEAD = re.compile(r"因(?!此|而|为)|于(?=[\d今昨前近半本我当外])|出院|入院")
 # jieba's tags of words that may be names when a person anchor and a person verb enclose them (nouns,
 # names, places; not adverbs, time words, adjectives: 患者|平时|诉, 患者|平静|表示)
 _NAME_LIKE_TAGS = (None, "nr", "nrt", "nrfg", "n", "nz", "ns")
+_PROPER_OR_NONE = (None, "nr", "nrt", "nrfg", "nz", "ns")
 # ... and tags no name has, whatever encloses it
 _NOT_NAME_TAGS = ("d", "m", "mq", "p", "c", "r", "f", "q", "u", "ad", "vd", "zg", "y", "e", "o")
 
@@ -494,9 +496,10 @@ def _self_report_name(text: str, i: int) -> int:
         if len(name) < length or any(not ("\u4e00" <= c <= "\u9fff") or c in STRONG_STOP or c in NOT_GIVEN
                                      for c in name[len(sn):]):
             continue
-        if _SELF_REPORT.match(text, i + length) and not _is_word(text[i + length - 1 : i + length + 1]) \
-                and _dict_tag(name) in _NAME_LIKE_TAGS \
-                and (length == 2 or _dict_tag(name[:2]) in _NAME_LIKE_TAGS) and _acceptable(text, i, length, True):
+        tags = _NAME_LIKE_TAGS if _SELF_REPORT.match(text, i + length) else \
+            _PROPER_OR_NONE if _ADMISSION_HEAD.match(text, i + length) else ()
+        if tags and not _is_word(text[i + length - 1 : i + length + 1]) and _dict_tag(name) in tags \
+                and (length == 2 or _dict_tag(name[:2]) in tags) and _acceptable(text, i, length, True):
             return length
     return 0
 
