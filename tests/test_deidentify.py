@@ -148,6 +148,7 @@ def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     "我妈于北京工作。", "我妈于昨晚发热。", "我妈于家中摔倒。", "同事却得了酒精肝。", "我爸从小就有哮喘。",
     "禁用者：孕妇及哺乳期妇女。", "操作者：常规消毒铺巾。", "执行人：已完成。", "生产者：华润制药。",
     "患者房颤于3天前发作。", "患者包皮因感染红肿。", "患者关节因劳累疼痛。",  # organs before 因/于: no names
+    "患者房室于3天前出现传导阻滞。", "患者宫体因肌瘤增大。",                     # (nouns, not guarded)
     "患者谷丙转氨酶于3天前升高。", "患者雷击伤。", "患者乔迁后出现症状。",        # (false names before round 3)
 ])
 def test_round3_rules_keep_ordinary_words(text):
