@@ -117,6 +117,8 @@ def test_slot_and_list_rules_keep_clinical_words(text):
     ("主诉人：韶华（患者之女）", ["韶华"]),                       # any field named after who fills it
     ("参加人员：柯明、乔丽、訾伟", ["柯明", "乔丽", "訾伟"]),
     ("心理咨询师：蓟红", ["蓟红"]),
+    ("由柏昶护士负责宣教。", ["柏昶"]),                           # 由 + surname + a rare given character
+    ("请葛垚医生会诊。", ["葛垚"]),                               # + title
     ("手术记录：术者宦立华，助手钮丹，麻醉师扈宁。", ["宦立华", "钮丹", "扈宁"]),  # 麻醉师
 ])
 def test_names_round3_surnames_roles_and_ordinary_words(text, names):
@@ -149,6 +151,7 @@ def test_names_round3_surnames_roles_and_ordinary_words(text, names):
     "禁用者：孕妇及哺乳期妇女。", "操作者：常规消毒铺巾。", "执行人：已完成。", "生产者：华润制药。",
     "患者房颤于3天前发作。", "患者包皮因感染红肿。", "患者关节因劳累疼痛。",  # organs before 因/于: no names
     "患者房室于3天前出现传导阻滞。", "患者宫体因肌瘤增大。",                     # (nouns, not guarded)
+    "由当班护士执行。", "由专职护士宣教。", "由双人护士核对。", "由首诊医师负责。", "由司机负责接送。",
     "患者谷丙转氨酶于3天前升高。", "患者雷击伤。", "患者乔迁后出现症状。",        # (false names before round 3)
 ])
 def test_round3_rules_keep_ordinary_words(text):

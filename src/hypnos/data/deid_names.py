@@ -520,11 +520,13 @@ _COUNT_RE = re.compile("[两二三四]位|[两二三四]人(?![次份])|[两二�
 _ROLE_END = tuple(sorted(set(LABELS) | set(TITLES), key=len, reverse=True))
 
 
-def _slot_name(text: str, e: int, intro_only: bool = False) -> int:
+def _slot_name(text: str, e: int, intro_only: bool = False, titled: bool = False) -> int:
     """Start of a name ending at ``e`` (right before a title, a person verb or a list separator) whose
     left side is a boundary, an introducing word (由/经/请/与/、) or a role word (产科主任|管玉兰查房);
     -1 if none. Surnames that are also words (管, 庄, 方, 平) are allowed here because both sides of the
-    slot say "person"; the guard list still vetoes clinical words (高年资, 康复)."""
+    slot say "person"; the guard list still vetoes clinical words (高年资, 康复). ``titled``: a title
+    follows, so with 由/经/请… or a role on the left a one-character given name may be any character that
+    is no function or clinical one (由左岸护士)."""
     gc = given_chars()
     for k in (4, 3, 2):
         s = e - k
@@ -533,10 +535,13 @@ def _slot_name(text: str, e: int, intro_only: bool = False) -> int:
         sn = surname_at(text, s)
         if not sn or len(sn) + 2 < k or len(sn) == k or (k == 4 and len(sn) != 2):
             continue
-        if not all(c in gc for c in text[s + len(sn) : e]) or _guarded(text, s):
-            continue
         left = text[s - 1] if s else ""
         intro = left in _INTRO
+        given = text[s + len(sn) : e]
+        loose = titled and len(given) == 1 and (intro or text[:s].endswith(_ROLE_END)) and "\u4e00" <= given <= "\u9fff" \
+            and given not in NOT_GIVEN and given not in _NOT_GIVEN_ALONE
+        if not (loose or all(c in gc for c in given)) or _guarded(text, s):
+            continue
         role = bool(s) and text[:s].endswith(_ROLE_END)
         bound = not s or left in _BOUNDARY_BEFORE or left in "）)"
         if intro_only and not intro:
@@ -693,8 +698,12 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     for s, e in _name_like(text, free):
         add(s, e)
     # a name right before a person verb (石磊签字), or between 由/经/请/与 and a title/verb/list (由庄严医师)
-    for m in list(_VERB_RE.finditer(text)) + list(_TITLE_RE.finditer(text)):
+    for m in _VERB_RE.finditer(text):
         s = _slot_name(text, m.start())
+        if s >= 0:
+            add(s, m.start())
+    for m in _TITLE_RE.finditer(text):
+        s = _slot_name(text, m.start(), titled=True)
         if s >= 0:
             add(s, m.start())
     # an ordinary noun as a name at a clause's start, before a title and what a doctor does (。海洋医生说)
