@@ -76,7 +76,7 @@ def test_stage_on_sentencepiece_llama_with_untied_head(tmp_path):
                                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
                      ).save_pretrained(base)
     shutil.copy(TOK / "llama" / "tokenizer.model", base / "tokenizer.model")
-    recipe = _recipe(tmp_path, base, init="mean", measure_bits=False, warmup={"steps": 2, "seq_len": 32})
+    recipe = _recipe(tmp_path, base, init="mean", measure_bits=False, warmup={"steps": 2, "seq_len": 32, "lora_steps": 2})
     [m] = run_recipe(load_recipe(recipe, output_dir=tmp_path / "runs"))
     out = tmp_path / "runs" / "t" / "tokenizer" / "model"
     model = AutoModelForCausalLM.from_pretrained(out)

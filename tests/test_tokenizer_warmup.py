@@ -42,7 +42,7 @@ def extended(tiny_model_dir, tmp_path_factory) -> Path:
 def test_warmup_moves_only_new_rows_and_lowers_the_loss(extended, tiny_model_dir, tmp_path, distill):
     from hypnos.tokenizer.analyze import bits_per_char, load_texts
 
-    cfg = WarmupConfig(steps=8, learning_rate=2e-2, seq_len=32, batch_size=4, distill=distill)
+    cfg = WarmupConfig(steps=8, learning_rate=2e-2, seq_len=32, batch_size=4, distill=distill, lora_steps=0)
     stats = warmup_model_dir(extended, [FIX / "med_corpus.jsonl"], tmp_path / "warm", cfg, teacher_dir=tiny_model_dir)
     assert stats["steps"] == 8 and stats["rows"] == len(new_row_ids(extended)) > 100
     assert json.loads((tmp_path / "warm" / "warmup.json").read_text(encoding="utf-8"))["config"]["distill"] == distill
@@ -159,5 +159,6 @@ def test_cli_warmup_errors_are_clear(extended, tiny_model_dir, tmp_path):
     assert r.exit_code == 1 and "no new_tokens.json" in r.output
     r = CliRunner().invoke(app, ["warmup", str(extended), corpus, "--out", str(tmp_path / "w"), "--distill", "1"])
     assert r.exit_code == 1 and "--distill needs --teacher" in r.output
-    r = CliRunner().invoke(app, ["warmup", str(extended), corpus, "--out", str(tmp_path / "w"), "--steps", "2"])
-    assert r.exit_code == 0 and "new rows trained 2 steps" in r.output, r.output
+    r = CliRunner().invoke(app, ["warmup", str(extended), corpus, "--out", str(tmp_path / "w"), "--steps", "2",
+                                 "--lora-steps", "1"])
+    assert r.exit_code == 0 and "new rows trained 2 + 1 (LoRA) steps" in r.output, r.output

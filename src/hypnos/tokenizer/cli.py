@@ -126,13 +126,16 @@ def warmup(
     model: Annotated[Path, typer.Argument(help="extended model dir (from `extend --init` or the tokenizer stage)")],
     corpus: Annotated[list[Path], typer.Argument(help="record or plain-text files to train the new rows on")],
     out: Annotated[Path, typer.Option(help="output dir for the warmed-up model")],
-    steps: Annotated[int, typer.Option(help="optimizer steps")] = 40,
+    steps: Annotated[int, typer.Option(help="optimizer steps training only the new rows")] = 16,
     lr: Annotated[float, typer.Option(help="learning rate of the new rows")] = 3e-3,
+    lora_steps: Annotated[int, typer.Option(help="then steps training the rows + a LoRA adapter (merged); 0: off")] = 64,
+    lora_lr: Annotated[float, typer.Option(help="learning rate of the rows + LoRA phase")] = 1e-3,
     distill: Annotated[float, typer.Option(help="weight of the KL to the base model (0: LM loss only)")] = 0.0,
     teacher: Annotated[str | None, typer.Option(help="base model (needed with --distill)")] = None,
     seed: Annotated[int, typer.Option(help="data-order seed")] = 0,
 ) -> None:
-    """Train only the new embedding rows of an extended model on a corpus (all other weights stay as they are)."""
+    """Train the new embedding rows of an extended model on a corpus, then (--lora-steps) them and a merged LoRA
+    adapter; existing embedding rows never change."""
     from hypnos.common.models import resolve_model
     from hypnos.tokenizer.extend import NEW_PIECES_FILE
     from hypnos.tokenizer.warmup import WarmupConfig, warmup_model_dir
@@ -142,9 +145,10 @@ def warmup(
     if distill > 0 and not teacher:
         _fail("--distill needs --teacher (the base model)")
     try:
-        cfg = WarmupConfig(steps=steps, learning_rate=lr, distill=distill, seed=seed)
+        cfg = WarmupConfig(steps=steps, learning_rate=lr, distill=distill, seed=seed, lora_steps=lora_steps,
+                           lora_learning_rate=lora_lr)
         stats = warmup_model_dir(model, corpus, out, cfg, resolve_model(teacher) if teacher else None)
     except _errors() as e:
         _fail(str(e))
-    console.print(f"{out}: {stats['rows']} new rows trained {stats['steps']} steps, loss {stats['first_loss']:.3f} -> "
+    console.print(f"{out}: {stats['rows']} new rows trained {stats['steps']} + {stats.get('lora_steps', 0)} (LoRA) steps, loss {stats['first_loss']:.3f} -> "
                   f"{stats['last_loss']:.3f} in {stats['seconds']:.0f} s", highlight=False)

@@ -9,13 +9,13 @@ Run: ``hypnos stage-tokenizer --config tokenizer.yaml`` or as a recipe stage::
       vocab_size: 8000
       max_new_pieces: 4000
       heldout: bench/anesthesia_openqa.jsonl
-      warmup: {steps: 80}              # train only the new rows before any fine-tuning (0: off)
+      warmup: {steps: 16, lora_steps: 64}  # new rows, then rows + merged LoRA, before any fine-tuning (0: off)
 
 Steps, each skipped when its result is already in the stage folder (so a killed run resumes):
 ``spm/spm.model`` (SentencePiece BPE on the corpus) -> ``tokenizer/`` (extended tokenizer and
 ``new_tokens.json``, with the reachability of every new piece) -> ``model/`` (resized, initialised checkpoint
 with the extended tokenizer; written to ``model.tmp`` and renamed when complete) -> ``warm/`` (the new rows
-trained on the corpus, every other weight unchanged; ``warm.tmp`` holds checkpoints when
+trained on the corpus, then with a merged LoRA adapter; old embedding rows unchanged; ``warm.tmp`` holds checkpoints when
 ``warmup.save_steps`` is set) -> ``analysis.json`` (tokens/char, coverage, round-trips and bits/char of the
 base, the initialised and the warmed-up model on ``heldout``).
 
