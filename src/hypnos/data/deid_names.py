@@ -745,6 +745,9 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         n = name_after(text, i, strong=opening)
         if n and (not opening or text[i + n : i + n + 1] in "）)"):
             add(i, i + n)
+    # last, the named-entity recogniser on what no rule claimed: names in contexts no rule knows
+    for s, e in _ner_names(text, free):
+        add(s, e)
     _extend_lists(text, spans, free)
     return sorted(spans)
 
@@ -811,4 +814,76 @@ def _name_like(text: str, free) -> list[tuple[int, int]]:
         while b < len(text) and b - i - len(cand) < 3 and not _SPLIT.match(text, b):
             b += 1
         out += [(a + s, a + e) for s, e in _pos_names(text[a:b]) if s <= i - a < e]
+    return out
+
+
+@lru_cache(maxsize=1)
+def _ner_gate() -> re.Pattern:
+    """A surname then a given-name character (a weak surname: two), the only places the recogniser is
+    asked."""
+    strong = "".join(sorted(SURNAMES - WEAK_SURNAMES))
+    weak = "".join(sorted(SURNAMES & WEAK_SURNAMES))
+    weak_compound = sorted(c for c in COMPOUND if c in WEAK_SURNAMES)
+    gc = "".join(sorted(given_chars()))
+    return re.compile(f"(?:{'|'.join(_STRONG_COMPOUND)}|[{strong}])(?=[{gc}])"
+                      f"|(?:{'|'.join(weak_compound)}|[{weak}])(?=[{gc}]{{2}})")
+
+
+@lru_cache(maxsize=65536)
+def _ner_candidate(ctx: str, i: int) -> bool:
+    """Whether a name may start at ``ctx[i]`` (``ctx``: the text from one character before to six after,
+    so the answer can be cached): not inside a guard word, not the end of a word (谢谢|胡…), no ordinary
+    word (高热, 黄疸, 时候), unless it is the head of a full name that is no word (王国|华); a weak surname
+    (单, 易, 计, 冷) only in a full name that is no word at all (单丽萍, 易洪涛)."""
+    sn = surname_at(ctx, i)
+    g = i + len(sn)
+    if _guarded(ctx, i) or (i > 0 and _is_word(ctx[i - 1 : i + 1])):
+        return False
+    if sn in WEAK_SURNAMES:
+        return _dict_tag(ctx[i : g + 2]) is None and _dict_tag(ctx[i : g + 1]) is None
+    if _is_word(ctx[i : g + 1]):
+        gc = given_chars()
+        return len(sn) == 1 and all(c in gc for c in ctx[g : g + 2]) and _dict_tag(ctx[i : g + 2]) in (None, "nr") \
+            and not _is_word(ctx[g : g + 2]) and not _is_word(ctx[g + 1 : g + 3])
+    return True
+
+
+NER_WINDOW = 6
+_SENTENCE_END = set("。！？!?；;\n")
+"""Characters of context the recogniser sees on either side of a candidate (within its clause)."""
+
+
+def _ner_names(text: str, free) -> list[tuple[int, int]]:
+    """Names found by the named-entity recogniser (``deid_ner``, Baidu's LAC model) where no rule found
+    one. It is asked only at a strong surname followed by a given-name character that no rule claimed,
+    that starts no ordinary word (高热, 黄疸 never get here) and ends none (谢谢|胡…); it must tag a
+    person right there, of the surname and one or two given characters, and the usual checks apply:
+    the guard list, drug endings, no dictionary word that is no name (jieba's dictionary)."""
+    from hypnos.data.deid_ner import person_spans
+
+    out: list[tuple[int, int]] = []
+    for m in _ner_gate().finditer(text):
+        i, sn = m.start(), m.group()
+        g = i + len(sn)
+        left = 1 if i else 0
+        if not _ner_candidate(text[i - left : i + 6], left) or not free(i, g + 1):
+            continue
+        weak = sn in WEAK_SURNAMES
+        # the window stops at a sentence's end only: a label and its colon (主刀医师：|陈志刚) is the context
+        # the model needs most
+        a = i
+        while a > 0 and i - a < NER_WINDOW and text[a - 1] not in _SENTENCE_END:
+            a -= 1
+        b = g
+        while b < len(text) and b - g < 2 + NER_WINDOW and text[b] not in _SENTENCE_END:
+            b += 1
+        for s, e in person_spans(text[a:b]):
+            if a + s != i or not (len(sn) < e - s <= len(sn) + 2) or (weak and e - s != len(sn) + 2):
+                continue
+            given = text[g : a + e]
+            if any(not "\u4e00" <= c <= "\u9fff" or c in NOT_GIVEN for c in given) \
+                    or (len(given) == 1 and given in _NOT_GIVEN_ALONE):
+                continue  # (a one-character given name that is a drug or food word: 王|丸, 牛|肉)
+            if free(i, a + e) and _acceptable(text, i, a + e - i, strong=False):
+                out.append((i, a + e))
     return out

