@@ -826,11 +826,12 @@ def _name_like(text: str, free) -> list[tuple[int, int]]:
 @lru_cache(maxsize=1)
 def _ner_gate() -> re.Pattern:
     """A surname then a given-name character (a weak surname: two), the only places the recogniser is
-    asked."""
+    asked: the characters are those a name it finds must use (``_ner_given_chars``), so the gate loses
+    nothing and spares the model most surnames (黄疸, 高热 have none)."""
     strong = "".join(sorted(SURNAMES - WEAK_SURNAMES))
     weak = "".join(sorted(SURNAMES & WEAK_SURNAMES))
     weak_compound = sorted(c for c in COMPOUND if c in WEAK_SURNAMES)
-    gc = "".join(sorted(given_chars()))
+    gc = "".join(sorted(_ner_given_chars()))
     return re.compile(f"(?:{'|'.join(_STRONG_COMPOUND)}|[{strong}])(?=[{gc}])"
                       f"|(?:{'|'.join(weak_compound)}|[{weak}])(?=[{gc}]{{2}})")
 
@@ -848,7 +849,7 @@ def _ner_candidate(ctx: str, i: int) -> bool:
     if sn in WEAK_SURNAMES:
         return _dict_tag(ctx[i : g + 2]) is None and _dict_tag(ctx[i : g + 1]) is None
     if _is_word(ctx[i : g + 1]):
-        gc = given_chars()
+        gc = _ner_given_chars()
         return len(sn) == 1 and all(c in gc for c in ctx[g : g + 2]) and _dict_tag(ctx[i : g + 2]) in (None, "nr") \
             and not _is_word(ctx[g : g + 2]) and not _is_word(ctx[g + 1 : g + 3])
     return True
