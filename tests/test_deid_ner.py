@@ -84,3 +84,31 @@ def test_a_recogniser_name_with_an_eponym_or_drug_word_after_it_stays():
     assert dn._ner_name_ok("随访时王建华来院复查", 3, 6, "王")
     for after in ("综合征", "-伊顿综合征", "病", "单抗"):
         assert not dn._ner_name_ok("随访时王建华" + after, 3, 6, "王"), after
+
+
+_TEMPLATES = ["今天上午{}在病房门口摔倒。", "这是{}第三次住院。", "昨晚{}血压偏高，予硝苯地平口服。", "次日{}体温恢复正常。",
+              "入院后{}情绪稳定，睡眠可。", "出院前{}已学会自测血糖。", "{}的CT结果已出。", "病房里{}一直咳嗽。",
+              "据{}回忆，腹痛始于饭后。", "随访时{}诉夜间盗汗。", "本周{}复查肝功能正常。", "化验单上写着{}的名字。",
+              "邻床{}昨日出院。", "门诊遇到{}，面色苍白。", "术后第二天{}下床活动。", "检查发现{}左肺有结节。",
+              "已电话通知{}明日复诊。", "{}今年三月曾因肺炎住院。", "护理记录：{}夜间翻身两次。", "会诊意见发给{}参考。"]
+
+
+def test_names_in_running_text_with_no_anchor_are_mostly_found():
+    """A proxy for contexts no rule knows: names in running text with no label, title or kinship word
+    (templates written for this check, common surnames and given characters). The rules alone find about
+    half (0.55 when this was written); with the recogniser about 0.92, and nothing else is replaced."""
+    import random
+
+    rng = random.Random(0)
+    surnames, given = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘蒋蔡余杜叶程苏魏吕丁", \
+        "建国伟芳秀英敏静丽强磊军洋勇艳杰娟涛明超霞平刚桂兰海燕晓红春华志文玉梅子涵浩宇欣怡雨轩佳琪"
+    found = 0
+    for _ in range(200):
+        name = rng.choice(surnames) + "".join(rng.choice(given) for _ in range(rng.choice((1, 2, 2))))
+        template = rng.choice(_TEMPLATES)
+        text, at = template.format(name), template.index("{}")
+        spans = [(s.start, s.end) for s in D.find(text) if s.type == "name"]
+        # nothing but the name is replaced (a part of it may be: 邓磊|强 counts as found, as in the scorer)
+        assert all(at <= a and b <= at + len(name) for a, b in spans), (text, spans)
+        found += bool(spans)
+    assert found >= 170, found  # (180 when written; 108 without the recogniser)
