@@ -918,14 +918,14 @@ def _ner_given_chars() -> frozenset[str]:
         elif t in ("nr", "nrfg", "nz") and len(w) >= 3 and w[0] not in SURNAMES:
             foreign.update(w)
     chars = {c for c, n in cn.items() if n >= 60 and foreign[c] <= 0.7 * n} | set(_COMMON_GIVEN) | set(_MORE_GIVEN)
-    return frozenset(chars - NOT_GIVEN - _TRANSLIT - _ADDRESS_CHARS)
+    return frozenset(chars - NOT_GIVEN - _TRANSLIT - _ADDRESS_CHARS - set("仁利旺"))  # 仁: seeds (柏子仁, 郁李仁)
 
 
 # More characters common in Chinese given names (written from general knowledge of naming, not from the
 # evaluation set), that jieba's transliterations also use too often for the rule above to keep them;
-# not 康, 乐, 露: drug and brand names use them (福康敏, 高乐高, 高露洁)
+# not 康, 乐, 露, 利, 旺: drug, brand and TCM words use them (福康敏, 高乐高, 高露洁, 利托君, 心火亢旺)
 _MORE_GIVEN = ("青珠丹香仪雅美群琴晶坚凡晴芝雯凤珍莲蓉洁霜虹淑惠贤勤俭忠孝仁义礼信诚实廉钢铁银宝"
-               "昌盛兴旺福寿顺远光晓恒久长武功胜利全和喜庆祥贵富山水石泉川溪岚峻崇高")
+               "昌盛兴福寿顺远光晓恒久长武功胜全和喜庆祥贵富山水石泉川溪岚峻崇高")
 
 
 def _ner_name_ok(text: str, i: int, e: int, sn: str) -> bool:
