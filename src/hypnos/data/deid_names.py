@@ -71,6 +71,7 @@ SURNAMES = set(_SN["single"])
 # next to a strong anchor.
 WEAK_SURNAMES = {w for line in _SN["weak"] for w in ([line] if len(line) == 2 and line in COMPOUND else list(line))}
 _STRONG_COMPOUND = sorted(c for c in COMPOUND if c not in WEAK_SURNAMES)
+_STRONG_COMPOUND_SET = frozenset(_STRONG_COMPOUND)
 # Weak surnames that in running text are mostly verbs, prepositions or adverbs (从, 能, 却, 应, 查)
 VERBAL_SURNAMES = set("".join(_SN["verbal"]))
 
@@ -116,7 +117,10 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
           # the person a patient asks about together with themself (我和X都是…)
           "我和 我跟 我与 "
           "爸爸 妈妈 我爸爸 我妈妈 老爸 老妈 我老爸 我老妈 我外公 我外婆 我姥姥 我姥爷 孩子爸爸 孩子妈妈 组长 科长 治疗组长 "
-          "麻醉师 药师 药剂师 营养师 康复师 治疗师 技师 护师")
+          "麻醉师 药师 药剂师 营养师 康复师 治疗师 技师 护师 "
+          # who hands over or takes a shift, follows up, accompanies or trains (交班者东方慧, 随访员葛文, 陪同人X)
+          "交班者 接班者 交班人 接班人 交班护士 接班护士 随访员 随访人 协调员 联络员 记录员 陪同人 陪同者 陪诊人 "
+          "实习生 进修生 规培生 研究生 媳妇 儿媳妇 我媳妇 他媳妇 老伴儿 我家宝宝 宝宝")
 # Short role words that announce a name only as a form field, with a colon (巡回：米娜, 麻醉：阮思琪);
 # in running text they are ordinary words (麻醉平稳, 手术顺利).
 FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
@@ -240,7 +244,7 @@ def _name_length(text: str, i: int, sn: str, strong: bool) -> int:
     run = 0
     while run < 2 and j + run < len(text) and not _TITLE_RE.match(text, j + run) and (
             text[j + run] in gc or (strong and "\u4e00" <= text[j + run] <= "\u9fff"
-                                    and text[j + run] not in STRONG_STOP)):
+                                    and text[j + run] not in STRONG_STOP) or (run == 0 and _he_given(text, j))):
         run += 1
     if run == 0:
         return 0
@@ -262,6 +266,15 @@ def _name_length(text: str, i: int, sn: str, strong: bool) -> int:
             if run == 1 and k + 1 < len(toks) and len(toks[k + 1]) == 1 and toks[k + 1] in gc:
                 run = 2
     return len(sn) + run
+
+
+def _he_given(text: str, j: int) -> bool:
+    """和 starts the given name at ``j`` (徐和平, 曾和平: 和平, 和顺 are common given names, but 和 is
+    mostly "and"): only when a given-name character follows and the name ends right after it, at a field
+    or clause end (姓名：徐和平　性别, 老伴曾和平，97岁), never before another word (张和李医生, 患者和家属)."""
+    if text[j : j + 1] != "和" or j + 2 > len(text) or text[j + 1] not in given_chars():
+        return False
+    return j + 2 == len(text) or not "\u4e00" <= text[j + 2] <= "\u9fff"
 
 
 def _common_word(s: str) -> bool:
@@ -317,7 +330,10 @@ def _acceptable(text: str, i: int, length: int, strong: bool, anchored: bool = F
     name = text[i : i + length]
     if _guarded(text, i) or name in guard_words():
         return False
-    if not anchored and _is_word(text[i - 1 : i + 1]) or i > 1 and _is_word(text[i - 2 : i + 1]):
+    # a strong compound surname and two given characters (第1天|皇甫立新: 天皇 is a word) are a name whatever
+    # the character before them ends
+    compound = length == 4 and text[i : i + 2] in _STRONG_COMPOUND_SET
+    if not compound and (not anchored and _is_word(text[i - 1 : i + 1]) or i > 1 and _is_word(text[i - 2 : i + 1])):
         return False  # the surname character ends a word: 手段|帮助, 上皮|增厚, 谢谢|胡医生, 神经元|变性
     if _DRUG_AFTER.match(text, i + length):
         return False
@@ -336,7 +352,8 @@ def _kin_weak_ok(text: str, i: int, sn: str, length: int) -> bool:
     surnames only 于, when no dictionary word starts right after it."""
     name = text[i : i + length]
     gc = given_chars()
-    if length <= len(sn) or not all(c in gc for c in name[len(sn):]) or _guarded(text, i):
+    if length <= len(sn) or not all(c in gc or (k == 0 and _he_given(text, i + len(sn)))
+                                    for k, c in enumerate(name[len(sn):])) or _guarded(text, i):
         return False
     if sn == "于":
         # 我老公|于洋 (于 is a top-50 surname and a preposition): only when no word starts after it (我妈|于|
@@ -430,7 +447,12 @@ def _full_name_at_boundary(text: str, s: int, e: int) -> bool:
     name = text[s:e]
     if s and text[s - 1] not in _BOUNDARY_BEFORE and text[s - 1] not in _INTRO:
         return False
-    if surname_at(text, s, weak_ok=False) == "" or _dict_tag(name) not in (None, "nr") or _guarded(text, s):
+    # a weak surname at a line's start when the name is one jieba knows or its head is no word at all
+    # (于海洋医生说, 于建国医生说; not 于是, 常规)
+    known = (s == 0 or text[s - 1] == "\n") and surname_at(text, s) != "" \
+        and (_dict_tag(name) == "nr" or (_dict_tag(name) is None and _dict_tag(name[:2]) is None
+                                         and all(c in given_chars() for c in name[1:])))
+    if (surname_at(text, s, weak_ok=False) == "" and not known) or _dict_tag(name) not in (None, "nr") or _guarded(text, s):
         return False
     if any(not ("\u4e00" <= c <= "\u9fff") or c in NOT_GIVEN or c in _NOT_GIVEN_ALONE for c in name[1:]):
         return False
@@ -450,6 +472,9 @@ def name_before(text: str, e: int) -> int:
         # 成刚医师: with one given character even 成/时/于 are surnames (words are caught below); not with
         # two (向专业医师, 后融合医生)
         sn = surname_at(text, s, weak_ok=k == 2)
+        if k == 3 and not sn and len(surname_at(text, s)) == 1 and (s == 0 or text[s - 1] == "\n") \
+                and _full_name_at_boundary(text, s, e):
+            return s  # (于海洋医生说: a weak surname, a name jieba knows, at a line's start)
         if not sn or len(sn) + 2 < k or (k == 4 and len(sn) != 2):
             continue
         given = text[s + len(sn) : e]
@@ -473,6 +498,7 @@ def name_before(text: str, e: int) -> int:
     return -1
 
 
+_LONG_TITLES = {t for t in TITLES if len(t) >= 3}
 # Labels that are the patient or a title, not a relation: what follows them is often no name (患者|时有…)
 _NOT_KIN = {"患者", "病人", "患儿", "产妇", "家属", "本人", "我叫", "我是", "委托", "科的", "兄弟"} | set(TITLES) \
     | _PREFIX_TITLES
@@ -548,7 +574,8 @@ def _slot_name(text: str, e: int, intro_only: bool = False, titled: bool = False
             and given not in NOT_GIVEN and given not in _NOT_GIVEN_ALONE
         if not (loose or all(c in gc for c in given)) or _guarded(text, s):
             continue
-        role = bool(s) and text[:s].endswith(_ROLE_END)
+        # a role word or a department (麻醉科|易晓峰医生) on the left
+        role = bool(s) and (text[:s].endswith(_ROLE_END) or (s >= 2 and text[s - 1] == "科" and _CJK_RE.match(text, s - 2)))
         bound = not s or left in _BOUNDARY_BEFORE or left in "）)"
         if intro_only and not intro:
             continue
@@ -587,6 +614,7 @@ def _name_at(text: str, i: int) -> int:
 
 
 _MOU_RE = re.compile("(?:" + "|".join(_STRONG_COMPOUND) + "|[" + "".join(sorted(SURNAMES - WEAK_SURNAMES)) + "])某{1,2}(?![地处些种天日时年月次个项类位件])")
+_CJK_RE = re.compile("[\u4e00-\u9fff]")
 _SPLIT = re.compile(r"[，,。；;！!？?\n（）()、：:\s]")
 
 
@@ -665,7 +693,8 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         n = name_after(text, i, strong=fielded or forced or naming,
                        weak_ok=not (forced or (title and not fielded)), kin=label not in _NOT_KIN,
                        # (a long role word is whole: 经治医生|冷建国 though jieba has 生冷; 助手 may end 辅助手|段)
-                       anchored=naming or bool(m.group("colon").strip()) or (len(label) >= 3 and label not in _NOT_KIN))
+                       anchored=naming or bool(m.group("colon").strip()) or (len(label) >= 3 and label not in _NOT_KIN)
+                       or label in _LONG_TITLES)  # (护士长|石春燕: 长石 is a mineral, not the name's left side)
         if n and title and not fielded and (n == 3 and _common_word(text[i + 1 : i + 3])):
             n = 0
         if n and forced and _is_word(text[i : i + n]):
@@ -751,6 +780,8 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         n = name_after(text, i, strong=opening)
         if n and (not opening or text[i + n : i + n + 1] in "）)"):
             add(i, i + n)
+    for s, e in _address_names(text):
+        add(s, e)
     # last, the named-entity recogniser on what no rule claimed: names in contexts no rule knows
     for s, e in _ner_names(text, free):
         add(s, e)
@@ -947,3 +978,114 @@ def _ner_name_ok(text: str, i: int, e: int, sn: str) -> bool:
     if len(given) == 2 and _dict_tag(given) in ("v", "vn", "vd", "ad"):
         return False  # (化疗6程|顺利, 祝|康复: the given name is a verb or an adverb)
     return _acceptable(text, i, e - i, strong=False)
+
+
+# ---- names in the way people address and introduce each other (round 4b) ----------------------------
+
+_SURN_CHARS = "".join(sorted(SURNAMES - WEAK_SURNAMES))
+_LEFT_OK = "，,。；;：:！!？?（(\"“‘'、\n \t　跟和与同让叫找问给请谢向"
+# The head of a patient line: a name of any origin (次仁卓玛, 阿依古丽, 向明), then sex and age
+_HEAD_RE = re.compile(r"(?:^|(?<=[。；;！!？?\n\s　]))(?:(?:患者|病人|患儿|产妇|姓名[：:]?)\s*)?"
+                      r"([\u4e00-\u9fff]{2,4})(?=[，,]\s*[男女][，,]\s*\d{1,3}\s*(?:岁|月龄|个月))")
+_NOT_IN_HEAD = set("的了是在和与患者病人属儿孩男女岁科室床号院诊治疗术后前中内外痛炎症病因性年月日天")
+# 老/小 + a surname, the way colleagues and patients call someone (老杨说, 小毛，, “小段医生”)
+_FAMILIAR_RE = re.compile(rf"(?:^|(?<=[{re.escape(_LEFT_OK)}]))[老小]([{_SURN_CHARS}])"
+                          r"(?=[，,！!：:。]|说|讲|问|告诉|让|医生|护士|大夫|老师|主任|哥|姐|你|您|$)")
+# 小 + a doubled given-name character (小轩轩, 小萱萱): a child's pet name
+_DOUBLED_RE = re.compile(rf"(?:^|(?<=[{re.escape(_LEFT_OK)}]))小(([\u4e00-\u9fff])\2)")
+# a surname + 哥/姐 as a form of address (秦哥，…, 江姐那边)
+_SIBLING_RE = re.compile(rf"(?:^|(?<=[{re.escape(_LEFT_OK)}]))([{_SURN_CHARS}])(?=[哥姐](?:[，,！!：:]|那边|说|你|您|$))")
+# A bare surname before a title after a verb of contacting, a time word or a department
+# (已报告田医生, 已通知邹护士长, 上午吴大夫查房, 刚才崔医生, 急诊科周医生接诊)
+_BARE_LEFT_RE = re.compile(r"(?:通知|报告|联系|请示|呼叫|汇报|转告|告诉|上午|下午|早上|中午|晚上|刚才|刚刚|今天|昨天|"
+                           r"明天|今早|昨晚|挂了|找了|问了|[^\W\d_a-zA-Z]科)$")
+_DEPT_RE = re.compile(r"(?<=[\u4e00-\u9fff])科(?=[\u4e00-\u9fff])")
+# A given name alone after a kinship word or 我叫 (他媳妇小芳明天…, 我叫思远放学…) or before an elder's form of
+# address (“晓红阿姨”): families and patients use given names without the surname
+_GIVEN_AFTER_RE = re.compile(r"(?:媳妇|老公|老婆|丈夫|妻子|爱人|儿子|女儿|老伴|孙子|孙女|哥哥|姐姐|弟弟|妹妹|我叫|名叫)"
+                             r"([\u4e00-\u9fff]{2})")
+_GIVEN_BEFORE_RE = re.compile(rf"(?:^|(?<=[{re.escape(_LEFT_OK)}]))([\u4e00-\u9fff]{{2}})(?=阿姨|叔叔|奶奶|爷爷|大爷|大妈)")
+# A vocative at a line's start: a given name alone, then 你/您 (建军，你把…)
+_VOCATIVE_RE = re.compile(r"(?:^|(?<=[\n“\"]))([\u4e00-\u9fff]{2})(?=[，,]\s*[你您])")
+
+
+def _pos_first_is_name(text: str, s: int, cand: str) -> bool:
+    """jieba's POS tagger reads ``cand`` at ``s`` as one name token (小芳|明天, 思远|放学; not 过|性生活, 刚生|完:
+    an adverb, 生完: a verb)."""
+    toks = _pos_tokens(text[s : s + len(cand) + 4])
+    return bool(toks) and toks[0][0] == cand and toks[0][1] in ("nr", "nrt", "nrfg")
+
+
+@lru_cache(maxsize=65536)
+def _pos_tokens(window: str) -> tuple[tuple[str, str], ...]:
+    return tuple((w, f) for w, f in _jieba()[1].lcut(window, HMM=True))
+
+
+def _address_names(text: str) -> list[tuple[int, int]]:
+    """Names in a patient line's head (X，女，45岁) and in forms of address (老杨, 小毛, 小轩轩, 秦哥, 已通知邹护士长,
+    急诊科周医生, 建军，你…): each pattern says "person" on its own, and each candidate must still be no
+    ordinary word and outside the guard list."""
+    out: list[tuple[int, int]] = []
+    gc = given_chars()
+    for m in _HEAD_RE.finditer(text):
+        cand = m.group(1)
+        s = m.start(1)
+        # (患者|次仁卓玛: the label is not part of the name)
+        if text.startswith(_LABEL_ENDS, s) or any(c in _NOT_IN_HEAD for c in cand[1:]) or cand[0] in "的了是在患病":
+            continue
+        if _dict_tag(cand) not in (None, "nr", "nrt", "nrfg", "nz") or _guarded(text, s) or cand.endswith(_LABEL_ENDS):
+            continue
+        # jieba's tokens in it are names, places or unknown (次仁卓玛, 扎西|顿珠, 向明), not common words run
+        # together (胃|间质|瘤，男)
+        toks, n = [], 0
+        for t in _segment(text[s : s + len(cand) + 1]):
+            toks.append(t)
+            n += len(t)
+            if n >= len(cand):
+                break
+        if n != len(cand) or any(len(t) > 1 and _dict_tag(t) not in _PROPER_OR_NONE for t in toks) \
+                or (len(toks) > 1 and any(len(t) == 1 and _dict_tag(t) is not None and t not in SURNAMES for t in toks)):
+            continue
+        out.append((s, s + len(cand)))
+    freq = _jieba()[0].dt.FREQ
+    for m in _FAMILIAR_RE.finditer(text):
+        s = m.start(1)
+        # 老X/小X may be a dictionary noun (小毛, 老马) but no frequent word or other part of speech (老师, 小时)
+        word = text[s - 1 : s + 1]
+        if _dict_tag(word) in (None, "nr", "n") and (freq.get(word) or 0) < 1000 and not _guarded(text, s - 1) \
+                and word not in LABELS and word not in TITLES:
+            out.append((s, s + 1))
+    for m in _SIBLING_RE.finditer(text):
+        s = m.start(1)
+        if _dict_tag(text[s : s + 2]) is None and not _guarded(text, s):  # (师姐, 空姐: words)
+            out.append((s, s + 1))
+    for m in _DOUBLED_RE.finditer(text):
+        if m.group(2) in gc and _dict_tag(m.group(1)) in (None, "nr") and not _guarded(text, m.start(1)) \
+                and m.group(1) not in LABELS:  # (小宝宝)
+            out.append(m.span(1))
+    for m in _TITLE_RE.finditer(text):
+        s = m.start() - 1
+        if s < 1 or not surname_at(text, s, weak_ok=False) or not _BARE_LEFT_RE.search(text, 0, s):
+            continue
+        if _dict_tag(text[s] + m.group()) in (None, "nr") and not _guarded(text, s) and not _is_word(text[s : s + 2]):
+            out.append((s, s + 1))
+    for m in _DEPT_RE.finditer(text):  # a department, then a name ending like a list item (影像科魏红。)
+        n = _name_at(text, m.end())
+        if n and surname_at(text, m.end(), weak_ok=False) and not _common_word(text[m.end() : m.end() + n]) \
+                and _acceptable(text, m.end(), n, strong=False):
+            out.append((m.end(), m.end() + n))
+    for rx in (_GIVEN_AFTER_RE, _GIVEN_BEFORE_RE):
+        for m in rx.finditer(text):
+            cand = m.group(1)
+            # both characters given-name ones, no dictionary word (小学, 明天, 志愿), no person word (宝宝)
+            # (the first character no food, drug or anatomy one: 名叫|水飞|蓟宾; 晓红, 小红 stand)
+            if all(c in gc for c in cand) and cand[0] not in _NOT_GIVEN_ALONE and _dict_tag(cand) in (None, "nr") \
+                    and not _guarded(text, m.start(1)) and cand not in LABELS and _pos_first_is_name(text, m.start(1), cand):
+                out.append(m.span(1))
+    for m in _VOCATIVE_RE.finditer(text):
+        cand = m.group(1)
+        # (a noun is fine here, 建军 is one; a kinship or role word is not: 宝宝，你, 阿姨，您)
+        if all(c in gc for c in cand) and _dict_tag(cand) in (None, "nr", "nrt", "nrfg", "n") and not _guarded(text, m.start(1)) \
+                and cand not in LABELS and cand not in TITLES:
+            out.append(m.span(1))
+    return out
