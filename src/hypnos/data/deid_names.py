@@ -780,7 +780,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         n = name_after(text, i, strong=opening)
         if n and (not opening or text[i + n : i + n + 1] in "）)"):
             add(i, i + n)
-    for s, e in _address_names(text):
+    for s, e in _address_names(text, free):
         add(s, e)
     # last, the named-entity recogniser on what no rule claimed: names in contexts no rule knows
     for s, e in _ner_names(text, free):
@@ -1021,7 +1021,7 @@ def _pos_tokens(window: str) -> tuple[tuple[str, str], ...]:
     return tuple((w, f) for w, f in _jieba()[1].lcut(window, HMM=True))
 
 
-def _address_names(text: str) -> list[tuple[int, int]]:
+def _address_names(text: str, free) -> list[tuple[int, int]]:
     """Names in a patient line's head (X，女，45岁) and in forms of address (老杨, 小毛, 小轩轩, 秦哥, 已通知邹护士长,
     急诊科周医生, 建军，你…): each pattern says "person" on its own, and each candidate must still be no
     ordinary word and outside the guard list."""
@@ -1077,6 +1077,8 @@ def _address_names(text: str) -> list[tuple[int, int]]:
     for rx in (_GIVEN_AFTER_RE, _GIVEN_BEFORE_RE):
         for m in rx.finditer(text):
             cand = m.group(1)
+            if not free(*m.span(1)):
+                continue  # (我叫|王建国: the rules have it; the POS tagger below is the costly check)
             # both characters given-name ones, no dictionary word (小学, 明天, 志愿), no person word (宝宝)
             # (the first character no food, drug or anatomy one: 名叫|水飞|蓟宾; 晓红, 小红 stand)
             if all(c in gc for c in cand) and cand[0] not in _NOT_GIVEN_ALONE and _dict_tag(cand) in (None, "nr") \
