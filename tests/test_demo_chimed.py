@@ -58,3 +58,16 @@ def test_demo_chimed_runs_end_to_end_at_tiny_size(tmp_path, eos_prone_dir):
     html = (r.stage_dir("report") / "report.html").read_text(encoding="utf-8")
     assert 'id="preference-table"' in html and "pairwise accuracy on held-out rankings" in html
     assert "after − before [95% CI]" in html
+    # ...and the summary `hypnos run` prints at the end
+    import io
+
+    from rich.console import Console
+
+    from hypnos.cli import _results_table
+
+    buf = io.StringIO()
+    _results_table(Console(file=buf, width=400), r.stage_dir("report") / "report.json")
+    lines = {line.split(":")[0]: line for line in buf.getvalue().splitlines() if ": " in line}
+    lo, hi = rows["reward"]["ci"]
+    assert f"after − before {rows['reward']['difference']:+.3f}, paired 95% CI [{lo:+.3f}, {hi:+.3f}]" in lines["reward"]
+    assert "paired 95% CI" in lines["rejection_sampling"]
