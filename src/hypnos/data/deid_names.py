@@ -1047,12 +1047,11 @@ def _address_names(text: str, free) -> list[tuple[int, int]]:
                 or (len(toks) > 1 and any(len(t) == 1 and _dict_tag(t) is not None and t not in SURNAMES for t in toks)):
             continue
         out.append((s, s + len(cand)))
-    freq = _jieba()[0].dt.FREQ
     for m in _FAMILIAR_RE.finditer(text):
         s = m.start(1)
-        # 老X/小X may be a dictionary noun (小毛, 老马) but no frequent word or other part of speech (老师, 小时)
+        # 老X/小X may be a dictionary noun (小毛, 老马) but no other part of speech, title or guard word (老师, 小麦)
         word = text[s - 1 : s + 1]
-        if _dict_tag(word) in (None, "nr", "n") and (freq.get(word) or 0) < 1000 and not _guarded(text, s - 1) \
+        if _dict_tag(word) in (None, "nr", "n") and not _guarded(text, s - 1) \
                 and word not in LABELS and word not in TITLES:
             out.append((s, s + 1))
     for m in _SIBLING_RE.finditer(text):
