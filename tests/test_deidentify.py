@@ -179,6 +179,7 @@ def test_round3_rules_keep_ordinary_words(text):
     ("已报告许主任，暂不处理。", ["许"]),
     ("下午韦护士来换药。", ["韦"]),  # ... after a time word
     ("骨科欧医生会诊后建议手术。", ["欧"]),  # ... after a department
+    ("上周挂了时教授的专家号。", ["时"]),  # ... a weak surname too, when only a person has what follows (的号)
     ("请心内科应晓东医生会诊。", ["应晓东"]),  # a department on the left of a slot (weak surname 应)
     ("内分泌科柏涛、肾内科汤颖参加讨论。", ["柏涛", "汤颖"]),  # a department, then a name ending like a list item
     ("姓名：钟和顺\u3000性别：女", ["钟和顺"]),  # 和 starting a given name at a field end
@@ -199,7 +200,7 @@ def test_names_round4b_address_heads_departments_handovers(text, names):
     "今天上午主任查房。", "骨科医生会诊。", "外科主任查房后同意手术。", "骨科常规复查。", "内科治疗、外科手术均可。", "患者和家属同意手术。", "丈夫和女儿陪同。", "于是医生说可以出院。",
     "我和爱人过性生活时疼痛。", "我姐姐刚生完孩子。", "一种名叫水飞蓟宾的化合物。", "女儿小学三年级。", "宝宝，你乖。", "明天，你记得来。", "阿姨，您好。", "护士阿姨很耐心。",
     "空姐说飞机延误了。", "大蓟与小蓟，凉血止血。", "肺部感染，男，70岁，咳嗽3天。", "既往体健，女，50岁。", "医生：黄和白都可以。",
-    "痰液：黄和白相间。",
+    "痰液：黄和白相间。", "挂了普通医生的号。", "挂了主任医师的号。",
 ])
 def test_round4b_rules_keep_ordinary_words(text):
     """Words next to the new contexts: 老师, 小叶, 小米, 师姐, 值班医生, 上级医师, 骨科医生, 患者和家属, 过性生活,
@@ -306,8 +307,8 @@ def test_scorer_oracle_and_hand_computed_case():
 # never by this regression test.
 SEEN_PARTS = ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7")
 # Name bars below 0.99 where a seen part still has misses after its round (the regression figure minus a small
-# margin): part 6 105/109 = 0.963 after round 4b (first look 0.761), part 7 100/102 = 0.980 (first look 0.814).
-NAME_BARS = {"heldout6": 0.95, "heldout7": 0.97}
+# margin): part 6 105/109 = 0.963 after round 4b (first look 0.761), part 7 101/102 = 0.990 (first look 0.814).
+NAME_BARS = {"heldout6": 0.95, "heldout7": 0.98}
 
 
 def test_meets_the_bar_on_every_part_and_keeps_clean_sentences():

@@ -1064,7 +1064,9 @@ def _address_names(text: str, free) -> list[tuple[int, int]]:
             out.append(m.span(1))
     for m in _TITLE_RE.finditer(text):
         s = m.start() - 1
-        if s < 1 or not surname_at(text, s, weak_ok=False) or not _BARE_LEFT_RE.search(text, 0, s):
+        # a weak surname too when the title is followed by what only a person has (挂了常教授的号)
+        booked = text.startswith(("的号", "的专家号", "的门诊"), m.end())
+        if s < 1 or not surname_at(text, s, weak_ok=booked) or not _BARE_LEFT_RE.search(text, max(0, s - 4), s):
             continue
         if _dict_tag(text[s] + m.group()) in (None, "nr") and not _guarded(text, s) and not _is_word(text[s : s + 2]):
             out.append((s, s + 1))
