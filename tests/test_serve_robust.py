@@ -224,11 +224,16 @@ def test_full_queue_answers_429_with_retry_after(tiny_model_dir):
     engine = Engine(str(tiny_model_dir), max_batch_rows=1)
     with run_server({"tiny": engine}, max_queue=1) as url, httpx.Client(timeout=60) as http:
         body = {"model": "tiny", "messages": MSGS, "max_tokens": 950, "temperature": 0, "stream": True}
-        with http.stream("POST", url + "/chat/completions", json=body) as first, \
-                http.stream("POST", url + "/chat/completions", json=body) as second:
-            assert first.status_code == second.status_code == 200  # one decoding, one queued
-            r = http.post(url + "/chat/completions", json={**body, "stream": False})
-            assert engine.queued() == 1
+        with http.stream("POST", url + "/chat/completions", json=body) as first:
+            # wait until the engine has taken the first request off the queue: on a loaded machine the second
+            # could otherwise arrive while the first still waits there, and be the one refused
+            deadline = time.monotonic() + 30
+            while engine.queued() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with http.stream("POST", url + "/chat/completions", json=body) as second:
+                assert first.status_code == second.status_code == 200  # one decoding, one queued
+                r = http.post(url + "/chat/completions", json={**body, "stream": False})
+                assert engine.queued() == 1
         time.sleep(0.5)
         ok = http.post(url + "/chat/completions", json={**body, "stream": False, "max_tokens": 2})
     engine.close()
