@@ -1,8 +1,8 @@
 """No file of the repository names a path on one particular machine (issue 15, finding 12).
 
 Shared data is found as ``../shared/data`` next to the checkout or through ``$HYPNOS_DATA``
-(``tests/conftest.py: shared_data``); temporary files go to ``tempfile``/``tmp_path``. A path such as
-An absolute path into a workspace, a home or a temp folder written into a file works on one machine only.
+(``tests/conftest.py: shared_data``); temporary files go to ``tempfile``/``tmp_path``. An absolute path into a
+workspace, a home or a temp folder written into a file works on one machine only.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# An absolute path into a home, a workspace, a mounted/scratch or a temp folder (tempfile/tmp_path instead: two
+# An absolute path into a home, a workspace, a mounted or scratch disk or a temp folder (tempfile or tmp_path instead: two
 # users' runs don't collide); a word boundary or quote before it, so "../shared/data" and URLs don't count.
-MACHINE_PATH = re.compile(r"""(?:^|[\s"'`(=:,\[])(/(?:work|root|home|Users|mnt|scratch|tmp)/[\w.-]+|[A-Z]:\\Users\\)""")
+# The folder names are joined at import time, so this file spells no such path itself.
+MACHINE_DIRS = ("work", "root", "home", "Users", "mnt", "scratch", "tmp")
+MACHINE_PATH = re.compile(r"""(?:^|[\s"'`(=:,\[])(/(?:""" + "|".join(MACHINE_DIRS) + r""")/[\w.-]+|[A-Z]:\\Users\\)""")
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".ini", ".sh", ".jinja", ".html",
                  ".json", ".jsonl", ".csv", ".tsv", ""}
 
@@ -48,7 +50,8 @@ def test_the_pattern_catches_machine_paths_and_nothing_else():
     assert machine_paths(f'out = "{_abs("tmp", "bench")}"') == [_abs("tmp", "bench")]
     win = "C:" + "\\Users\\"
     assert machine_paths(f'open("{win}bob\\x")') == [win]
-    assert machine_paths("../shared/data/tokenizers ; https://example.org/home/page ; runs/t/work/x") == []
+    url, rel = "https://example.org" + _abs("home", "page"), "runs/t" + _abs("work", "x")
+    assert machine_paths(f"../shared/data/tokenizers ; {url} ; {rel}") == []
 
 
 def test_no_file_names_an_absolute_machine_path():
