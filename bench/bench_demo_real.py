@@ -66,21 +66,21 @@ def main() -> None:
     cols = [*SOURCES, "pooled"]
     print("| model | " + " | ".join(f"{c}: bits/char | − base [paired 95% CI]" for c in cols) + " |")
     print("|" + " --- |" * (1 + 2 * len(cols)))
-    chars = {s: np.array(r["chars"]) for s, r in results.items()}
-    chars["pooled"] = np.concatenate(list(chars.values())[: len(SOURCES)])
+    def columns(values) -> dict:  # per source, then pooled over the sources
+        per = {s: np.array(values(r)) for s, r in results.items()}
+        return {**per, "pooled": np.concatenate(list(per.values()))}
+
+    chars = columns(lambda r: r["chars"])
+    bits = {m: columns(lambda r, m=m: r["per_text"][m]) for m in models}
     for m in models:
-        bits = {s: np.array(r["per_text"][m]) for s, r in results.items()}
-        bits["pooled"] = np.concatenate([bits[s] for s in SOURCES])
         cells = []
         for c in cols:
-            s = bits_per_char(bits[c], chars[c])
+            s = bits_per_char(bits[m][c], chars[c])
             cells.append(f"{s['bits_per_char']:.3f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]")
             if m == "base":
                 cells.append("")
                 continue
-            base = np.concatenate([results[x]["per_text"]["base"] for x in SOURCES]) if c == "pooled" \
-                else np.array(results[c]["per_text"]["base"])
-            d = paired_difference(bits[c], base, chars[c])
+            d = paired_difference(bits[m][c], bits["base"][c], chars[c])
             cells.append(f"{d['difference']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]")
         print(f"| {m} | " + " | ".join(cells) + " |")
     print(f"\n{sum(len(r['chars']) for r in results.values())} texts, {int(chars['pooled'].sum())} characters; "

@@ -106,13 +106,13 @@ def base_lora(model, tok, seed: int, args) -> dict:
     import torch
 
     from hypnos.tokenizer.analyze import lm_blocks, load_texts
-    from hypnos.tokenizer.warmup import WarmupConfig, _lora_phase
+    from hypnos.tokenizer.warmup import WarmupConfig, lora_phase
 
     torch.manual_seed(seed)
     cfg = WarmupConfig(steps=0, seed=seed, lora_steps=args.steps + args.lora_steps, lora_learning_rate=args.lora_lr)
     model.requires_grad_(False)
     blocks = lm_blocks(tok, load_texts(CORPUS, None, max_chars=10**9), cfg.seq_len)
-    _, losses = _lora_phase(model, blocks, args.out / "trainer-base-lora", cfg, rows=False)
+    _, losses = lora_phase(model, blocks, args.out / "trainer-base-lora", cfg, rows=False)
     return {"steps": cfg.lora_steps, "first_loss": losses[0], "last_loss": losses[-1]}
 
 

@@ -191,12 +191,7 @@ class LocalLM:
 
     def decoding(self) -> dict:
         """The non-default anti-repetition settings passed to ``generate`` (still greedy, deterministic)."""
-        out: dict = {}
-        if self.repetition_penalty != 1.0:
-            out["repetition_penalty"] = self.repetition_penalty
-        if self.no_repeat_ngram_size:
-            out["no_repeat_ngram_size"] = self.no_repeat_ngram_size
-        return out
+        return decoding_kwargs(self.repetition_penalty, self.no_repeat_ngram_size)
 
     def close(self) -> None:
         """Free the weights (models are evaluated one after another)."""
@@ -223,6 +218,16 @@ class EndpointLM:
 
     def close(self) -> None:
         """Nothing to free."""
+
+
+def decoding_kwargs(repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> dict:
+    """HF ``generate`` kwargs of the anti-repetition settings that are not at their default (off)."""
+    out: dict = {}
+    if repetition_penalty != 1.0:
+        out["repetition_penalty"] = repetition_penalty
+    if no_repeat_ngram_size:
+        out["no_repeat_ngram_size"] = no_repeat_ngram_size
+    return out
 
 
 def is_local(model: Any) -> bool:

@@ -288,8 +288,9 @@ def _judge(cfg: Config, ctx: StageContext, tasks: list[Task]) -> dict:
 
 def _decoding(cfg: Config) -> str:
     """How answers were decoded, as the report states it."""
-    extra = [f"repetition_penalty {cfg.repetition_penalty:g}"] if cfg.repetition_penalty != 1.0 else []
-    extra += [f"no_repeat_ngram_size {cfg.no_repeat_ngram_size}"] if cfg.no_repeat_ngram_size else []
+    from hypnos.eval.backends import decoding_kwargs
+
+    extra = [f"{k} {v:g}" for k, v in decoding_kwargs(cfg.repetition_penalty, cfg.no_repeat_ngram_size).items()]
     return "greedy" + (f" ({', '.join(extra)}; every local model alike)" if extra else "")
 
 

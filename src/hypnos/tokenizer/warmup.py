@@ -217,7 +217,7 @@ def warmup_new_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, texts:
     result, losses = _train(model, blocks, cfg.steps, cfg.learning_rate, work_dir, cfg, collate, loss_func, resume)
     lora_losses: list[float] = []
     if cfg.lora_steps:
-        merged, lora_losses = _lora_phase(model, lm_blocks(tok, texts, cfg.seq_len) if distill else blocks,
+        merged, lora_losses = lora_phase(model, lm_blocks(tok, texts, cfg.seq_len) if distill else blocks,
                                          work_dir.with_name(work_dir.name + "-lora"), cfg)
         assert merged is model  # peft injects and merges in place: the caller's model is the trained one
     seconds = time.perf_counter() - t0
@@ -230,7 +230,6 @@ def warmup_new_rows(model: PreTrainedModel, tok: PreTrainedTokenizerBase, texts:
         if not torch.equal(before[other], w.detach()[other]):
             raise RuntimeError("warm-up changed rows of existing tokens: the row mask failed")
     model.requires_grad_(True)
-    shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints are only for resuming this call
     out = {"steps": cfg.steps, "train_loss": float(result.training_loss), "first_loss": losses[0] if losses else None,
            "last_loss": (lora_losses or losses or [None])[-1], "seconds": round(seconds, 1), "blocks": len(blocks),
            "rows": len(rows), "resumed": resume}
@@ -266,11 +265,11 @@ def _train(model, dataset, steps: int, lr: float, work_dir: Path, cfg: WarmupCon
     if loss_func is not None:
         trainer.compute_loss = loss_func  # the one change distillation needs: the loss, not the loop
     result = trainer.train(resume_from_checkpoint=True if resume else None)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints are only for resuming this call
     return result, losses
 
 
-def _lora_phase(model, blocks, work_dir: Path, cfg: WarmupConfig, rows: bool = True):
+def lora_phase(model, blocks, work_dir: Path, cfg: WarmupConfig, rows: bool = True):
     """Phase 2: new rows + a LoRA adapter on every linear layer, then merged. Returns (plain model, losses).
 
     ``rows=False``: the adapter only (the unextended control in bench/bench_heldout.py)."""

@@ -211,13 +211,6 @@ def ranking_hits(model, tok, examples: list[dict]) -> list[tuple[int, int]]:
     return out
 
 
-def pairwise_accuracy(model, tok, examples: list[dict]) -> float | None:
-    """Share of all ordered (better, worse) pairs of held-out rankings the model scores in order."""
-    hits = ranking_hits(model, tok, examples)
-    total = sum(t for _, t in hits)
-    return round(sum(h for h, _ in hits) / total, 4) if total else None
-
-
 def accuracy_change(before: list[tuple[int, int]], after: list[tuple[int, int]], seed: int = 0) -> dict:
     """Pairwise accuracy before/after on the same held-out rankings, and after − before with a paired
     bootstrap CI over rankings (a ranking's pairs share its question and answers: the ranking is the unit).
