@@ -3,6 +3,7 @@
 Models and servers:
 - ``tiny_model_dir``: a random 2-layer LlamaForCausalLM with the real SmolLM2 tokenizer and its ChatML chat
   template (built once per session, ~5 s, mostly loading the tokenizer from the GGUF).
+- ``llama_sp_dir``: the same tiny model shape with the shared LLaMA SentencePiece tokenizer (skips without it).
 - ``smollm2_dir``: the embedded SmolLM2-135M-Instruct checkpoint, prepared in the shared cache
   (``$HYPNOS_CACHE`` or ``~/.cache/hypnos``): ~20 s the first time on a machine, ~1 s afterwards.
 - ``serve_model``: ``with serve_model(model_dir) as base_url:`` runs the real ``hypnos serve`` app on a free
@@ -72,6 +73,26 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def llama_sp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LlamaForCausalLM with the shared LLaMA SentencePiece tokenizer (32,000 pieces, no chat
+    template); skips when ../shared/data (or $HYPNOS_DATA) lacks it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hypnos.tokenizer.extend import extend_sentencepiece
+
+    sp = shared_data("tokenizers", "llama", "tokenizer.model").parent
+    out = tmp_path_factory.mktemp("tiny-llama-sp")
+    extend_sentencepiece(sp, [], out)  # no new pieces: the HF files of the original model
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
+                                         bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    model.save_pretrained(out)
     return out
 
 

@@ -22,24 +22,6 @@ needs_llama = pytest.mark.skipif(not (LLAMA_SP / "tokenizer.model").is_file(),
                                  reason="shared LLaMA tokenizer (HYPNOS_DATA/tokenizers/llama) not present")
 
 
-@pytest.fixture(scope="module")
-def llama_sp_dir(tmp_path_factory):
-    """A tiny random LlamaForCausalLM with the LLaMA SentencePiece tokenizer (32,000 pieces, no chat template)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from hypnos.tokenizer.extend import extend_sentencepiece
-
-    out = tmp_path_factory.mktemp("tiny-llama-sp")
-    extend_sentencepiece(LLAMA_SP, [], out)  # no new pieces: the HF files of the original model
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
-                                         bos_token_id=1, eos_token_id=2, pad_token_id=0))
-    model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module", params=["llama_sp", "smollm2"])
 def lm(request, tiny_model_dir):
     if request.param == "llama_sp":

@@ -59,7 +59,8 @@ def test_real_dialogues_oracle_through_score(tmp_path):
     assert s["rougeL"] == 1.0 and s["n"] == len(docs) and s["missing"] == 0
 
 
-def test_anti_repetition_decoding_is_applied_and_changes_a_looping_answer(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("family", ["smollm2", "llama_sp"])
+def test_anti_repetition_decoding_is_applied_and_changes_a_looping_answer(family, request, tmp_path):
     """A model whose next token depends only on the last one (attention and MLP outputs zeroed) loops under
     greedy decoding; ``no_repeat_ngram_size`` is passed to generate (no repeated n-gram in what it returns)
     and changes the answer, and the report states the setting."""
@@ -69,13 +70,14 @@ def test_anti_repetition_decoding_is_applied_and_changes_a_looping_answer(tiny_m
     from hypnos.eval.backends import LocalLM
     from hypnos.eval.run import Config, _decoding
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    src = request.getfixturevalue("tiny_model_dir" if family == "smollm2" else "llama_sp_dir")
+    model = AutoModelForCausalLM.from_pretrained(src)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 p.zero_()  # the residual stream is the input embedding: a deterministic token -> token map
     model.save_pretrained(tmp_path / "loop")
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "loop")
+    AutoTokenizer.from_pretrained(src).save_pretrained(tmp_path / "loop")
 
     def repeats(ids: list[int], n: int) -> int:
         grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
