@@ -22,18 +22,26 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-UPSTREAM = ["anesthesia_split", "generate", "dedup", "crossfilter", "decontaminate", "anesthesia_data",
-            "general_data", "tokenizer", "sft_general"]
+RECIPE = ROOT / "recipes/demo.yaml"
+
+
+def upstream(stage: str) -> list[str]:
+    """The recipe's stages before ``stage`` (linked from the finished run, so only ``stage`` re-runs)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from hypnos.common.runner import load_recipe
+
+    names = [s.name for s in load_recipe(RECIPE).stages]
+    return names[: names.index(stage)]
 
 
 def run_point(run: Path, out: Path, stage: str, lr: float) -> dict:
     """One stage at one learning rate; returns its manifest metrics (cached by the runner's manifests)."""
     demo = out / "demo"
     demo.mkdir(parents=True, exist_ok=True)
-    for up in UPSTREAM:
-        if up != stage and not (demo / up).exists() and (run / up).exists():
+    for up in upstream(stage):
+        if not (demo / up).exists() and (run / up).exists():
             (demo / up).symlink_to((run / up).resolve(), target_is_directory=True)
-    cmd = [str(Path(sys.executable).parent / "hypnos"), "run", str(ROOT / "recipes/demo.yaml"), "--only", stage,
+    cmd = [str(Path(sys.executable).parent / "hypnos"), "run", str(RECIPE), "--only", stage,
            "--output-dir", str(out), f"{stage}.training.learning_rate={lr:g}"]
     env = {**os.environ, "HYPNOS_NO_PROGRESS": "1"}
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
