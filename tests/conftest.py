@@ -45,6 +45,9 @@ def needs_shared_data(*parts: str) -> pytest.MarkDecorator:
 # Tests never reach the network; a model that is not local fails fast instead of hanging on a download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HYPNOS_NO_PROGRESS", "1")
+# Tests train in fp32 whatever the CPU, so their figures do not depend on the machine's bf16 support; the bf16
+# autocast path (on by default on CPUs with avx512_bf16/AMX) is tested on purpose in test_train_sft.py.
+os.environ.setdefault("HYPNOS_CPU_BF16", "0")
 
 
 # ------------------------------------------------------------------------------------ models and servers

@@ -156,3 +156,34 @@ def test_manifest_metrics_are_json(tmp_path, tiny_model_dir):
     (m,) = run_recipe(load_recipe(recipe, output_dir=tmp_path / "runs"))
     json.dumps(m["metrics"])
     assert m["metrics"]["steps"] == 1 and m["counts"]["kept"] == 4
+
+
+@pytest.mark.parametrize("flag", ["0", "1"])
+def test_cpu_bf16_autocast_is_switched_by_the_hardware_flag(tmp_path, tiny_model_dir, monkeypatch, flag):
+    """bf16 autocast on a CPU that multiplies bf16 (forced here either way): the stage trains, the manifest
+    says which precision ran, and the checkpoint keeps fp32 weights (autocast, not bf16 weights)."""
+    from hypnos.train.common import cpu_has_bf16, mixed_precision_bf16
+
+    monkeypatch.setenv("HYPNOS_CPU_BF16", flag)
+    assert cpu_has_bf16() is (flag == "1") and mixed_precision_bf16() is (flag == "1")
+    recipe = _write_recipe(tmp_path, [{"name": "sft", "kind": "sft", "model": str(tiny_model_dir),
+                                       "data": [str(FIX / "dialogue.jsonl")], "training": {"max_steps": 2}}])
+    (m,) = run_recipe(load_recipe(recipe, output_dir=tmp_path / "runs"))
+    assert m["metrics"]["mixed_precision"] == ("bf16" if flag == "1" else "no")
+    assert all(v == v for _, v in m["metrics"]["loss_curve"])  # no NaN
+    weights = load_file(tmp_path / "runs/t/sft/model/model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+def test_cpu_bf16_flag_read_from_cpuinfo(monkeypatch):
+    """Without the override the answer is the CPU's own flags (Linux), never a timing guess."""
+    from hypnos.train.common import cpu_has_bf16
+
+    monkeypatch.delenv("HYPNOS_CPU_BF16", raising=False)
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        assert cpu_has_bf16() is False
+        return
+    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.read_text().splitlines() if ln.startswith("flags")),
+                 [])
+    assert cpu_has_bf16() is bool({"avx512_bf16", "amx_bf16"} & set(flags))

@@ -107,13 +107,15 @@ def short_train(model: PreTrainedModel, tok: PreTrainedTokenizerBase, texts: lis
     import torch
     from transformers import Trainer, TrainingArguments, default_data_collator
 
+    from hypnos.train.common import mixed_precision_bf16
+
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
         warmup_steps=min(5, steps // 5), lr_scheduler_type="constant_with_warmup", weight_decay=0.0,
         logging_steps=max(1, steps // 5), save_strategy="no", report_to=[], seed=seed, data_seed=seed,
-        # bf16 and activation checkpointing are ~14x slower on CPUs without bf16 (STACK.md)
-        bf16=cuda, gradient_checkpointing=False, use_cpu=not cuda, disable_tqdm=True,
+        # bf16 autocast only where the hardware has it (≈14x slower on CPUs without bf16, STACK.md)
+        bf16=mixed_precision_bf16(), gradient_checkpointing=False, use_cpu=not cuda, disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=lm_blocks(tok, texts, seq_len),
                       data_collator=default_data_collator)

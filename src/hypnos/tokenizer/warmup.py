@@ -245,13 +245,15 @@ def _train(model, dataset, steps: int, lr: float, work_dir: Path, cfg: WarmupCon
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
+    from hypnos.train.common import mixed_precision_bf16
+
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(work_dir), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=lr, weight_decay=0.0,  # decay would move the frozen rows too
         warmup_steps=max(1, steps // 10), lr_scheduler_type="cosine",
         logging_steps=1, save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
-        save_total_limit=1, report_to=[], seed=cfg.seed, data_seed=cfg.seed, use_cpu=not cuda, bf16=cuda,
+        save_total_limit=1, report_to=[], seed=cfg.seed, data_seed=cfg.seed, use_cpu=not cuda, bf16=mixed_precision_bf16(),
         disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=loss_func is None,
     )
     losses: list[float] = []
