@@ -77,13 +77,13 @@ VERBAL_SURNAMES = set("".join(_SN["verbal"]))
 
 _CJK = "\u4e00-\u9fff"
 # Never part of a given name in running text: function words, numbers, units, titles, clinical heads.
-NOT_GIVEN = set("的了是在和与及或等为于因由被把将向对从自到至给让请说诉称要已未不无有没也都又再还就才即便谢"
+NOT_GIVEN = set("的了是在和与及或等为于因由被把将向对从自到至给让请说诉称要已未不无有没也都又再还就才即便谢地"
                 "而且但并之其此该这那每各某些们我你您他她它谁啥么吗呢吧啊呀哦嗯男女岁氏医师护士主任教授术"
                 "院科室床号日年时分秒周次例病症痛炎疸诊治疗查检验血压肿瘤癌药片丸汤散针剂液胶囊服用"
                 "一二三四五六七八九十百千万两个位名岁后前中内外上下左右再也已代签字述诉陪同提供办理同意"
                 "患者属儿孩妈爸哥姐弟妹爷奶公婆夫妻伴人家亲友边行做去来看说问答向")
 # After a field label (签名：, 姓名  ) only these end a name early: the field boundary does the rest.
-STRONG_STOP = set("的了是在和与及或等为因由被把将向对从到至给让说诉要已未不无有没也都又再还就才男女岁性年月日号"
+STRONG_STOP = set("的了是在和与及或等为因由被把将向对从到至给让说诉要已未不无有没也都又再还就才男女岁性年月日号地"
                   "医师护士主任教授先生女士同志")
 # Characters jieba's names contain but that, without any context, mostly belong to foods, drugs and
 # anatomy (温开水, 牛羊肉, 窦性心, 谷维素, 阴道镜): not trusted in a name the POS tagger alone proposes.
@@ -503,7 +503,8 @@ _LONG_TITLES = {t for t in TITLES if len(t) >= 3}
 _NOT_KIN = {"患者", "病人", "患儿", "产妇", "家属", "本人", "我叫", "我是", "委托", "科的", "兄弟"} | set(TITLES) \
     | _PREFIX_TITLES
 # What only a person does, said right after the name (患者常青自诉…, 家属平安表示…)
-_SELF_REPORT = re.compile("自诉|自述|主诉|代诉|诉|述|称|表示|同意|拒绝|签字|签名|要求|代为|代签|陪同|记录|填写")
+_SELF_REPORT = re.compile("自诉|自述|主诉|代诉|诉|述|称|表示|同意|拒绝|签字|签名|要求|代为|代签|陪同|记录|填写"
+                          "|说|讲|问|回答|告诉|交代|嘱咐|提醒|汇报|反映")  # (round 5: what a person says, 护士柳絮说)
 # The head of an admission or discharge sentence (患者蓟红因胸痛入院, 于3天前): an organ or a finding sits
 # there too (患者房颤于…, 患者宫颈因…), so only a name that is no common noun
 _ADMISSION_HEAD = re.compile(r"因(?!此|而|为)|于(?=[\d今昨前近半本我当外])|出院|入院")
@@ -512,6 +513,7 @@ _ADMISSION_HEAD = re.compile(r"因(?!此|而|为)|于(?=[\d今昨前近半本我
 _NAME_LIKE_TAGS = (None, "nr", "nrt", "nrfg", "n", "nz", "ns")
 _PROPER_OR_NONE = (None, "nr", "nrt", "nrfg", "nz", "ns")
 # ... and tags no name has, whatever encloses it
+_VERB_LIKE = ("v", "vn", "vd", "d", "ad", "c", "p")
 _NOT_NAME_TAGS = ("d", "m", "mq", "p", "c", "r", "f", "q", "u", "ad", "vd", "zg", "y", "e", "o")
 
 
@@ -546,7 +548,7 @@ _VERB_RE = re.compile("|".join(sorted(map(re.escape, PERSON_VERBS), key=len, rev
 _INTRO = set("由经请与和及、让挂找谢")  # 谢: 感谢/谢谢 + name + title
 _INTRO_VERB_RE = re.compile("沟通|说明|指导|完成|负责|解释|联系|商量")
 # What may follow an item of a list of names (郗晓光、方圆、程亮组成, 齐鸣、杜鹃两位医师).
-_LIST_AFTER = re.compile(r"[、，,。；;：:）)\s]|$|两位|二人|三人|等|共同|组成|一起|分别")
+_LIST_AFTER = re.compile(r"[、，,。；;：:）)\s]|$|两位|二人|三人|等|共同|组成|一起|分别|轮流|一同|负责|值班")
 _LIST_SEP = "、和与及"
 _COUNT_RE = re.compile("[两二三四]位|[两二三四]人(?![次份])|[两二三四]名(?:医|护)")
 _ROLE_END = tuple(sorted(set(LABELS) | set(TITLES), key=len, reverse=True))
@@ -681,6 +683,11 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
 
     for m in _MOU_RE.finditer(text) if "某" in text else ():  # 张某, 李某某: already pseudonymous, still a surname
         add(*m.span())
+    # a row of signing roles (医师X审核X调配X…) says where each name ends better than any rule below
+    from hypnos.data.deid_families import family_names, signature_rows
+
+    for s, e in signature_rows(text):
+        add(s, e)
     for m in _LABEL_RE.finditer(text):
         i = m.end()
         label = text[m.start() : m.start("naming") if m.group("naming") else m.start("colon")]
@@ -724,6 +731,8 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         n = name_after(text, m.end(), strong=True)
         if n and not _field_value_ok(text, m.end(), n, text[m.start() : m.end()].rstrip("：: _者人员"), m.start()):
             n = 0  # 医生：首先要…: a dialogue turn
+        if n and _dict_tag(text[m.end() : m.end() + n]) in _VERB_LIKE and surname_at(text, m.end(), weak_ok=False) == "":
+            n = 0  # 审核：通过, 核对：查对: a weak surname heading a verb is the field's verdict, no name
         if n:
             add(m.end(), m.end() + n)
     for m in _TITLE_RE.finditer(text):
@@ -782,6 +791,10 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             add(i, i + n)
     for s, e in _address_names(text, free):
         add(s, e)
+    # round 5: bare surnames before titles, 老/小 + surname, pet names, 姐/哥 address, compound surnames
+    # anywhere (deid_families)
+    for s, e in family_names(text):
+        add(s, e)
     # last, the named-entity recogniser on what no rule claimed: names in contexts no rule knows
     for s, e in _ner_names(text, free):
         add(s, e)
@@ -818,7 +831,7 @@ def _extend_lists(text: str, spans: list[tuple[int, int]], free) -> None:
         changed = False
         for s, e in list(spans):
             if e < len(text) and text[e] in _LIST_SEP:
-                n = _name_at(text, e + 1)
+                n = _name_at(text, e + 1) or _given_item(text, e + 1)
                 if n and free(e + 1, e + 1 + n) and (text[e] == "、" or not _common_word(text[e + 1 : e + 1 + n])):
                     spans.append((e + 1, e + 1 + n))
                     changed = True
@@ -831,6 +844,18 @@ def _extend_lists(text: str, spans: list[tuple[int, int]], free) -> None:
                         spans.append((a, s - 1))
                         changed = True
                         break
+
+
+def _given_item(text: str, i: int) -> int:
+    """(round 5) A given name alone as the next item of a list of names (护士小雨、晓燕和秀梅轮流值班): two
+    given-name characters that jieba has as a name or not at all, ending like a list item; 0 if none."""
+    cand = text[i : i + 2]
+    if len(cand) == 2 and all(c in given_chars() for c in cand) and cand[0] not in _NOT_GIVEN_ALONE \
+            and _dict_tag(cand) in (None, "nr", "nrt") and not _guarded(text, i) and cand not in LABELS \
+            and (_LIST_AFTER.match(text, i + 2) or _TITLE_RE.match(text, i + 2) or _VERB_RE.match(text, i + 2)
+                 or text[i + 2 : i + 3] in tuple(_LIST_SEP)):
+        return 2
+    return 0
 
 
 def _name_like(text: str, free) -> list[tuple[int, int]]:
@@ -1002,8 +1027,11 @@ _BARE_LEFT_RE = re.compile(r"(?:通知|报告|联系|请示|呼叫|汇报|转告
 _DEPT_RE = re.compile(r"(?<=[\u4e00-\u9fff])科(?=[\u4e00-\u9fff])")
 # A given name alone after a kinship word or 我叫 (他媳妇小芳明天…, 我叫思远放学…) or before an elder's form of
 # address (“晓红阿姨”): families and patients use given names without the surname
-_GIVEN_AFTER_RE = re.compile(r"(?:媳妇|老公|老婆|丈夫|妻子|爱人|儿子|女儿|老伴|孙子|孙女|哥哥|姐姐|弟弟|妹妹|我叫|名叫)"
+_GIVEN_AFTER_RE = re.compile(r"(?:媳妇|老公|老婆|丈夫|妻子|爱人|儿子|女儿|老伴|孙子|孙女|哥哥|姐姐|弟弟|妹妹|我叫|名叫"
+                             # (round 5) more kin and children, and nurses, whom the ward calls by given name
+                             r"|闺女|外孙女|外孙|孙媳|侄子|侄女|外甥女|外甥|宝宝|宝贝|孩子|小名|乳名|护士|老伴儿)"
                              r"([\u4e00-\u9fff]{2})")
+_GIVEN_AFTER5 = set(_words("闺女 外孙女 外孙 孙媳 侄子 侄女 外甥女 外甥 宝宝 宝贝 孩子 小名 乳名 护士 老伴儿"))
 _GIVEN_BEFORE_RE = re.compile(rf"(?:^|(?<=[{re.escape(_LEFT_OK)}]))([\u4e00-\u9fff]{{2}})(?=阿姨|叔叔|奶奶|爷爷|大爷|大妈)")
 # A vocative at a line's start: a given name alone, then 你/您 (建军，你把…)
 _VOCATIVE_RE = re.compile(r"(?:^|(?<=[\n“\"]))([\u4e00-\u9fff]{2})(?=[，,]\s*[你您])")
@@ -1082,8 +1110,15 @@ def _address_names(text: str, free) -> list[tuple[int, int]]:
                 continue  # (我叫|王建国: the rules have it; the POS tagger below is the costly check)
             # both characters given-name ones, no dictionary word (小学, 明天, 志愿), no person word (宝宝)
             # (the first character no food, drug or anatomy one: 名叫|水飞|蓟宾; 晓红, 小红 stand)
-            if all(c in gc for c in cand) and cand[0] not in _NOT_GIVEN_ALONE and _dict_tag(cand) in (None, "nr") \
-                    and not _guarded(text, m.start(1)) and cand not in LABELS and _pos_first_is_name(text, m.start(1), cand):
+            # after the round-5 anchors (宝宝, 孩子, 护士 …, followed by predicates as often as by names) jieba's
+            # nr is not enough: it tags 过敏 nr (宝宝过敏的食物)
+            e = m.end(1)
+            tags = (None, "nrt") if m.group(0)[:-2] in _GIVEN_AFTER5 and not (
+                text[e : e + 1] in tuple(_LIST_SEP) or _VERB_RE.match(text, e)
+                or _SELF_REPORT.match(text, e)) else (None, "nr", "nrt")  # (护士秀兰、春梅; 秀兰说)
+            if all(c in gc for c in cand) and cand[0] not in _NOT_GIVEN_ALONE and _dict_tag(cand) in tags \
+                    and not _guarded(text, m.start(1)) and cand not in LABELS and cand not in TITLES \
+                    and (text[e : e + 1] == "、" or _pos_first_is_name(text, m.start(1), cand)):  # (护士秀兰、: a list)
                 out.append(m.span(1))
     for m in _VOCATIVE_RE.finditer(text):
         cand = m.group(1)

@@ -64,7 +64,12 @@ _FILL = r"\s*(?:[：:]|为|是|码|号码)?\s*"  # between a label and its value
 
 _ID_LABEL = r"(?:公民身份号码|身份证号码|身份证号|身份证|证件号码|证件号|身份号码)"
 _RECORD_LABEL = (r"(?:住院号码|住院号|病案号|门诊号|病历号码|病历号|就诊卡号|诊疗卡号|医保卡号|社保卡号|健康卡号|"
-                 r"就诊号|登记号|档案号|ID号|卡号)")
+                 r"就诊号|登记号|档案号|ID号|卡号|"
+                 # (round 5) any number a test, a specimen, an image or a visit is filed under (检验号：J240715-0893,
+                 # 病理号：P2024-11873, 标本编号, 影像号, 患者ID): a letters/digits/dashes value after it is a record
+                 r"(?:检验|化验|病理|标本|样本|影像|放射|检查|报告|申请|条码|条形码|流水|体检|随访|医嘱|处方|急诊|留观|"
+                 r"转诊|透析|送检|切片|蜡块|冰冻|细胞学|内镜|胃镜|肠镜|超声|心电图?|CT|MRI?|PET|X线|受试者|筛选|随机|"
+                 r"患者|病人|病例|入院|出院|门急诊|床旁)单?(?:号码|编号|号|ID|id))")
 _PHONE_LABEL = r"(?:电话号码|联系电话|电话|座机|固话|手机号码|手机号|手机|联系方式|回电|拨打|打|Tel|TEL|tel)"
 
 # (type, pattern); the named group ``v`` is what gets replaced.

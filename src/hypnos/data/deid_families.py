@@ -1,0 +1,302 @@
+"""Round 5 name families: how people are named in ward talk, family questions and signature rows.
+
+Each family is a context that says "person" on its own, written to catch any name of that shape, not
+the instances it was tuned on (part 8's misses; see docs/deidentify.md):
+
+- **a bare surname before a title or an elder's form of address** (遵王主任指示, 3床潘大爷, 值班医生葛医生,
+  隔壁床的胡奶奶): a strong surname that ends no word on its left and, with the title, makes no word;
+- **老/小 + a surname** wherever it stands after a boundary, a bed or 是 (5床老周今天…, 我是小王，), as long
+  as the surname starts no word with what follows (小钱包, 老毛病 stay);
+- **signature rows** (处方 and report footers: 医师X 审核X 调配X 核对X 发药X, 检验者X 审核者X): two or more
+  role labels each followed by a short value; in such a row a value that starts with a surname is a
+  name even when it is an ordinary word (花蕾, 柳絮);
+- **children's pet names and nicknames** (我闺女朵朵, 宝宝乐乐, 小名豆豆, 收到，莉莉你…): a doubled character
+  after a child or kinship word, before a child's age, as a vocative, and whatever follows 小名/乳名;
+- **given names and full names before 姐/哥 used as address** (黄佳姐，, 芳芳姐，);
+- **strong compound surnames** (上官婉清, 端木蓉) + one or two given-name characters anywhere, when they
+  start no longer word (微生物).
+
+Every candidate still passes the guard list (``deid_guard.txt``) and a dictionary check.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hypnos.data.deid_names import (
+    _BARE_LEFT_RE,
+    _BOUNDARY_BEFORE,
+    _INTRO,
+    _ROLE_END,
+    _STRONG_COMPOUND,
+    _STRONG_COMPOUND_SET,
+    _SURN_CHARS,
+    LABELS,
+    NOT_GIVEN,
+    TITLES,
+    WEAK_SURNAMES,
+    _dict_tag,
+    _guarded,
+    _is_word,
+    _longest_word,
+    _ner_given_chars,
+    _pos_tokens,
+    given_chars,
+    guard_words,
+    surname_at,
+)
+
+_CJK = "\u4e00-\u9fff"
+
+# ---- a bare surname before a title or an elder's form of address ---------------------------------------
+
+# Words people put after a bare surname to address or refer to someone (王主任, 潘大爷, 胡奶奶, 钱师傅)
+_ADDRESS_AFTER = ("护士长", "主任", "医生", "医师", "大夫", "教授", "护士", "院长", "老师", "师傅", "先生", "女士",
+                  "小姐", "同志", "阿姨", "叔叔", "大爷", "大妈", "大娘", "大叔", "大婶", "大姐", "大哥", "奶奶",
+                  "爷爷", "婆婆", "伯伯", "阿婆", "老太", "老爷子", "主管", "组长", "科长", "老板", "经理")
+_ADDRESS_RE = re.compile(rf"(?<=[{_SURN_CHARS}])(?:" + "|".join(sorted(_ADDRESS_AFTER, key=len, reverse=True)) + ")")
+
+
+# what follows a title when it names a place, not a person (医生办公室, 护士站, 主任室)
+_PLACE_AFTER = re.compile("办公室|站|室|值班室|休息室|群|组|台")
+
+
+# characters after which a bare surname + title is someone (遵王主任指示, 按李主任意见, 3床潘大爷, 的胡奶奶, 找刘医生)
+_BARE_LEFT = set(_BOUNDARY_BEFORE) | set(_INTRO) | set("遵按照床找问给跟向让叫请谢告报")
+
+
+# surnames that are adjectives after a noun (转氨酶高, 脸色白, 皮肤黄)
+_ADJECTIVE_SURNAMES = set("高白黄蓝胡低红紫")
+
+
+def _bare_surnames(text: str) -> list[tuple[int, int]]:
+    """A strong surname right before a title or an elder's form of address (遵王主任指示, 3床潘大爷,
+    值班医生葛医生): the surname must end no word on its left (值班|医生, 邻居|大爷, 结石|医生, 历史|老师)
+    and make no word with the title (班主任); the surname and its title make a person whatever precedes."""
+    out = []
+    for m in _ADDRESS_RE.finditer(text):
+        s = m.start() - 1
+        if text[s] in WEAK_SURNAMES or _guarded(text, s) or (s and text[s - 1].isdigit()) \
+                or _PLACE_AFTER.match(text, m.end()):
+            continue  # (5楼医生办公室, 3层护士站: a floor or a unit, then a place)
+        if text[s] in _ADJECTIVE_SURNAMES and s and _CJK_RE.match(text, s - 1) and text[s - 1] not in _BARE_LEFT \
+                and not text.endswith(_ROLE_END, 0, s) and not _BARE_LEFT_RE.search(text, max(0, s - 4), s):
+            continue  # (转氨酶高|医生建议: a surname that is also an adjective needs a left side that names someone)
+        if s and _CJK_RE.match(text, s - 1) and (_is_word(text[s - 1 : s + 1]) or (s > 1 and _is_word(text[s - 2 : s + 1]))):
+            continue
+        if _dict_tag(text[s : m.end()]) not in (None, "nr") or (s >= 1 and _dict_tag(text[s - 1 : m.end()]) is not None):
+            continue  # (班主任; 老大爷 is no surname's)
+        if len(_longest_word(text, s)) > 1 and _dict_tag(_longest_word(text, s)) not in (None, "nr") \
+                and not text.startswith(m.group(), s + 1):
+            continue
+        out.append((s, s + 1))
+    return out
+
+
+# ---- 老/小 + a surname -------------------------------------------------------------------------------
+
+_DASHES = set("-－—‐")
+_FAMILIAR_LOOSE = re.compile(rf"[老小]([{_SURN_CHARS}])")
+
+
+def _familiar(text: str) -> list[tuple[int, int]]:
+    """老/小 + a strong surname (5床老周, 我是小王, 刚才小冯来过) where 老/小 ends no word on its left (从小, 缩小,
+    养老), whatever follows, when
+    the surname starts no word with the next character (小钱|包, 老毛|病 stay: 钱包, 毛病) and 老X/小X is no
+    dictionary word but a name (小包, 小钱 are nouns; 小林 is a name)."""
+    out = []
+    for m in _FAMILIAR_LOOSE.finditer(text):
+        s = m.start(1)
+        word = text[s - 1 : s + 1]
+        if s > 1 and _CJK_RE.match(text, s - 2) and (_is_word(text[s - 2 : s]) or _is_word(text[max(0, s - 3) : s])):
+            continue  # 老/小 ends a word on its left (从小, 大小, 缩小, 养老, 衰老)
+        if text[s - 2 : s - 1] in _DASHES or text[s + 1 : s + 2] in _DASHES and s + 1 < len(text):
+            continue  # (伏格特-小柳-原田综合征: an eponym)
+        if _dict_tag(word) not in (None, "nr", "t") or _guarded(text, s - 1) or word in LABELS or word in TITLES:
+            continue
+        if s + 1 < len(text) and _CJK_RE.match(text, s + 1) and (
+                _is_word(text[s : s + 2]) or len(_longest_word(text, s - 1)) > 2
+                or (_dict_tag(text[s : s + 2]) == "nr" and text[s + 1] in given_chars())):
+            continue  # 小钱|包, 老毛病, 小王明|天 is 小王 only when 王明 is no name jieba knows
+        out.append((s, s + 1))
+    return out
+
+
+# ---- signature rows ------------------------------------------------------------------------------------
+
+# Who signs a prescription, a lab report or a dispensing slip: a row of two or more of these, each with a
+# short value, is a row of names (医师X 审核X 调配X 核对X 发药X, 检验者X 审核者X, 采样：X  送检：X)
+_SIGN_ROLES = ("处方医师", "开方医师", "医师", "药师", "审核者", "审核人", "审核", "审方", "调配者", "调配", "配药",
+               "核对者", "核对人", "核对", "复核", "发药者", "发药", "划价", "收费", "收款", "检验者", "检验员",
+               "检验", "报告者", "报告人", "检查者", "记录者", "记录人", "采样者", "采样", "送检者", "送检", "接收者",
+               "签收", "执行者", "执行人", "操作者", "制单", "录入", "打印")
+_SIGN_RE = re.compile("(?:" + "|".join(sorted(_SIGN_ROLES, key=len, reverse=True)) + r")(?:\s*[：:])?[\s_　]*")
+_SIGN_VALUE = re.compile(rf"[{_CJK}]{{2,4}}")
+_TIME_VALUES = {"明天", "明日", "明早", "明晚", "后天", "时候", "当天", "当日"}
+_NOT_A_NAME_TAG = ("d", "m", "mq", "p", "c", "r", "f", "q", "u", "ad", "vd", "y", "e", "o", "t", "a", "v", "vn", "z")
+
+
+def signature_rows(text: str) -> list[tuple[int, int]]:
+    """Names in a row of signing roles: each label's value runs to the next label, a space or a
+    punctuation mark; two or more label + short value pairs in a row make it a signature row, and there
+    a value that starts with a surname is a name even when it is an ordinary word (调配：花蕾, 核对柳絮):
+    not a verb, adverb or adjective after a weak surname (审核：通过, 核对：查对无误)."""
+    marks = list(_SIGN_RE.finditer(text))
+    if len(marks) < 2:
+        return []
+    pairs = []
+    for k, m in enumerate(marks):
+        stop = marks[k + 1].start() if k + 1 < len(marks) else len(text)
+        v = _SIGN_VALUE.match(text, m.end(), stop)
+        if not v or (v.end() < stop and _CJK_RE.match(text, v.end())):
+            continue  # the value runs on (医师建议患者…): running text, no field
+        pairs.append(v.span())
+    if len(pairs) < 2:
+        return []
+    out, gc = [], given_chars()
+    for s, e in pairs:
+        sn = surname_at(text, s)
+        value = text[s:e]
+        if _guarded(text, s) or value in guard_words() or value in _TIME_VALUES:
+            continue
+        tag = _dict_tag(value)
+        if not sn:
+            # a given name alone (核对：春华): two given-name characters that jieba has as a name or not at all
+            if e - s == 2 and all(c in gc for c in value) and tag in (None, "nr", "nrt", "nz"):
+                out.append((s, e))
+            continue
+        if e - s <= len(sn) or (tag in _NOT_A_NAME_TAG and (tag not in ("v", "vn", "a", "z", "t")
+                                                           or sn in WEAK_SURNAMES and tag != "t")):
+            continue  # (审核：通过, 核对：查对; 调配冷月 is a name: jieba calls 冷月 a time word)
+        out.append((s, e))
+    return out
+
+
+# ---- children's pet names and nicknames ---------------------------------------------------------------
+
+# Doubled characters that are words, not pet names: kin and address words, adverbs, onomatopoeia
+_NOT_DOUBLED = set("汪喵咚嘀呜妈爸哥姐弟妹爷奶姥叔舅婶伯姑姨婆公宝娃常慢刚渐偏往明好仅稍悄默狠轻早时人处纷看试想"
+                   "说走等谢哈呵嘿嗯哦啊呀拜行是对点些个天年月日次刻")
+_KIN_CHARS = set("妈爸哥姐弟妹爷奶姥叔舅婶伯姑姨婆公宝娃")
+_CHILD_WORDS = ("闺女", "女儿", "儿子", "孙子", "孙女", "外孙女", "外孙", "宝宝", "宝贝", "孩子", "小孩", "侄子",
+                "侄女", "外甥女", "外甥", "患儿", "小朋友", "大宝", "二宝", "老大", "老二", "我家", "小家伙", "娃")
+_PET_LEFT = re.compile("(?:" + "|".join(sorted(_CHILD_WORDS, key=len, reverse=True)) + r")(?P<naming>名叫|叫做|叫|是)?\s*$")
+_DOUBLED = re.compile(rf"([{_CJK}])\1")
+_PET_XIAO = re.compile("(?:" + "|".join(sorted((*_CHILD_WORDS, "护士"), key=len, reverse=True))
+                       + rf")(?:名叫|叫做|叫|是)?(小[{_CJK}])")
+# what follows a child's name (朵朵今年3岁, 乐乐八个月大, 果果你…)
+_PET_RIGHT = re.compile(r"今年|[\d一二三四五六七八九十两]+(?:岁|个月|周|天)|出生|刚满|满月|你|您")
+_NICKNAME = re.compile(rf"(?:小名|乳名|昵称|外号|绰号|小名儿)(?:叫做|叫|是|为)?\s*[：:]?\s*(?![叫是为])([{_CJK}]{{1,3}})(?=[^{_CJK}“”\"]|$)")
+
+
+def _pet_names(text: str) -> list[tuple[int, int]]:
+    """A doubled character (朵朵, 豆豆, 乐乐) after a child or kinship word (我闺女朵朵, 宝宝乐乐), before
+    a child's age or 你 (果果今年5岁, 收到，莉莉你…), or as a vocative at a line's start (朵朵，把药吃了);
+    and whatever stands after 小名/乳名 (小名豆豆). Kin words, adverbs and measure words doubled (妈妈,
+    常常, 天天, 个个) never; nor a doubled character jieba calls a verb, adverb, number or time."""
+    out = []
+    for m in _DOUBLED.finditer(text):
+        s, e = m.span()
+        ch = m.group(1)
+        if e < len(text) and text[e] in (ch, "地"):
+            continue  # 哈哈哈, 乐乐地笑: no name
+        left = _PET_LEFT.search(text, max(0, s - 6), s)
+        if left and left.group("naming") and ch not in _KIN_CHARS and not _guarded(text, s):
+            out.append((s, e))  # 儿子叫天天: named, any doubled character but a kin word's
+            continue
+        if ch in _NOT_DOUBLED or ch in NOT_GIVEN or _dict_tag(text[s:e]) not in (None, "nr", "nrt", "nz", "n", "q", "a", "z"):
+            continue
+        left_child = bool(left)
+        at_start = s == 0 or text[s - 1] in "，,。！!？?\n“\"：: 　"
+        # a vocative: at a line's start before a comma (朵朵，把药吃了), after any boundary before 你 (收到，莉莉你…)
+        vocative = at_start and (bool(re.match(r"\s*[你您]", text[e : e + 2]))
+                                 or ((s == 0 or text[s - 1] in "\n“\"") and text[e : e + 1] in "，,！!"))
+        right = at_start and bool(_PET_RIGHT.match(text, e))
+        if (left_child or vocative or right) and not _guarded(text, s):
+            out.append((s, e))
+    # 小 + a given-name character after a child or kinship word (我闺女小雨, 孙子小宇): a pet name when jieba
+    # has it as a name or not at all (小学, 小便, 小心, 小时 are words)
+    gc = given_chars()
+    for m in _PET_XIAO.finditer(text):
+        s = m.start(1)
+        if text[s + 1] in gc and _dict_tag(text[s : s + 2]) in (None, "nr", "nrt") and not _guarded(text, s) \
+                and len(_longest_word(text, s)) <= 2 and text[s : s + 2] not in LABELS:
+            out.append((s, s + 2))
+    for m in _NICKNAME.finditer(text):
+        if not _guarded(text, m.start(1)):
+            out.append(m.span(1))
+    return out
+
+
+# ---- given and full names before 姐/哥 ------------------------------------------------------------------
+
+_SIB_ADDRESS = re.compile(rf"(?:^|(?<=[，,。；;：:！!？?（(\"“‘'、\n \t　@＠跟和与同让叫找问给请谢向]))([{_CJK}]{{2,3}})"
+                          r"(?=(?:姐姐|哥哥|姐|哥)(?:[，,！!：:。]|那边|说|你|您|$))")
+
+
+def _sibling_address(text: str) -> list[tuple[int, int]]:
+    """A full name or a given name used with 姐/哥 as a form of address (黄佳姐，…, 芳芳姐，…, 晓红哥说):
+    a surname + given-name characters, or two given-name characters (doubled or jieba's name), never
+    an ordinary word (师姐, 表哥, 大哥: the word check)."""
+    if "姐" not in text and "哥" not in text:
+        return []
+    gc = given_chars()
+    out = []
+    for m in _SIB_ADDRESS.finditer(text):
+        s, e = m.span(1)
+        cand = text[s:e]
+        if _guarded(text, s) or cand in LABELS or _dict_tag(cand) not in (None, "nr", "nrt", "nrfg"):
+            continue
+        sn = surname_at(text, s, weak_ok=False)
+        full = sn and len(cand) > len(sn) and all(c in gc for c in cand[len(sn):])
+        given = len(cand) == 2 and all(c in gc for c in cand) and (
+            cand[0] == cand[1] or _dict_tag(cand) is not None or _pos_tokens(cand)[0][1].startswith("nr"))
+        if full or given:
+            out.append((s, e))
+    return out
+
+
+# ---- strong compound surnames anywhere --------------------------------------------------------------------
+
+# a character class of their first characters finds candidates faster than an alternation of 90 pairs
+_COMPOUND_RE = re.compile("[" + "".join(sorted({c[0] for c in _STRONG_COMPOUND})) + f"](?=[{_CJK}])")
+
+
+def _compound_names(text: str) -> list[tuple[int, int]]:
+    """A strong compound surname (上官, 端木, 皇甫) + one or two given-name characters anywhere: they are
+    almost never words, so no anchor is needed, but the name must start no longer word (微生物, 长孙女)
+    and be no dictionary word but a name."""
+    gc = given_chars() | _ner_given_chars()
+    out = []
+    for m in _COMPOUND_RE.finditer(text):
+        s, g = m.start(), m.start() + 2
+        if text[s:g] not in _STRONG_COMPOUND_SET:
+            continue
+        if _guarded(text, s) or len(_longest_word(text, s + 1)) > 2:
+            continue  # (老公|输精管: the second character starts a longer word)
+        first = _longest_word(text, s)
+        if len(first) > 2 and _dict_tag(first) not in (None, "nr", "nrt", "nrfg"):
+            continue
+        run = 0
+        while run < 2 and g + run < len(text) and text[g + run] in gc and text[g + run] not in NOT_GIVEN:
+            run += 1
+        if run == 2 and _is_word(text[g + 1 : g + 3]) and not _is_word(text[g : g + 2]):
+            run = 1  # 上官明|天来 → 上官明
+        if not run or _dict_tag(text[s : g + run]) not in (None, "nr", "nrt", "nrfg"):
+            continue
+        out.append((s, g + run))
+    return out
+
+
+_CJK_RE = re.compile(f"[{_CJK}]")
+
+
+def family_names(text: str) -> list[tuple[int, int]]:
+    """The round-5 families' spans but signature rows (``signature_rows``, run first); callers check them
+    against what is already claimed."""
+    out = _compound_names(text) + _bare_surnames(text) + _familiar(text)
+    out += _pet_names(text) + _sibling_address(text)
+    return out
+
+
+
