@@ -75,6 +75,25 @@ def test_eval_heldout_section_report_and_terminal_table(tmp_path, tiny_model_dir
     assert 'id="heldout-table"' in html and 'id="heldout-pairs"' in html
 
 
+def test_heldout_set_pools_several_files_and_names_a_missing_one(tmp_path, tiny_model_dir):
+    """One held-out set may pool files (the demo's online register: two files written for the project)."""
+    from hypnos.common.records import read_records
+    from hypnos.common.stage import ConfigError
+
+    files = [ROOT / "examples" / "heldout" / f for f in ("online_qa.jsonl", "online_qa2.jsonl")]
+    n = sum(len(read_records(f)) for f in files)
+    stage = {"name": "eval", "kind": "eval", "models": {"a": str(tiny_model_dir)}, "tasks": ["anesthesia_mcq"],
+             "limit": 2, "contamination": False,
+             "heldout": {"sets": {"online": [str(f) for f in files]}, "max_chars": 20}}
+    r = load_recipe(_recipe(tmp_path, [stage]), output_dir=tmp_path / "runs")
+    run_recipe(r)
+    h = json.loads((r.stage_dir("eval") / "results.json").read_text(encoding="utf-8"))["heldout"]["online"]
+    assert h["models"]["a"]["texts"] == n and h["settings"]["files"] == [str(f) for f in files]
+    stage["heldout"]["sets"]["online"].append(str(tmp_path / "absent.jsonl"))
+    with pytest.raises(ConfigError, match="absent.jsonl"):
+        run_recipe(load_recipe(_recipe(tmp_path, [stage]), output_dir=tmp_path / "runs2"))
+
+
 def test_heldout_pair_must_name_a_local_model(tmp_path, tiny_model_dir):
     from hypnos.common.stage import ConfigError
 

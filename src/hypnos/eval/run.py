@@ -39,8 +39,9 @@ class HeldoutSpec(BaseModel):
     """Held-out sets scored in bits/char by every local model of the stage (endpoints have no logits here)."""
 
     model_config = ConfigDict(extra="forbid")
-    sets: dict[str, str] = Field(min_length=1)
-    """Set name -> file (path or ``"@stage.output"``): QA/text records or plain text, one text per line."""
+    sets: dict[str, str | list[str]] = Field(min_length=1)
+    """Set name -> file or files pooled into one set (path or ``"@stage.output"``): QA/text records or plain text,
+    one text per line."""
     extra_models: dict[str, str] = Field(default_factory=dict)
     """Models scored on the held-out sets only (e.g. ``extended: "@tokenizer"``, the model before any SFT)."""
     pairs: list[list[str]] = Field(default_factory=list)
@@ -137,8 +138,9 @@ class Config(StageConfig):
 def _check_heldout(spec: HeldoutSpec, models: dict[str, str], ctx: StageContext) -> list[str]:
     """Held-out files exist (or name earlier stages), models are local, pair labels are known."""
     problems = []
-    for path in spec.sets.values():
-        problems += ctx.check_ref(path, "heldout")
+    for files in spec.sets.values():
+        for path in [files] if isinstance(files, str) else files:
+            problems += ctx.check_ref(path, "heldout")
     for ref in spec.extra_models.values():
         if is_ref(ref):
             problems += ctx.check_ref(ref, "model")
@@ -166,7 +168,8 @@ def _run_heldout(spec: HeldoutSpec, models: dict[str, str], ctx: StageContext) -
         dest = ctx.out_dir / "heldout" / f"{name}.json"
         if not dest.exists():
             log.info("[eval] held-out bits/char on %s (%s)", name, path)
-            res = heldout.evaluate(refs, [ctx.resolve(path)], spec.mode, spec.max_texts, spec.max_chars,
+            files = [path] if isinstance(path, str) else path
+            res = heldout.evaluate(refs, [ctx.resolve(p) for p in files], spec.mode, spec.max_texts, spec.max_chars,
                                    [tuple(p) for p in spec.pairs], ctx.seed)
             heldout.write_result(res, dest)
         out[name] = json.loads(dest.read_text(encoding="utf-8"))
