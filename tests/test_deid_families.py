@@ -48,6 +48,8 @@ def _names(text: str) -> list[str]:
     ("值班护士秀梅已测血糖。", ["秀梅"]),
     ("护士小雨、晓燕和秀梅轮流值班。", ["小雨", "晓燕", "秀梅"]),
     ("护士秀兰、春梅负责夜班。", ["秀兰", "春梅"]),
+    ("陪护：女儿玉珍、桂香轮流陪护。", ["玉珍", "桂香"]),
+    ("我家闺女小敏、思雨都咳嗽。", ["小敏", "思雨"]),
     ("我老伴淑珍最近老忘事。", ["淑珍"]),
     # names before 姐/哥 used as address
     ("小芳姐，3床家属在找你。", ["小芳"]),
@@ -60,6 +62,29 @@ def _names(text: str) -> list[str]:
     ("家属花蕾说患者夜里没睡好。", ["花蕾"]),
 ])
 def test_round5_name_families(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text,names", [
+    # a given name alone that the recogniser vouches for (two common given-name characters, no word)
+    ("护士长，思琪今天请假了，夜班谁顶？", ["思琪"]),
+    ("明轩妈妈，孩子今天体温正常了。", ["明轩"]),
+    ("欣怡爸爸请到护士站签字。", ["欣怡"]),
+    ("我姑娘婉婷在外地上学，能不能视频问诊？", ["婉婷"]),
+    ("表妹丽娟也有同样的症状。", ["丽娟"]),
+    # after more kinship words; given names of the 1950s-70s that are words, right after a kinship word
+    ("我跟我对象志强商量一下再决定。", ["志强"]),
+    ("我大儿子建国在国外，二儿子建军在家照顾。", ["建国", "建军"]),
+    # a surname + 姐 as address, 老 + surname before a parenthesis
+    ("同病房的王姐人很好。", ["王"]),
+    ("家属：老马（患者之子），已知情同意。", ["马"]),
+    # operation roles listed like signatures; a weak surname there is a name too
+    ("巡回护士满月，器械护士白露。", ["满月", "白露"]),
+    # pet names: soothing a child, two doubled names joined
+    ("“妞妞不哭，阿姨轻轻的。”", ["妞妞"]),
+    ("今天牛牛和毛毛都来复诊了。", ["牛牛", "毛毛"]),
+])
+def test_round5_given_names_kin_and_roles(text, names):
     assert _names(text) == names
 
 
@@ -95,6 +120,7 @@ def test_record_numbers_after_any_filing_label(text, value):
     "我从小就有鼻炎。", "孩子小时候得过肺炎。", "最近用的小钱包丢了。", "老毛病又犯了，胃疼。", "家里养老的钱都花在看病上了。",
     "小便时有灼热感。", "小柴胡颗粒每次一袋。", "老年患者要注意防跌倒。", "小白鼠实验显示有效。", "缩小病灶后再手术。",
     "他的小叔子也有高血压。", "心室壁的肌小梁形态正常。", "可见小梁网炎和白内障。", "伏格特-小柳-原田综合征的症状。",
+    "检查发现患上了伏格特-小柳-原田综合征，该如何治疗？", "虹膜新生血管等伏格特-小柳-原田综合征的症状。",
     # doubled characters that are words
     "天天吃药也不见好。", "常常头晕，慢慢加重。", "宝宝今天吐奶了。", "妈妈说孩子昨晚发烧。", "哈哈哈，谢谢医生。",
     "宝宝乐乐地笑了。", "孩子天天哭闹不止。", "明明吃了药还发烧。", "长小痘痘，痒痒，是怎么了。", "汪汪！小狗叫个不停。",
@@ -105,6 +131,11 @@ def test_record_numbers_after_any_filing_label(text, value):
     "医师建议患者低盐饮食，审核结果未见异常。", "检验结果：白细胞升高，报告时间：上午10点。",
     # speech verbs after a person word
     "家属说患者平时很少喝水。", "医生严肃地说需要手术。",
+    # the recogniser's given names: eponyms, wavelets; 师姐, 大嫂 are words
+    "信号可以分解成称为小波的较小部分。", "师姐，你帮我看看这个病人。", "大嫂说患者昨晚没睡。", "主刀顺利，一助良好。",
+    # verdicts in rows of roles, nouns after 小, words that end in 老/小, questions after 外号
+    "送检：金华市。", "检验：阴性　复核：阴性", "结果：阴性　报告：已发", "审核：合格　签收：已签收", "资料：齐全　审核：双签",
+    "加上过路费和小费（总计约65美元）。", "养老金不够看病。", "他的外号是什么？", "患乙肝小三阳转氨酶高医生建议服药，结果反弹。",
     # numbers after labels that file no person
     "批号：H20240101，有效期至2026年。", "床号：12，血压正常。",
 ])

@@ -24,10 +24,10 @@ from __future__ import annotations
 import re
 
 from hypnos.data.deid_names import (
-    _BARE_LEFT_RE,
-    _BOUNDARY_BEFORE,
-    _INTRO,
-    _ROLE_END,
+    _COMMON_GIVEN,
+    _NOT_GIVEN_ALONE,
+    _NOT_PERSON_AFTER,
+    _SENTENCE_END,
     _STRONG_COMPOUND,
     _STRONG_COMPOUND_SET,
     _SURN_CHARS,
@@ -53,20 +53,12 @@ _CJK = "\u4e00-\u9fff"
 # Words people put after a bare surname to address or refer to someone (王主任, 潘大爷, 胡奶奶, 钱师傅)
 _ADDRESS_AFTER = ("护士长", "主任", "医生", "医师", "大夫", "教授", "护士", "院长", "老师", "师傅", "先生", "女士",
                   "小姐", "同志", "阿姨", "叔叔", "大爷", "大妈", "大娘", "大叔", "大婶", "大姐", "大哥", "奶奶",
-                  "爷爷", "婆婆", "伯伯", "阿婆", "老太", "老爷子", "主管", "组长", "科长", "老板", "经理")
+                  "爷爷", "婆婆", "伯伯", "阿婆", "老太", "老爷子", "主管", "组长", "科长", "老板", "经理", "姐", "哥", "嫂")
 _ADDRESS_RE = re.compile(rf"(?<=[{_SURN_CHARS}])(?:" + "|".join(sorted(_ADDRESS_AFTER, key=len, reverse=True)) + ")")
 
 
 # what follows a title when it names a place, not a person (医生办公室, 护士站, 主任室)
 _PLACE_AFTER = re.compile("办公室|站|室|值班室|休息室|群|组|台")
-
-
-# characters after which a bare surname + title is someone (遵王主任指示, 按李主任意见, 3床潘大爷, 的胡奶奶, 找刘医生)
-_BARE_LEFT = set(_BOUNDARY_BEFORE) | set(_INTRO) | set("遵按照床找问给跟向让叫请谢告报")
-
-
-# surnames that are adjectives after a noun (转氨酶高, 脸色白, 皮肤黄)
-_ADJECTIVE_SURNAMES = set("高白黄蓝胡低红紫")
 
 
 def _bare_surnames(text: str) -> list[tuple[int, int]]:
@@ -79,16 +71,15 @@ def _bare_surnames(text: str) -> list[tuple[int, int]]:
         if text[s] in WEAK_SURNAMES or _guarded(text, s) or (s and text[s - 1].isdigit()) \
                 or _PLACE_AFTER.match(text, m.end()):
             continue  # (5楼医生办公室, 3层护士站: a floor or a unit, then a place)
-        if text[s] in _ADJECTIVE_SURNAMES and s and _CJK_RE.match(text, s - 1) and text[s - 1] not in _BARE_LEFT \
-                and not text.endswith(_ROLE_END, 0, s) and not _BARE_LEFT_RE.search(text, max(0, s - 4), s):
-            continue  # (转氨酶高|医生建议: a surname that is also an adjective needs a left side that names someone)
         if s and _CJK_RE.match(text, s - 1) and (_is_word(text[s - 1 : s + 1]) or (s > 1 and _is_word(text[s - 2 : s + 1]))):
             continue
-        if _dict_tag(text[s : m.end()]) not in (None, "nr") or (s >= 1 and _dict_tag(text[s - 1 : m.end()]) is not None):
-            continue  # (班主任; 老大爷 is no surname's)
-        if len(_longest_word(text, s)) > 1 and _dict_tag(_longest_word(text, s)) not in (None, "nr") \
-                and not text.startswith(m.group(), s + 1):
-            continue
+        if _dict_tag(text[s : m.end()]) not in ((None, "nr") if len(m.group()) > 1 else (None,)) \
+                or (s >= 1 and _dict_tag(text[s - 1 : m.end()]) is not None):
+            continue  # (班主任; 老大爷 is no surname's; jieba tags 师姐 nr: with 姐/哥/嫂 no word at all)
+        first = _longest_word(text, s)
+        if len(first) > 1 + len(m.group()) or (len(first) > 1 and _dict_tag(first) not in (None, "nr")
+                                               and first != text[s : m.end()]):
+            continue  # (温哥华: a longer word starts at the surname)
         out.append((s, s + 1))
     return out
 
@@ -100,16 +91,13 @@ _FAMILIAR_LOOSE = re.compile(rf"[老小]([{_SURN_CHARS}])")
 
 
 def _familiar(text: str) -> list[tuple[int, int]]:
-    """老/小 + a strong surname (5床老周, 我是小王, 刚才小冯来过) where 老/小 ends no word on its left (从小, 缩小,
-    养老), whatever follows, when
+    """老/小 + a strong surname (5床老周, 我是小王, 刚才小冯来过), whatever follows, when
     the surname starts no word with the next character (小钱|包, 老毛|病 stay: 钱包, 毛病) and 老X/小X is no
     dictionary word but a name (小包, 小钱 are nouns; 小林 is a name)."""
     out = []
     for m in _FAMILIAR_LOOSE.finditer(text):
         s = m.start(1)
         word = text[s - 1 : s + 1]
-        if s > 1 and _CJK_RE.match(text, s - 2) and (_is_word(text[s - 2 : s]) or _is_word(text[max(0, s - 3) : s])):
-            continue  # 老/小 ends a word on its left (从小, 大小, 缩小, 养老, 衰老)
         if text[s - 2 : s - 1] in _DASHES or text[s + 1 : s + 2] in _DASHES and s + 1 < len(text):
             continue  # (伏格特-小柳-原田综合征: an eponym)
         if _dict_tag(word) not in (None, "nr", "t") or _guarded(text, s - 1) or word in LABELS or word in TITLES:
@@ -129,11 +117,15 @@ def _familiar(text: str) -> list[tuple[int, int]]:
 _SIGN_ROLES = ("处方医师", "开方医师", "医师", "药师", "审核者", "审核人", "审核", "审方", "调配者", "调配", "配药",
                "核对者", "核对人", "核对", "复核", "发药者", "发药", "划价", "收费", "收款", "检验者", "检验员",
                "检验", "报告者", "报告人", "检查者", "记录者", "记录人", "采样者", "采样", "送检者", "送检", "接收者",
-               "签收", "执行者", "执行人", "操作者", "制单", "录入", "打印")
+               "签收", "执行者", "执行人", "操作者", "制单", "录入", "打印",
+               # the operation team, listed the same way (主刀X，一助X; 巡回护士X，器械护士X)
+               "主刀", "一助", "二助", "三助", "主麻", "副麻", "巡回护士", "器械护士", "洗手护士", "麻醉医师", "巡回", "器械")
 _SIGN_RE = re.compile("(?:" + "|".join(sorted(_SIGN_ROLES, key=len, reverse=True)) + r")(?:\s*[：:])?[\s_　]*")
 _SIGN_VALUE = re.compile(rf"[{_CJK}]{{2,4}}")
 _TIME_VALUES = {"明天", "明日", "明早", "明晚", "后天", "时候", "当天", "当日"}
-_NOT_A_NAME_TAG = ("d", "m", "mq", "p", "c", "r", "f", "q", "u", "ad", "vd", "y", "e", "o", "t", "a", "v", "vn", "z")
+# jieba's tags a name in a signature row may have: none (most names), a name, a place, a proper noun, or a time
+# word (冷月, 满月, 秋月); not a common noun, verb, adjective or adverb (阴性, 合格, 通过, 完整, 明确)
+_SIGN_VALUE_TAGS = (None, "nr", "nrt", "nrfg", "nz", "ns", "t")
 
 
 def signature_rows(text: str) -> list[tuple[int, int]]:
@@ -165,9 +157,8 @@ def signature_rows(text: str) -> list[tuple[int, int]]:
             if e - s == 2 and all(c in gc for c in value) and tag in (None, "nr", "nrt", "nz"):
                 out.append((s, e))
             continue
-        if e - s <= len(sn) or (tag in _NOT_A_NAME_TAG and (tag not in ("v", "vn", "a", "z", "t")
-                                                           or sn in WEAK_SURNAMES and tag != "t")):
-            continue  # (审核：通过, 核对：查对; 调配冷月 is a name: jieba calls 冷月 a time word)
+        if e - s <= len(sn) or tag not in _SIGN_VALUE_TAGS:
+            continue  # (检验：阴性, 审核：通过, 核对：查对; 调配冷月 is a name: jieba calls 冷月 a time word)
         out.append((s, e))
     return out
 
@@ -186,7 +177,12 @@ _PET_XIAO = re.compile("(?:" + "|".join(sorted((*_CHILD_WORDS, "护士"), key=le
                        + rf")(?:名叫|叫做|叫|是)?(小[{_CJK}])")
 # what follows a child's name (朵朵今年3岁, 乐乐八个月大, 果果你…)
 _PET_RIGHT = re.compile(r"今年|[\d一二三四五六七八九十两]+(?:岁|个月|周|天)|出生|刚满|满月|你|您")
-_NICKNAME = re.compile(rf"(?:小名|乳名|昵称|外号|绰号|小名儿)(?:叫做|叫|是|为)?\s*[：:]?\s*(?![叫是为])([{_CJK}]{{1,3}})(?=[^{_CJK}“”\"]|$)")
+# two doubled names joined (牛牛和毛毛都来复诊了): each vouches for the other
+_PAIRED_DOUBLED = re.compile(rf"[和、与及]([{_CJK}])\1(?![{_CJK}]?\1)")
+# what one says to a child by name (“妞妞不哭，…”, 豆豆乖, 果果别怕)
+_SOOTHE = re.compile("不哭|不怕|别哭|别怕|乖|快|来|过来|听话|张嘴|吃药")
+_NICKNAME = re.compile(rf"(?:小名|乳名|昵称|外号|绰号|小名儿)(?:叫做|叫|是|为)?\s*[：:]?\s*(?![叫是为]|什么|啥|多少|哪)"
+                       rf"([{_CJK}]{{1,3}})(?=[^{_CJK}“”\"]|$)")
 
 
 def _pet_names(text: str) -> list[tuple[int, int]]:
@@ -206,11 +202,13 @@ def _pet_names(text: str) -> list[tuple[int, int]]:
             continue
         if ch in _NOT_DOUBLED or ch in NOT_GIVEN or _dict_tag(text[s:e]) not in (None, "nr", "nrt", "nz", "n", "q", "a", "z"):
             continue
-        left_child = bool(left)
+        left_child = bool(left) or bool(_PAIRED_DOUBLED.match(text, e)) or (
+            s >= 3 and text[s - 1] in "和、与及" and text[s - 3] == text[s - 2] and text[s - 2] not in _NOT_DOUBLED)
         at_start = s == 0 or text[s - 1] in "，,。！!？?\n“\"：: 　"
         # a vocative: at a line's start before a comma (朵朵，把药吃了), after any boundary before 你 (收到，莉莉你…)
         vocative = at_start and (bool(re.match(r"\s*[你您]", text[e : e + 2]))
-                                 or ((s == 0 or text[s - 1] in "\n“\"") and text[e : e + 1] in "，,！!"))
+                                 or ((s == 0 or text[s - 1] in "\n“\"") and (text[e : e + 1] in "，,！!"
+                                                                             or _SOOTHE.match(text, e))))
         right = at_start and bool(_PET_RIGHT.match(text, e))
         if (left_child or vocative or right) and not _guarded(text, s):
             out.append((s, e))
@@ -289,6 +287,44 @@ def _compound_names(text: str) -> list[tuple[int, int]]:
 
 
 _CJK_RE = re.compile(f"[{_CJK}]")
+
+
+# ---- given names alone, vouched for by the recogniser ---------------------------------------------------
+
+_COMMON = "".join(sorted(set(_COMMON_GIVEN) - NOT_GIVEN - _NOT_GIVEN_ALONE))
+_GIVEN_PAIR = re.compile(f"(?=([{_COMMON}]{{2}}))")
+_GIVEN_WINDOW = 6
+
+
+def given_names_by_ner(text: str, free) -> list[tuple[int, int]]:
+    """A given name without its surname (思琪今天请假了, 表妹丽娟也…, 明轩妈妈，…, 昨天雨涵吐了两次): two of the
+    commonest given-name characters that make no dictionary word (jieba's names aside), make no word with
+    the characters either side, and that the named-entity recogniser, on a window of six characters either
+    side within the sentence, tags as exactly one person."""
+    from hypnos.data.deid_ner import person_spans
+
+    out: list[tuple[int, int]] = []
+    for m in _GIVEN_PAIR.finditer(text):
+        s = m.start()
+        e = s + 2
+        cand = text[s:e]
+        if not free(s, e) or cand[0] == cand[1] or _dict_tag(cand) not in (None, "nr", "nrt", "nrfg", "i") \
+                or _guarded(text, s) or cand in LABELS:
+            continue
+        if (s and _is_word(text[s - 1 : s + 1])) or _is_word(text[e - 1 : e + 1]) \
+                or (s > 1 and _is_word(text[s - 2 : s + 1])) or _is_word(text[e - 1 : e + 2]):
+            continue  # (a word across either edge: 说明|显, 平|安全)
+        if _NOT_PERSON_AFTER.match(text, e):
+            continue  # (伏格特-小柳-原田综合征: an eponym)
+        a = s
+        while a > 0 and s - a < _GIVEN_WINDOW and text[a - 1] not in _SENTENCE_END:
+            a -= 1
+        b = e
+        while b < len(text) and b - e < _GIVEN_WINDOW and text[b] not in _SENTENCE_END:
+            b += 1
+        if (s - a, e - a) in person_spans(text[a:b]):
+            out.append((s, e))
+    return out
 
 
 def family_names(text: str) -> list[tuple[int, int]]:

@@ -684,7 +684,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     for m in _MOU_RE.finditer(text) if "某" in text else ():  # 张某, 李某某: already pseudonymous, still a surname
         add(*m.span())
     # a row of signing roles (医师X审核X调配X…) says where each name ends better than any rule below
-    from hypnos.data.deid_families import family_names, signature_rows
+    from hypnos.data.deid_families import family_names, given_names_by_ner, signature_rows
 
     for s, e in signature_rows(text):
         add(s, e)
@@ -798,6 +798,8 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     # last, the named-entity recogniser on what no rule claimed: names in contexts no rule knows
     for s, e in _ner_names(text, free):
         add(s, e)
+    for s, e in given_names_by_ner(text, free):  # (round 5) a given name alone: 思琪今天请假了
+        add(s, e)
     _extend_lists(text, spans, free)
     return sorted(spans)
 
@@ -853,7 +855,7 @@ def _given_item(text: str, i: int) -> int:
     if len(cand) == 2 and all(c in given_chars() for c in cand) and cand[0] not in _NOT_GIVEN_ALONE \
             and _dict_tag(cand) in (None, "nr", "nrt") and not _guarded(text, i) and cand not in LABELS \
             and (_LIST_AFTER.match(text, i + 2) or _TITLE_RE.match(text, i + 2) or _VERB_RE.match(text, i + 2)
-                 or text[i + 2 : i + 3] in tuple(_LIST_SEP)):
+                 or text[i + 2 : i + 3] in (*_LIST_SEP, "都", "也")):
         return 2
     return 0
 
@@ -1015,7 +1017,7 @@ _HEAD_RE = re.compile(r"(?:^|(?<=[。；;！!？?\n\s　]))(?:(?:患者|病人|�
 _NOT_IN_HEAD = set("的了是在和与患者病人属儿孩男女岁科室床号院诊治疗术后前中内外痛炎症病因性年月日天")
 # 老/小 + a surname, the way colleagues and patients call someone (老杨说, 小毛，, “小段医生”)
 _FAMILIAR_RE = re.compile(rf"(?:^|(?<=[{re.escape(_LEFT_OK)}]))[老小]([{_SURN_CHARS}])"
-                          r"(?=[，,！!：:。]|说|讲|问|告诉|让|医生|护士|大夫|老师|主任|哥|姐|你|您|$)")
+                          r"(?=[，,！!：:。（(]|说|讲|问|告诉|让|医生|护士|大夫|老师|主任|哥|姐|你|您|$)")
 # 小 + a doubled given-name character (小轩轩, 小萱萱): a child's pet name
 _DOUBLED_RE = re.compile(rf"(?:^|(?<=[{re.escape(_LEFT_OK)}]))小(([\u4e00-\u9fff])\2)")
 # a surname + 哥/姐 as a form of address (秦哥，…, 江姐那边)
@@ -1029,10 +1031,16 @@ _DEPT_RE = re.compile(r"(?<=[\u4e00-\u9fff])科(?=[\u4e00-\u9fff])")
 # address (“晓红阿姨”): families and patients use given names without the surname
 _GIVEN_AFTER_RE = re.compile(r"(?:媳妇|老公|老婆|丈夫|妻子|爱人|儿子|女儿|老伴|孙子|孙女|哥哥|姐姐|弟弟|妹妹|我叫|名叫"
                              # (round 5) more kin and children, and nurses, whom the ward calls by given name
-                             r"|闺女|外孙女|外孙|孙媳|侄子|侄女|外甥女|外甥|宝宝|宝贝|孩子|小名|乳名|护士|老伴儿)"
+                             r"|闺女|外孙女|外孙|孙媳|侄子|侄女|外甥女|外甥|宝宝|宝贝|孩子|小名|乳名|护士|老伴儿"
+                             r"|姑娘|对象|表妹|表姐|表哥|表弟|堂妹|堂姐|堂哥|堂弟|儿媳|女婿|嫂子|弟媳|妹夫|姐夫)"
                              r"([\u4e00-\u9fff]{2})")
-_GIVEN_AFTER5 = set(_words("闺女 外孙女 外孙 孙媳 侄子 侄女 外甥女 外甥 宝宝 宝贝 孩子 小名 乳名 护士 老伴儿"))
-_GIVEN_BEFORE_RE = re.compile(rf"(?:^|(?<=[{re.escape(_LEFT_OK)}]))([\u4e00-\u9fff]{{2}})(?=阿姨|叔叔|奶奶|爷爷|大爷|大妈)")
+_GIVEN_AFTER5 = set(_words("闺女 外孙女 外孙 孙媳 侄子 侄女 外甥女 外甥 宝宝 宝贝 孩子 小名 乳名 护士 老伴儿 姑娘 对象 "
+                           "表妹 表姐 表哥 表弟 堂妹 堂姐 堂哥 堂弟 儿媳 女婿 嫂子 弟媳 妹夫 姐夫"))
+# Given names of the 1950s-70s that are also words (建国 found a state, 卫东, 胜利 victory): names only right
+# after a kinship word (我大儿子建国在国外, 老伴建华), where the tag and POS checks would refuse them
+_WORD_GIVEN = frozenset(_words("建国 建军 建华 建设 国庆 国强 卫东 卫国 卫红 红军 胜利 跃进 援朝 向东 向阳 爱国 爱民 "
+                               "振华 振兴 兴华 和平 解放 东风 红卫 学军 文革 永红 海燕 春花 秋菊 冬梅 红梅 玉兰"))
+_GIVEN_BEFORE_RE = re.compile(rf"(?:^|(?<=[{re.escape(_LEFT_OK)}]))([\u4e00-\u9fff]{{2}})(?=阿姨|叔叔|奶奶|爷爷|大爷|大妈|妈妈|爸爸|外婆|外公|姥姥|姥爷|家长)")
 # A vocative at a line's start: a given name alone, then 你/您 (建军，你把…)
 _VOCATIVE_RE = re.compile(r"(?:^|(?<=[\n“\"]))([\u4e00-\u9fff]{2})(?=[，,]\s*[你您])")
 
@@ -1079,6 +1087,9 @@ def _address_names(text: str, free) -> list[tuple[int, int]]:
         s = m.start(1)
         # 老X/小X may be a dictionary noun (小毛, 老马) but no other part of speech, title or guard word (老师, 小麦)
         word = text[s - 1 : s + 1]
+        if text[s + 1 : s + 2] in "（(" and word[0] == "小" and _dict_tag(word) == "n" \
+                and not re.match(r"[男女\d]", text[s + 2 : s + 3]):
+            continue  # (小费（…）: before a parenthesis 小 + a noun is that noun; 老马（患者之子）, 老张（男）are people)
         if _dict_tag(word) in (None, "nr", "n") and not _guarded(text, s - 1) \
                 and word not in LABELS and word not in TITLES:
             out.append((s, s + 1))
@@ -1113,7 +1124,11 @@ def _address_names(text: str, free) -> list[tuple[int, int]]:
             # after the round-5 anchors (宝宝, 孩子, 护士 …, followed by predicates as often as by names) jieba's
             # nr is not enough: it tags 过敏 nr (宝宝过敏的食物)
             e = m.end(1)
-            tags = (None, "nrt") if m.group(0)[:-2] in _GIVEN_AFTER5 and not (
+            if cand in _WORD_GIVEN and m.group(0)[:-2] not in ("我叫", "名叫", "护士", "宝宝", "宝贝", "孩子") \
+                    and not _is_word(text[e - 1 : e + 1]):
+                out.append(m.span(1))
+                continue
+            tags = (None, "nrt", "nrfg") if m.group(0)[:-2] in _GIVEN_AFTER5 and not (
                 text[e : e + 1] in tuple(_LIST_SEP) or _VERB_RE.match(text, e)
                 or _SELF_REPORT.match(text, e)) else (None, "nr", "nrt")  # (护士秀兰、春梅; 秀兰说)
             if all(c in gc for c in cand) and cand[0] not in _NOT_GIVEN_ALONE and _dict_tag(cand) in tags \
