@@ -80,6 +80,10 @@ def test_round5_name_families(text, names):
     ("家属：老马（患者之子），已知情同意。", ["马"]),
     # operation roles listed like signatures; a weak surname there is a name too
     ("巡回护士满月，器械护士白露。", ["满月", "白露"]),
+    # a surname said with 姓, a family called by its surname, a weak surname thanked with its title
+    ("我婆婆姓笪，今年78岁，最近总说胸闷。", ["笪"]),
+    ("主任，刚才覃家的人来问了。", ["覃"]),
+    ("感谢冷医生的耐心解释！", ["冷"]),
     # pet names: soothing a child, two doubled names joined
     ("“妞妞不哭，阿姨轻轻的。”", ["妞妞"]),
     ("今天牛牛和毛毛都来复诊了。", ["牛牛", "毛毛"]),
@@ -134,7 +138,8 @@ def test_record_numbers_after_any_filing_label(text, value):
     # the recogniser's given names: eponyms, wavelets; 师姐, 大嫂 are words
     "信号可以分解成称为小波的较小部分。", "师姐，你帮我看看这个病人。", "大嫂说患者昨晚没睡。", "主刀顺利，一助良好。",
     # verdicts in rows of roles, nouns after 小, words that end in 老/小, questions after 外号
-    "送检：金华市。", "检验：阴性　复核：阴性", "结果：阴性　报告：已发", "审核：合格　签收：已签收", "资料：齐全　审核：双签",
+    "老百姓看病难。", "您贵姓？", "他姓什么？", "随母姓，", "国家医保局。", "专家门诊。", "农家人的饮食习惯比较清淡。", "万家灯火。", "谢谢向医生。",
+    "请问查医生，这个药还要吃多久？", "送检：金华市。", "检验：阴性　复核：阴性", "结果：阴性　报告：已发", "审核：合格　签收：已签收", "资料：齐全　审核：双签",
     "加上过路费和小费（总计约65美元）。", "养老金不够看病。", "他的外号是什么？", "患乙肝小三阳转氨酶高医生建议服药，结果反弹。",
     # numbers after labels that file no person
     "批号：H20240101，有效期至2026年。", "床号：12，血压正常。",

@@ -31,9 +31,11 @@ from hypnos.data.deid_names import (
     _STRONG_COMPOUND,
     _STRONG_COMPOUND_SET,
     _SURN_CHARS,
+    COMPOUND,
     LABELS,
     NOT_GIVEN,
     TITLES,
+    VERBAL_SURNAMES,
     WEAK_SURNAMES,
     _dict_tag,
     _guarded,
@@ -54,11 +56,33 @@ _CJK = "\u4e00-\u9fff"
 _ADDRESS_AFTER = ("护士长", "主任", "医生", "医师", "大夫", "教授", "护士", "院长", "老师", "师傅", "先生", "女士",
                   "小姐", "同志", "阿姨", "叔叔", "大爷", "大妈", "大娘", "大叔", "大婶", "大姐", "大哥", "奶奶",
                   "爷爷", "婆婆", "伯伯", "阿婆", "老太", "老爷子", "主管", "组长", "科长", "老板", "经理", "姐", "哥", "嫂")
-_ADDRESS_RE = re.compile(rf"(?<=[{_SURN_CHARS}])(?:" + "|".join(sorted(_ADDRESS_AFTER, key=len, reverse=True)) + ")")
+_ADDRESS_RE = re.compile(rf"(?<=[{_SURN_CHARS}{''.join(sorted(WEAK_SURNAMES - VERBAL_SURNAMES - COMPOUND))}])(?:" + "|".join(sorted(_ADDRESS_AFTER, key=len, reverse=True)) + ")")
 
 
 # what follows a title when it names a place, not a person (医生办公室, 护士站, 主任室)
 _PLACE_AFTER = re.compile("办公室|站|室|值班室|休息室|群|组|台")
+
+
+# who thanks, asks for or looks for someone by title (感谢冷医生, 麻烦冷护士): here even a weak surname is one
+_THANK_RE = re.compile(r"(?:感谢|谢谢|多谢|麻烦|找一下|请教)$")
+# a surname said as such (我姓宓, 婆婆姓笪, 患者姓张), and a family called by its surname (覃家的人来问了)
+_SURNAME_SAID = re.compile(rf"姓([{_CJK}]{{1,2}})(?=[，,。；;！!？?、\s]|$|今年|的|叫|名)")
+_FAMILY_OF = re.compile(rf"([{_SURN_CHARS}])家(?=的人|人|属|里的|那边|来人|的孩子|的老人)")
+
+
+def _said_surnames(text: str) -> list[tuple[int, int]]:
+    """A surname stated with 姓 (我姓宓, 婆婆姓笪，, 我复姓欧阳) and a family named by its surname
+    (覃家的人, 刚才韩家人来过; not 国家, 专家, 万家: words)."""
+    out = []
+    for m in _SURNAME_SAID.finditer(text):
+        sn = surname_at(text, m.start(1))
+        if sn:
+            out.append((m.start(1), m.start(1) + len(sn)))
+    for m in _FAMILY_OF.finditer(text):
+        s = m.start(1)
+        if not _is_word(text[s : s + 2]) and not (s and _is_word(text[s - 1 : s + 1])) and not _guarded(text, s):
+            out.append((s, s + 1))
+    return out
 
 
 def _bare_surnames(text: str) -> list[tuple[int, int]]:
@@ -68,7 +92,8 @@ def _bare_surnames(text: str) -> list[tuple[int, int]]:
     out = []
     for m in _ADDRESS_RE.finditer(text):
         s = m.start() - 1
-        if text[s] in WEAK_SURNAMES or _guarded(text, s) or (s and text[s - 1].isdigit()) \
+        thanked = len(m.group()) > 1 and bool(_THANK_RE.search(text, max(0, s - 3), s))
+        if (text[s] in WEAK_SURNAMES and not thanked) or _guarded(text, s) or (s and text[s - 1].isdigit()) \
                 or _PLACE_AFTER.match(text, m.end()):
             continue  # (5楼医生办公室, 3层护士站: a floor or a unit, then a place)
         if s and _CJK_RE.match(text, s - 1) and (_is_word(text[s - 1 : s + 1]) or (s > 1 and _is_word(text[s - 2 : s + 1]))):
@@ -330,7 +355,7 @@ def given_names_by_ner(text: str, free) -> list[tuple[int, int]]:
 def family_names(text: str) -> list[tuple[int, int]]:
     """The round-5 families' spans but signature rows (``signature_rows``, run first); callers check them
     against what is already claimed."""
-    out = _compound_names(text) + _bare_surnames(text) + _familiar(text)
+    out = _compound_names(text) + _said_surnames(text) + _bare_surnames(text) + _familiar(text)
     out += _pet_names(text) + _sibling_address(text)
     return out
 
