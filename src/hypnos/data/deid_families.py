@@ -22,6 +22,7 @@ Every candidate still passes the guard list (``deid_guard.txt``) and a dictionar
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from hypnos.data.deid_names import (
     _COMMON_GIVEN,
@@ -285,11 +286,16 @@ def _sibling_address(text: str) -> list[tuple[int, int]]:
 _COMPOUND_RE = re.compile("[" + "".join(sorted({c[0] for c in _STRONG_COMPOUND})) + f"](?=[{_CJK}])")
 
 
+@lru_cache(maxsize=1)
+def _compound_given() -> frozenset[str]:
+    return given_chars() | _ner_given_chars()
+
+
 def _compound_names(text: str) -> list[tuple[int, int]]:
     """A strong compound surname (上官, 端木, 皇甫) + one or two given-name characters anywhere: they are
     almost never words, so no anchor is needed, but the name must start no longer word (微生物, 长孙女)
     and be no dictionary word but a name."""
-    gc = given_chars() | _ner_given_chars()
+    gc = _compound_given()
     out = []
     for m in _COMPOUND_RE.finditer(text):
         s, g = m.start(), m.start() + 2
