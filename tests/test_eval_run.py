@@ -203,3 +203,23 @@ def test_batched_loglik_equals_one_by_one(tiny_model_dir):
     many = LocalLM(str(tiny_model_dir), batch_size=3).choice_logprobs(prompts, choices)
     for a, b in zip(one, many):
         assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_task_limits_override_limit_per_task(tiny_model_dir, tmp_path):
+    """``task_limits`` cuts one task (e.g. judged cases, a judge call each) below the stage's ``limit``."""
+    from hypnos.common.stage import ConfigError
+
+    stage = {"name": "eval", "kind": "eval", "models": {"local": str(tiny_model_dir)},
+             "tasks": ["anesthesia_mcq", "anesthesia_openqa"], "limit": 3, "task_limits": {"anesthesia_openqa": 2},
+             "max_new_tokens": 4, "contamination": False}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"name": "tl", "stages": [stage]}, allow_unicode=True), encoding="utf-8")
+    r = load_recipe(path, output_dir=tmp_path / "runs")
+    run_recipe(r)
+    res = json.loads((r.stage_dir("eval") / "results.json").read_text(encoding="utf-8"))
+    assert res["tasks"]["anesthesia_mcq"]["n"] == 3 and res["tasks"]["anesthesia_openqa"]["n"] == 2
+    assert res["settings"]["task_limits"] == {"anesthesia_openqa": 2}
+    stage["task_limits"] = {"anesthesia_cases": 1}
+    path.write_text(yaml.safe_dump({"name": "tl", "stages": [stage]}, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError, match="task_limits names 'anesthesia_cases'"):
+        run_recipe(load_recipe(path, output_dir=tmp_path / "runs2"))

@@ -63,6 +63,8 @@ class Config(StageConfig):
     """Extra folders scanned for task YAMLs."""
     limit: int | None = Field(None, ge=1)
     """First N items of every task (None: all)."""
+    task_limits: dict[str, int] = Field(default_factory=dict)
+    """Per-task ``limit`` (task name -> first N items), e.g. fewer judged cases where each costs a judge call."""
     judge: str | None = None
     """Endpoint that judges answer pairs of ``judge`` tasks."""
     pairs: list[list[str]] = Field(default_factory=list)
@@ -123,6 +125,10 @@ class Config(StageConfig):
                                 "few-shot data (fewshot_path or fewshot_split in its YAML)")
         for p in self.pairs:
             problems += [f"stage {ctx.name!r}: pair label {x!r} is not in models" for x in p if x not in self.models]
+        problems += [f"stage {ctx.name!r}: task_limits names {t!r}, not one of the stage's tasks"
+                     for t in self.task_limits if t not in self.tasks]
+        problems += [f"stage {ctx.name!r}: task_limits[{t!r}] must be >= 1, got {n}"
+                     for t, n in self.task_limits.items() if n < 1]
         if self.pairs and not self.judge:
             problems.append(f"stage {ctx.name!r}: pairs given but no judge endpoint")
         if self.judge and self.judge not in ctx.recipe.endpoints:
@@ -212,7 +218,8 @@ def _load_docs(cfg: Config, ctx: StageContext, tasks: list[Task]) -> tuple[dict[
         if t.output_type == "likert":
             docs[t.task], rejected = bias.load_scale(t.data_files()[0])["items"], {}
         else:
-            docs[t.task], report = t.load(cfg.limit, quarantine_dir=ctx.out_dir / "quarantine")
+            docs[t.task], report = t.load(cfg.task_limits.get(t.task, cfg.limit),
+                                          quarantine_dir=ctx.out_dir / "quarantine")
             rejected = report.reasons
         info[t.task] = {"output_type": t.output_type, "n": len(docs[t.task]), "private": t.private,
                         "rejected_rows": rejected, "description": t.description,
@@ -248,7 +255,8 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
             scores[t.task][label] = json.loads(_paths(ctx, t.task, label)[0].read_text(encoding="utf-8"))
 
     results = {"models": {k: v for k, v in cfg.models.items()}, "tasks": info, "scores": scores,
-               "settings": {"limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens, "decoding": _decoding(cfg),
+               "settings": {"limit": cfg.limit, "task_limits": cfg.task_limits, "max_new_tokens": cfg.max_new_tokens,
+                            "decoding": _decoding(cfg),
                             "tokenization": cfg.tokenization, "judge": cfg.judge, "chat_template": cfg.chat_template,
                             "num_fewshot": cfg.num_fewshot, "circular": cfg.circular,
                             "seed": ctx.seed, "ci": "95% percentile bootstrap over items, 1000 resamples",
