@@ -211,6 +211,35 @@ _NICKNAME = re.compile(rf"(?:小名|乳名|昵称|外号|绰号|小名儿)(?:叫
                        rf"([{_CJK}]{{1,3}})(?=[^{_CJK}“”\"]|$)")
 
 
+# 阿 + a given-name character, the southern way to call someone (我妈妈叫阿兰, 阿珍说, 阿强，你…): after a
+# naming word or a kinship word, or before what a person does or is told
+_A_NAME = re.compile(rf"(?:(?<=叫)|(?<=叫做)|(?<=名叫)|(?<=妈妈)|(?<=爸爸)|(?<=老公)|(?<=老婆)|(?<=媳妇)|(?<=我妈)|(?<=我爸)"
+                     rf"|(?:^|(?<=[\n“\"，,。]))(?=阿[{_CJK}](?:说|讲|问|你|您|，你|，您)))阿([{_CJK}])(?![{_CJK}]?阿)")
+# a mention in a chat message whose name is a given name or a nickname (@蓓蓓 明天你早班, @晓晨：)
+_AT_GIVEN = re.compile(rf"[@＠]([{_CJK}]{{2,3}})(?=[\s，,：:]|$)")
+
+
+def _a_and_at_names(text: str) -> list[tuple[int, int]]:
+    """阿 + a given-name character after a naming or kinship word or as the subject of 说/问 (阿兰, 阿珍), and a
+    chat mention of a given name (@蓓蓓 …): not 阿姨, 阿胶, 阿婆, 所有人, 全体成员 (dictionary words)."""
+    out, gc = [], given_chars()
+    for m in _A_NAME.finditer(text) if "阿" in text else ():
+        s = m.start(1) - 1
+        cand = text[s : s + 2]
+        if m.group(1) in gc and _dict_tag(cand) in (None, "nr", "nrt", "nrfg", "ns") and not _guarded(text, s) \
+                and cand not in TITLES and cand not in LABELS \
+                and not (s + 2 < len(text) and _is_word(text[s + 1 : s + 3])) and len(_longest_word(text, s)) <= 2:
+            out.append((s, s + 2))  # (阿里巴巴, 阿联酋: a longer word)
+    for m in _AT_GIVEN.finditer(text) if ("@" in text or "＠" in text) else ():
+        s, e = m.span(1)
+        cand = text[s:e]
+        if _guarded(text, s) or _dict_tag(cand) not in (None, "nr", "nrt", "nrfg"):  # (@所有人: a noun)
+            continue
+        if cand[0] == cand[1] or all(c in gc for c in cand) or surname_at(text, s):
+            out.append((s, e))
+    return out
+
+
 def _pet_names(text: str) -> list[tuple[int, int]]:
     """A doubled character (朵朵, 豆豆, 乐乐) after a child or kinship word (我闺女朵朵, 宝宝乐乐), before
     a child's age or 你 (果果今年5岁, 收到，莉莉你…), or as a vocative at a line's start (朵朵，把药吃了);
@@ -362,7 +391,7 @@ def family_names(text: str) -> list[tuple[int, int]]:
     """The round-5 families' spans but signature rows (``signature_rows``, run first); callers check them
     against what is already claimed."""
     out = _compound_names(text) + _said_surnames(text) + _bare_surnames(text) + _familiar(text)
-    out += _pet_names(text) + _sibling_address(text)
+    out += _pet_names(text) + _sibling_address(text) + _a_and_at_names(text)
     return out
 
 
