@@ -148,6 +148,7 @@ _SIGN_ROLES = ("处方医师", "开方医师", "医师", "药师", "审核者", 
                "主刀", "一助", "二助", "三助", "主麻", "副麻", "巡回护士", "器械护士", "洗手护士", "麻醉医师", "巡回", "器械")
 _SIGN_RE = re.compile("(?:" + "|".join(sorted(_SIGN_ROLES, key=len, reverse=True)) + r")(?:\s*[：:])?[\s_　]*")
 _SIGN_VALUE = re.compile(rf"[{_CJK}]{{2,4}}")
+_ROW_GAP = re.compile(r"[\s，,；;、/|　]*")
 _TIME_VALUES = {"明天", "明日", "明早", "明晚", "后天", "时候", "当天", "当日"}
 # jieba's tags a name in a signature row may have: none (most names), a name, a place, a proper noun, or a time
 # word (冷月, 满月, 秋月); not a common noun, verb, adjective or adverb (阴性, 合格, 通过, 完整, 明确)
@@ -161,16 +162,22 @@ def signature_rows(text: str) -> list[tuple[int, int]]:
     not a verb, adverb or adjective after a weak surname (审核：通过, 核对：查对无误)."""
     marks = list(_SIGN_RE.finditer(text))
     if len(marks) < 2:
-        return []
-    pairs = []
+        return []  # (a fast exit: a row needs two labels)
+    # each label's value, and whether the next label follows right after it (only spaces or separators
+    # between): a row is a chain of such pairs (核对人、调配人应当拒绝发药 is running text, however many
+    # role words a long text holds)
+    values, linked = [], []
     for k, m in enumerate(marks):
         stop = marks[k + 1].start() if k + 1 < len(marks) else len(text)
         v = _SIGN_VALUE.match(text, m.end(), stop)
         if not v or (v.end() < stop and _CJK_RE.match(text, v.end())):
-            continue  # the value runs on (医师建议患者…): running text, no field
-        pairs.append(v.span())
-    if len(pairs) < 2:
-        return []
+            values.append(None)  # the value runs on (医师建议患者…): running text, no field
+            linked.append(False)
+            continue
+        values.append(v.span())
+        linked.append(k + 1 < len(marks) and bool(_ROW_GAP.fullmatch(text, v.end(), stop)))
+    pairs = [values[k] for k in range(len(marks)) if values[k] and (
+        (linked[k] and values[k + 1]) or (k and linked[k - 1] and values[k - 1]))]
     out, gc = [], given_chars()
     for s, e in pairs:
         sn = surname_at(text, s)
@@ -233,8 +240,9 @@ def _a_and_at_names(text: str) -> list[tuple[int, int]]:
     for m in _AT_GIVEN.finditer(text) if ("@" in text or "＠" in text) else ():
         s, e = m.span(1)
         cand = text[s:e]
-        if _guarded(text, s) or _dict_tag(cand) not in (None, "nr", "nrt", "nrfg"):  # (@所有人: a noun)
-            continue
+        if _guarded(text, s) or _dict_tag(cand) not in (None, "nr", "nrt", "nrfg") \
+                or (len(cand) == 3 and (_is_word(cand[:2]) or _is_word(cand[1:]))):
+            continue  # (@所有人: a noun; ＠危重型： a bullet before a word)
         if cand[0] == cand[1] or all(c in gc for c in cand) or surname_at(text, s):
             out.append((s, e))
     return out
