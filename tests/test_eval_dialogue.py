@@ -97,3 +97,21 @@ def test_anti_repetition_decoding_is_applied_and_changes_a_looping_answer(family
     cfg = Config(models={"m": "x"}, tasks=["anesthesia_openqa"], no_repeat_ngram_size=3)
     assert _decoding(cfg) == "greedy (no_repeat_ngram_size 3; every local model alike)"
     assert _decoding(Config(models={"m": "x"}, tasks=["anesthesia_openqa"])) == "greedy"
+
+
+def test_bf16_generation_is_stated_and_runs_under_autocast(tiny_model_dir):
+    """Open answers under bf16 autocast (a CPU that multiplies bf16): text comes back, the report says so."""
+    import torch
+
+    from hypnos.eval.backends import LocalLM
+    from hypnos.eval.run import Config, _decoding
+
+    lm = LocalLM(str(tiny_model_dir), batch_size=2, bf16_generate=True)
+    seen = []
+    hook = lm.model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    out = lm.generate(["麻醉前为什么要禁食？", "术后恶心怎么办？"], 6)
+    hook.remove()
+    assert len(out) == 2 and all(isinstance(t, str) for t in out) and set(seen) == {torch.bfloat16}
+    cfg = Config(models={"m": "x"}, tasks=["anesthesia_openqa"], repetition_penalty=1.2, precision="bf16")
+    assert _decoding(cfg) == "greedy (repetition_penalty 1.2, bf16 autocast; every local model alike)"
+    assert "bf16" not in _decoding(Config(models={"m": "x"}, tasks=["anesthesia_openqa"], precision="fp32"))

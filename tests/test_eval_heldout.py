@@ -61,6 +61,10 @@ def test_item_bits_match_the_tokenizer_analysis_and_do_not_depend_on_batching(ti
     items = load_items([ONLINE], "text", 5, max_chars=80)
     one = item_bits(model, tok, items, batch_size=1)
     np.testing.assert_allclose(item_bits(model, tok, items, batch_size=5), one, rtol=1e-4)
+    # batches are formed by length: each text's bits must still land on that text (longest first here)
+    varied = [Item(it.id, it.context, it.target[: 80 - 12 * k]) for k, it in enumerate(items)]
+    alone = [item_bits(model, tok, [it])[0] for it in varied]
+    np.testing.assert_allclose(item_bits(model, tok, varied, batch_size=2), alone, rtol=1e-4)
     chars = item_chars(items)
     assert one.sum() / chars.sum() == pytest.approx(analysis_bpc(model, tok, [it.target for it in items]), rel=1e-4)
 
@@ -109,3 +113,14 @@ def test_cli_prints_models_and_a_paired_ci(tiny_model_dir, uniform_dir, tmp_path
     assert r["pairs"][0]["a"] == "uniform" and "paired 95% CI" in res.output
     bad = CliRunner().invoke(app, ["heldout", str(ONLINE), "-m", f"tiny={tiny_model_dir}", "--pair", "tiny,nope"])
     assert bad.exit_code != 0 and "no model named 'nope'" in bad.output
+
+
+def test_bf16_autocast_is_close_to_fp32_and_stated(tiny_model_dir):
+    """bf16 autocast (fp32 weights) is a faster reading of the same model: within 1% of fp32, and said so."""
+    from hypnos.eval.heldout import evaluate
+
+    res = {p: evaluate({"a": tiny_model_dir}, [ONLINE], "answer", 12, 80, precision=p) for p in ("fp32", "bf16")}
+    assert res["fp32"]["settings"]["precision"] == "fp32"
+    assert res["bf16"]["settings"]["precision"] == "bf16 autocast"
+    fp, bf = (res[p]["models"]["a"]["bits_per_char"] for p in ("fp32", "bf16"))
+    assert fp != bf and bf == pytest.approx(fp, rel=0.01)

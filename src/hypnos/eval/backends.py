@@ -38,6 +38,7 @@ class LocalLM:
         chat_template: wrap prompts in the tokenizer's chat template (when it has one).
         repetition_penalty: HF ``generate``'s penalty on tokens already in the prompt or answer (1.0: off).
         no_repeat_ngram_size: HF ``generate`` never repeats an n-gram of this many tokens (0: off).
+        bf16_generate: open answers generated under bf16 autocast (fp32 weights); log-likelihoods stay fp32.
     """
 
     ref: str
@@ -45,6 +46,7 @@ class LocalLM:
     chat_template: bool = True
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    bf16_generate: bool = False
     model: Any = field(init=False, repr=False)
     tok: Any = field(init=False, repr=False)
 
@@ -179,7 +181,8 @@ class LocalLM:
         progress = bar(len(prompts), desc=desc or f"generate {self.ref}", unit="prompt")
         for idx in self._batches(prompts):
             batch = self._encode([prompts[i] for i in idx])
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast(self.model.device.type, dtype=torch.bfloat16,
+                                                        enabled=self.bf16_generate):
                 ids = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                           pad_token_id=self.tok.pad_token_id, **self.decoding())
             new = ids[:, batch["input_ids"].shape[1]:]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Mode = Literal["text", "answer"]
+Precision = Literal["auto", "fp32", "bf16"]
 N_BOOT = 2000
 
 
@@ -113,8 +114,11 @@ def item_bits(model: PreTrainedModel, tok: PreTrainedTokenizerBase, items: list[
     seqs = [([start, *c, *t], 1 + len(c)) for c, t in zip(ctx_ids, tgt_ids)]
     out = np.zeros(len(items))
     model.eval()
+    # batches of similar length: less padding, same bits (padding is masked and never scored)
+    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k][0]))
     for i in range(0, len(seqs), batch_size):
-        batch = seqs[i : i + batch_size]
+        rows = order[i : i + batch_size]
+        batch = [seqs[k] for k in rows]
         width = max(len(s) for s, _ in batch)
         ids = torch.tensor([s + [start] * (width - len(s)) for s, _ in batch], device=model.device)
         # score only target tokens: position p predicts token p+1, which is a target token when p+1 >= first
@@ -124,7 +128,7 @@ def item_bits(model: PreTrainedModel, tok: PreTrainedTokenizerBase, items: list[
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        out[i : i + len(batch)] = ((nll * score).sum(1) / math.log(2)).cpu().numpy()
+        out[rows] = ((nll * score).sum(1) / math.log(2)).cpu().numpy()
     return out
 
 
@@ -161,10 +165,23 @@ def paired_difference(bits_a: np.ndarray, bits_b: np.ndarray, chars: np.ndarray,
             "texts": len(c)}
 
 
+def use_bf16(precision: Precision) -> bool:
+    """Whether ``precision`` means bf16 autocast on this machine."""
+    if precision == "auto":
+        from hypnos.train.common import mixed_precision_bf16
+
+        return mixed_precision_bf16()
+    return precision == "bf16"
+
+
 def evaluate(models: dict[str, str | Path], paths: list[str | Path], mode: Mode = "text",
              max_texts: int | None = 200, max_chars: int = 300, pairs: list[tuple[str, str]] = (),
-             seed: int = 0) -> dict:
+             seed: int = 0, precision: Precision = "fp32") -> dict:
     """Bits/char of every model on the held-out files, and paired differences for ``pairs`` (A, B).
+
+    ``precision``: ``fp32``, or ``bf16`` autocast over fp32 weights (2-3x faster on a CPU that multiplies bf16;
+    measured on 63 demo texts: bits/char within 0.001 of fp32 overall, 0.014 per text at most), or ``auto``
+    (bf16 where the hardware has it, as training does: ``hypnos.train.common.mixed_precision_bf16``).
 
     Returns:
         ``{"settings", "models": {name: {...bits_per_char...}}, "pairs": [{"a", "b", "difference", "ci"}],
@@ -183,19 +200,21 @@ def evaluate(models: dict[str, str | Path], paths: list[str | Path], mode: Mode 
     if not items:
         raise DataError(", ".join(map(str, paths)), None, "no held-out text to score")
     chars = item_chars(items)
+    bf16 = use_bf16(precision)
     per_text, summary = {}, {}
     for name, ref in models.items():
         d = resolve_model(ref)
         tok = AutoTokenizer.from_pretrained(d)
         model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
-        bits = item_bits(model, tok, items)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            bits = item_bits(model, tok, items)
         n_tok = sum(len(x) for x in tok([it.target for it in items], add_special_tokens=False)["input_ids"])
         per_text[name] = bits
         summary[name] = {**bits_per_char(bits, chars, seed), "tokens_per_char": n_tok / chars.sum()}
         del model
     out_pairs = [{"a": a, "b": b, **paired_difference(per_text[a], per_text[b], chars, seed)} for a, b in pairs]
     return {"settings": {"files": [str(p) for p in paths], "mode": mode, "max_texts": max_texts,
-                         "max_chars": max_chars, "seed": seed},
+                         "max_chars": max_chars, "seed": seed, "precision": "bf16 autocast" if bf16 else "fp32"},
             "models": summary, "pairs": out_pairs, "ids": [it.id for it in items], "chars": chars.tolist(),
             "per_text": {k: v.tolist() for k, v in per_text.items()}}
 
