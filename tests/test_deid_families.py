@@ -89,6 +89,9 @@ def test_round5_name_families(text, names):
     ("我妈妈叫阿兰，今年六十了。", ["阿兰"]),
     ("阿珍说她不想住院。", ["阿珍"]),
     ("@蓓蓓 明天你早班。", ["蓓蓓"]),
+    # roles ending in 医师/医生 listed with separators: a row of names, ordinary words included
+    ("麻醉医师高峰，手术医师江河。", ["高峰", "江河"]),
+    ("经治医生夏雨，上级医师秦川。", ["夏雨", "秦川"]),
     # pet names: soothing a child, two doubled names joined
     ("“妞妞不哭，阿姨轻轻的。”", ["妞妞"]),
     ("今天牛牛和毛毛都来复诊了。", ["牛牛", "毛毛"]),
@@ -144,7 +147,7 @@ def test_record_numbers_after_any_filing_label(text, value):
     "信号可以分解成称为小波的较小部分。", "师姐，你帮我看看这个病人。", "大嫂说患者昨晚没睡。", "主刀顺利，一助良好。",
     # verdicts in rows of roles, nouns after 小, words that end in 老/小, questions after 外号
     "老百姓看病难。", "您贵姓？", "他姓什么？", "随母姓，", "国家医保局。", "专家门诊。", "农家人的饮食习惯比较清淡。", "万家灯火。", "谢谢向医生。",
-    "请问查医生，这个药还要吃多久？", "送检：金华市。",
+    "请问查医生，这个药还要吃多久？", "送检：金华市。", "医生：多喝水，护士：按时吃药。", "药师：暂无。下次审核：周一", "药师：暂无。送检：金华市", "我同学小时候得过肺炎。",
     # role words in regulations: no row (each value runs on or stands alone)
     "进行审方和调剂。处方的调配人、核对人应当拒绝发药。", "包括标准复核和样品检验。新药上市应当进行样品检验和标准复核。",
     "我爸爸在阿里巴巴上班。", "名叫阿联酋航空的公司。", "我妈妈阿胶吃了一年。", "叫阿姨过来。", "阿司匹林每天一片。",

@@ -33,6 +33,7 @@ from hypnos.data.deid_names import (
     _STRONG_COMPOUND_SET,
     _SURN_CHARS,
     COMPOUND,
+    DAY_WORDS,
     LABELS,
     NOT_GIVEN,
     TITLES,
@@ -145,11 +146,13 @@ _SIGN_ROLES = ("处方医师", "开方医师", "医师", "药师", "审核者", 
                "检验", "报告者", "报告人", "检查者", "记录者", "记录人", "采样者", "采样", "送检者", "送检", "接收者",
                "签收", "执行者", "执行人", "操作者", "制单", "录入", "打印",
                # the operation team, listed the same way (主刀X，一助X; 巡回护士X，器械护士X)
-               "主刀", "一助", "二助", "三助", "主麻", "副麻", "巡回护士", "器械护士", "洗手护士", "麻醉医师", "巡回", "器械")
+               "主刀", "一助", "二助", "三助", "主麻", "副麻", "巡回护士", "器械护士", "洗手护士", "麻醉医师", "巡回", "器械",
+               "医生", "护士", "护师", "技师")
 _SIGN_RE = re.compile("(?:" + "|".join(sorted(_SIGN_ROLES, key=len, reverse=True)) + r")(?:\s*[：:])?[\s_　]*")
 _SIGN_VALUE = re.compile(rf"[{_CJK}]{{2,4}}")
 _ROW_GAP = re.compile(r"[\s，,；;、/|　]*")
-_TIME_VALUES = {"明天", "明日", "明早", "明晚", "后天", "时候", "当天", "当日"}
+_ROW_GAP_HEAD = re.compile(rf"[\s，,；;、/|　]+[{_CJK}]{{1,4}}")
+_TITLE_ROLES = ("医师", "医生", "护士", "护师", "药师", "技师")
 # jieba's tags a name in a signature row may have: none (most names), a name, a place, a proper noun, or a time
 # word (冷月, 满月, 秋月); not a common noun, verb, adjective or adverb (阴性, 合格, 通过, 完整, 明确)
 _SIGN_VALUE_TAGS = (None, "nr", "nrt", "nrfg", "nz", "ns", "t")
@@ -175,14 +178,17 @@ def signature_rows(text: str) -> list[tuple[int, int]]:
             linked.append(False)
             continue
         values.append(v.span())
-        linked.append(k + 1 < len(marks) and bool(_ROW_GAP.fullmatch(text, v.end(), stop)))
+        linked.append(k + 1 < len(marks) and bool(
+            _ROW_GAP.fullmatch(text, v.end(), stop)
+            # (麻醉医师高峰，手术医师江河: a separator, then the head of the next role ending in 医师/医生/护士)
+            or (marks[k + 1].group().startswith(_TITLE_ROLES) and _ROW_GAP_HEAD.fullmatch(text, v.end(), stop))))
     pairs = [values[k] for k in range(len(marks)) if values[k] and (
         (linked[k] and values[k + 1]) or (k and linked[k - 1] and values[k - 1]))]
     out, gc = [], given_chars()
     for s, e in pairs:
         sn = surname_at(text, s)
         value = text[s:e]
-        if _guarded(text, s) or value in guard_words() or value in _TIME_VALUES:
+        if _guarded(text, s) or value in guard_words() or value in DAY_WORDS:
             continue
         tag = _dict_tag(value)
         if not sn:
@@ -206,7 +212,7 @@ _CHILD_WORDS = ("闺女", "女儿", "儿子", "孙子", "孙女", "外孙女", "
                 "侄女", "外甥女", "外甥", "患儿", "小朋友", "大宝", "二宝", "老大", "老二", "我家", "小家伙", "娃")
 _PET_LEFT = re.compile("(?:" + "|".join(sorted(_CHILD_WORDS, key=len, reverse=True)) + r")(?P<naming>名叫|叫做|叫|是)?\s*$")
 _DOUBLED = re.compile(rf"([{_CJK}])\1")
-_PET_XIAO = re.compile("(?:" + "|".join(sorted((*_CHILD_WORDS, "护士"), key=len, reverse=True))
+_PET_XIAO = re.compile("(?:" + "|".join(sorted((*_CHILD_WORDS, "护士", "朋友", "同学", "同事", "闺蜜"), key=len, reverse=True))
                        + rf")(?:名叫|叫做|叫|是)?(小[{_CJK}])")
 # what follows a child's name (朵朵今年3岁, 乐乐八个月大, 果果你…)
 _PET_RIGHT = re.compile(r"今年|[\d一二三四五六七八九十两]+(?:岁|个月|周|天)|出生|刚满|满月|你|您")

@@ -513,6 +513,8 @@ _ADMISSION_HEAD = re.compile(r"因(?!此|而|为)|于(?=[\d今昨前近半本我
 _NAME_LIKE_TAGS = (None, "nr", "nrt", "nrfg", "n", "nz", "ns")
 _PROPER_OR_NONE = (None, "nr", "nrt", "nrfg", "nz", "ns")
 # ... and tags no name has, whatever encloses it
+# Days a field may hold (审核：周一, 复查：明天): jieba calls them time words, like some names (冷月, 满月)
+DAY_WORDS = frozenset(_words("周一 周二 周三 周四 周五 周六 周日 周末 今天 明天 昨天 后天 今日 明日 次日 当天 当日 明早 明晚 时候"))
 _VERB_LIKE = ("v", "vn", "vd", "d", "ad", "c", "p")
 _NOT_NAME_TAGS = ("d", "m", "mq", "p", "c", "r", "f", "q", "u", "ad", "vd", "zg", "y", "e", "o")
 
@@ -733,6 +735,8 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             n = 0  # 医生：首先要…: a dialogue turn
         if n and _dict_tag(text[m.end() : m.end() + n]) in _VERB_LIKE and surname_at(text, m.end(), weak_ok=False) == "":
             n = 0  # 审核：通过, 核对：查对: a weak surname heading a verb is the field's verdict, no name
+        if n and text[m.end() : m.end() + n] in DAY_WORDS:
+            n = 0  # 审核：周一: a day
         if n:
             add(m.end(), m.end() + n)
     for m in _TITLE_RE.finditer(text):
