@@ -150,6 +150,7 @@ _SIGN_ROLES = ("处方医师", "开方医师", "医师", "药师", "审核者", 
                "医生", "护士", "护师", "技师")
 _SIGN_RE = re.compile("(?:" + "|".join(sorted(_SIGN_ROLES, key=len, reverse=True)) + r")(?:\s*[：:])?[\s_　]*")
 _SIGN_VALUE = re.compile(rf"[{_CJK}]{{2,4}}")
+_CONJ = set("和与及或跟同")
 _ROW_GAP = re.compile(r"[\s，,；;、/|　]*")
 _ROW_GAP_HEAD = re.compile(rf"[\s，,；;、/|　]+[{_CJK}]{{1,4}}")
 _TITLE_ROLES = ("医师", "医生", "护士", "护师", "药师", "技师")
@@ -188,8 +189,8 @@ def signature_rows(text: str) -> list[tuple[int, int]]:
     for s, e in pairs:
         sn = surname_at(text, s)
         value = text[s:e]
-        if _guarded(text, s) or value in guard_words() or value in DAY_WORDS:
-            continue
+        if _guarded(text, s) or value in guard_words() or value in DAY_WORDS or value[0] in _CONJ:
+            continue  # (专业医生|和心理|医生: a coordination, no row)
         tag = _dict_tag(value)
         if not sn:
             # a given name alone (核对：春华): two given-name characters that jieba has as a name or not at all
