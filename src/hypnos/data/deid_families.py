@@ -233,6 +233,33 @@ _A_NAME = re.compile(rf"(?:(?<=叫)|(?<=叫做)|(?<=名叫)|(?<=妈妈)|(?<=爸�
 _AT_GIVEN = re.compile(rf"[@＠]([{_CJK}]{{2,3}})(?=[\s，,：:]|$)")
 
 
+# a surname + 一 + a given-name character (刘一诺, 王一鸣, 张一凡: common in children born since 2010, but 一 is a
+# number everywhere else)
+_YI_NAME = re.compile(rf"([{_SURN_CHARS}])一([{_CJK}])")
+# a given name alone opening a quotation, then what one says when looking for someone (“秀芝呢，…”, “建华啊”)
+_QUOTED_CALL = re.compile(rf"(?<=[“\"「])([{_CJK}]{{2}})(?=呢|啊|呀|在哪|怎么|，[^，。”\"]{{0,6}}[你您])")
+
+
+def _yi_and_quoted_names(text: str) -> list[tuple[int, int]]:
+    """刘一诺-style names: a strong surname that makes no word with 一 (万一, 统一) or with its left side, and
+    一 + a given-name character that is no dictionary word (一次, 一般, 一天 are) and makes no word with what
+    follows (高一|学生: 学生). And a given name alone that opens a quotation and calls someone (“秀芝呢，…”)."""
+    out, gc = [], given_chars()
+    for m in _YI_NAME.finditer(text) if "一" in text else ():
+        s, x = m.start(1), m.start(2)
+        if text[x] not in gc or text[x] in _NOT_GIVEN_ALONE or _dict_tag(text[x - 1 : x + 1]) is not None \
+                or _is_word(text[s : s + 2]) or (s and _is_word(text[s - 1 : s + 1])) or _is_word(text[x : x + 2]) \
+                or _guarded(text, s):
+            continue
+        out.append((s, x + 1))
+    for m in _QUOTED_CALL.finditer(text) if ("“" in text or '"' in text or "「" in text) else ():
+        cand = m.group(1)
+        if all(c in gc for c in cand) and _dict_tag(cand) in (None, "nr", "nrt", "nrfg", "nz", "ns") \
+                and cand not in LABELS and not _guarded(text, m.start(1)):  # (“钥匙呢: a noun; “宝宝呢: jieba's nr)
+            out.append(m.span(1))
+    return out
+
+
 def _a_and_at_names(text: str) -> list[tuple[int, int]]:
     """阿 + a given-name character after a naming or kinship word or as the subject of 说/问 (阿兰, 阿珍), and a
     chat mention of a given name (@蓓蓓 …): not 阿姨, 阿胶, 阿婆, 所有人, 全体成员 (dictionary words)."""
@@ -406,7 +433,7 @@ def family_names(text: str) -> list[tuple[int, int]]:
     """The round-5 families' spans but signature rows (``signature_rows``, run first); callers check them
     against what is already claimed."""
     out = _compound_names(text) + _said_surnames(text) + _bare_surnames(text) + _familiar(text)
-    out += _pet_names(text) + _sibling_address(text) + _a_and_at_names(text)
+    out += _pet_names(text) + _sibling_address(text) + _a_and_at_names(text) + _yi_and_quoted_names(text)
     return out
 
 

@@ -807,6 +807,17 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     for s, e in _name_like(text, free):
         add(s, e)
     _extend_lists(text, spans, free)
+    # (round 5) a name found once is a name wherever else it stands in the same text (“秀芝呢，秀芝怎么还不来”:
+    # the second has no anchor); two characters at least, so a bare surname never spreads
+    for name in {text[s:e] for s, e in spans if e - s >= 2}:
+        start = text.find(name)
+        while start >= 0:
+            end = start + len(name)
+            # not where it is the head of a longer word or a drug (索拉非|尼, 高乐高 is guarded) or cut a word
+            if free(start, end) and len(_longest_word(text, start)) <= len(name) and text[end : end + 1] not in _TRANSLIT \
+                    and not _is_word(text[end - 1 : end + 1]) and _acceptable(text, start, len(name), strong=True):
+                spans.append((start, end))
+            start = text.find(name, end)
     return sorted(spans)
 
 
