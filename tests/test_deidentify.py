@@ -309,7 +309,7 @@ SEEN_PARTS = ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", 
 # Name bars below 0.99 where a seen part still has misses after its round (the regression figure minus a small
 # margin): part 6 105/109 = 0.963 after round 4b (first look 0.761), part 7 101/102 = 0.990 (first look 0.814).
 # Part 8 (first look 113/130 = 0.869, records 7/9) is seen since round 5: 130/130, records 9/9.
-NAME_BARS = {"heldout6": 0.95, "heldout7": 0.98}
+NAME_BARS = {"heldout7": 0.98}  # part 6 is at 109/109 since round 5 (秀芝 ×2 and 刘一诺 as families), on the default bar
 
 
 def test_meets_the_bar_on_every_part_and_keeps_clean_sentences():

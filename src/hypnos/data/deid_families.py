@@ -25,6 +25,7 @@ import re
 from functools import lru_cache
 
 from hypnos.data.deid_names import (
+    _CHAT_ADDRESS,
     _COMMON_GIVEN,
     _NOT_GIVEN_ALONE,
     _NOT_PERSON_AFTER,
@@ -274,7 +275,7 @@ def _a_and_at_names(text: str) -> list[tuple[int, int]]:
     for m in _AT_GIVEN.finditer(text) if ("@" in text or "＠" in text) else ():
         s, e = m.span(1)
         cand = text[s:e]
-        if _guarded(text, s) or _dict_tag(cand) not in (None, "nr", "nrt", "nrfg") \
+        if _guarded(text, s) or cand in LABELS or cand in _CHAT_ADDRESS or _dict_tag(cand) not in (None, "nr", "nrt", "nrfg") \
                 or (len(cand) == 3 and (_is_word(cand[:2]) or _is_word(cand[1:]))):
             continue  # (@所有人: a noun; ＠危重型： a bullet before a word)
         if cand[0] == cand[1] or all(c in gc for c in cand) or surname_at(text, s):

@@ -138,6 +138,8 @@ _NAMING = ("我叫", "名叫")
 _NAMING_RE = re.compile(r"(?:孩子|宝宝|小孩|他|她|[，,]\s*)(?:名字|姓名)?(?:名叫|叫做|叫)\s*")
 # A mention in a chat message (@钱多多 你好)
 _AT_RE = re.compile(r"[@＠]")
+# what a chat calls anyone (@宝宝, @帅哥, @小可爱): jieba tags some of them nr
+_CHAT_ADDRESS = frozenset(("帅哥", "美女", "小可爱", "宝妈", "宝爸", "亲亲", "老铁", "小伙伴"))
 # Where a field's value ends (证人：宁静  与患者关系, 姓名：平安，男): an ordinary word after a field label
 # is a name only if one of these follows it (医生：平时宝宝…, 患者：明天去… are dialogue turns).
 _FIELD_END = re.compile(r"\s*$|\s{2,}|\s*[（(）)、/_]|\s*[，,；;。]\s*(?:[男女]|性别|年龄|电话|联系|与患者|\d|$|[^，,；;。\s]{1,8}[：:])"
@@ -719,7 +721,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     for m in _AT_RE.finditer(text):  # @钱多多 你好: a mention in a chat message
         n = name_after(text, m.end(), strong=True, anchored=True)
         if n and (m.end() + n == len(text) or not "\u4e00" <= text[m.end() + n] <= "\u9fff") \
-                and not _wordy(text, m.end(), n):  # (＠霍乱: a bullet before a word)
+                and not _wordy(text, m.end(), n) and text[m.end() : m.end() + n] not in _CHAT_ADDRESS:  # (＠霍乱, @帅哥)
             add(m.end(), m.end() + n)
     for m in _NAMING_RE.finditer(text):  # 孩子叫覃浩然, …的病人，叫秦淑芬
         n = _named(text, m.end(), name_after(text, m.end(), strong=True, anchored=True))
