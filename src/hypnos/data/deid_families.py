@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from hypnos.data.deid_address import _SURN_CHARS, _pos_tokens
 from hypnos.data.deid_names import (
     _CHAT_ADDRESS,
     _COMMON_GIVEN,
@@ -32,7 +33,6 @@ from hypnos.data.deid_names import (
     _SENTENCE_END,
     _STRONG_COMPOUND,
     _STRONG_COMPOUND_SET,
-    _SURN_CHARS,
     COMPOUND,
     DAY_WORDS,
     LABELS,
@@ -45,7 +45,6 @@ from hypnos.data.deid_names import (
     _is_word,
     _longest_word,
     _ner_given_chars,
-    _pos_tokens,
     given_chars,
     guard_words,
     surname_at,
