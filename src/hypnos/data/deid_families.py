@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from hypnos.data.deid_address import _SURN_CHARS, _pos_tokens
+from hypnos.data.deid_address import _SURN_CHARS, _WORD_GIVEN, _pos_tokens
 from hypnos.data.deid_names import (
     _CHAT_ADDRESS,
     _COMMON_GIVEN,
@@ -224,6 +224,9 @@ _SOOTHE = re.compile("不哭|不怕|别哭|别怕|乖|快|来|过来|听话|张�
 _NICKNAME = re.compile(rf"(?:小名|乳名|昵称|外号|绰号|小名儿)(?:叫做|叫|是|为)?\s*[：:]?\s*(?![叫是为]|什么|啥|多少|哪)"
                        rf"([{_CJK}]{{1,3}})(?=[^{_CJK}“”\"]|$)")
 
+# (round 6) a child's milk name in quotation marks (小名"豆豆", 乳名“安安”): a name whatever the word; nicknames
+# in quotes stay (昵称为“传奇”: a nickname of a grown-up is seldom a name)
+_MILK_NAME_QUOTED = re.compile(rf"(?:小名儿|小名|乳名)(?:叫做|叫|是|为)?\s*[：:]?\s*[“\"「‘']([{_CJK}]{{1,3}})[”\"」’']")
 
 # 阿 + a given-name character, the southern way to call someone (我妈妈叫阿兰, 阿珍说, 阿强，你…): after a
 # naming word or a kinship word, or before what a person does or is told
@@ -320,13 +323,18 @@ def _pet_names(text: str) -> list[tuple[int, int]]:
     for m in _NICKNAME.finditer(text):
         if not _guarded(text, m.start(1)):
             out.append(m.span(1))
+    for m in _MILK_NAME_QUOTED.finditer(text) if "名" in text else ():  # (round 6) 小名"豆豆"
+        if not _guarded(text, m.start(1)):
+            out.append(m.span(1))
     return out
 
 
 # ---- given and full names before 姐/哥 ------------------------------------------------------------------
 
 _SIB_ADDRESS = re.compile(rf"(?:^|(?<=[，,。；;：:！!？?（(\"“‘'、\n \t　@＠跟和与同让叫找问给请谢向]))([{_CJK}]{{2,3}})"
-                          r"(?=(?:姐姐|哥哥|姐|哥)(?:[，,！!：:。]|那边|说|你|您|$))")
+                          r"(?=(?:姐姐|哥哥|姐|哥)(?:[，,！!：:。]|那边|说|你|您|$"
+                          # (round 6) what the person did or does for one (谢谢俊辉哥帮忙顶班, 晓梅姐替我…)
+                          r"|帮|替|给|陪|带|也|又|都|一直|刚才|今天|昨天|明天))")
 
 
 def _sibling_address(text: str) -> list[tuple[int, int]]:
@@ -438,3 +446,156 @@ def family_names(text: str) -> list[tuple[int, int]]:
 
 
 
+
+
+# ---- round 6: rosters, attendee lists, name (role) lists, person labels, handles ---------------------------
+
+# What a duty roster or a schedule lists people under (值班表：周一X、周二Y, 白班X 夜班Y, 一线：X  二线：Y): a
+# chain of two or more such labels, each right after the previous label's short value, is a row of names
+_ROSTER_LABELS = ("周一", "周二", "周三", "周四", "周五", "周六", "周日", "周天", "星期一", "星期二", "星期三", "星期四",
+                  "星期五", "星期六", "星期日", "星期天", "早班", "白班", "中班", "晚班", "夜班", "大夜", "小夜", "前夜",
+                  "后夜", "听班", "备班", "一线", "二线", "三线", "总值班", "主班", "辅班", "治疗班", "办公班")
+_ROSTER_RE = re.compile("(?:" + "|".join(sorted(_ROSTER_LABELS, key=len, reverse=True)) + r")(?:\s*[：:])?\s*")
+# who takes part, keeps the minutes or writes: a field whose value is one name or a list of names (参加人员：X Y Z,
+# 会议纪要整理：X, 主持人：X)
+_LIST_LABEL_RE = re.compile(r"(?:参加人员|参会人员|出席人员|与会人员|到会人员|参与人员|讨论人员|参加讨论人员|列席人员|"
+                            r"参加者|参会者|出席者|与会者|人员名单|名单|成员|组员|整理人|整理|执笔人|执笔|撰写人|撰写|"
+                            r"起草人|起草|主持人|主持|主讲人|主讲|汇报人|汇总人|讲者|授课人|授课)\s*[：:]\s*")
+_LIST_ITEM = re.compile(rf"[{_CJK}]{{2,4}}")
+_LIST_SEP = re.compile(r"[ 　\t]+|\s*[、，,/]\s*")
+# tags an ordinary word has that a name written in a list never has: verbs, adverbs, function words, numbers
+_NOT_NAME_TAGS = ("v", "vd", "vn", "d", "ad", "p", "c", "u", "m", "q", "r", "f", "l", "i")
+# a role or a kin relation in parentheses right after a name (林海（主麻）, 揭海涛（患者之子）)
+_PAREN_ROLE = ("主刀", "一助", "二助", "三助", "主麻", "副麻", "巡回", "器械", "洗手", "记录", "记录者", "主持", "主讲",
+               "主任医师", "副主任医师", "主治医师", "住院医师", "规培医师", "进修医师", "实习医师", "护士长", "护士", "护师",
+               "医师", "医生", "药师", "技师", "组长", "组员", "家属", "本人", "代签", "见证人", "监护人", "委托人")
+_PAREN_KIN = r"(?:患者|病人|患儿)?之?(?:长|次|幼|大|二|小)?(?:子|女|夫|妻|父|母|孙|孙女|兄|弟|姐|妹|儿子|女儿|丈夫|妻子|父亲|母亲|儿媳|女婿|侄子|侄女)"
+_NAME_ROLE_RE = re.compile(rf"(?:^|(?<=[：:、，,；;\s]))([{_CJK}]{{2,4}}?)(?=[（(](?:"
+                           + "|".join(sorted(_PAREN_ROLE, key=len, reverse=True)) + "|" + _PAREN_KIN + r")[)）])")
+_SIGN_ROLE_ITEM = re.compile(r"(?<=[、，,；;])\s*(?:" + "|".join(sorted(_SIGN_ROLES, key=len, reverse=True))
+                             + rf")([{_CJK}]{{2,3}})(?=[、，,；;。\s]|$)")
+# a person word, then a name that may be an ordinary word (实习同学夏天记录, 其女高洁表示理解, 进修人员向阳、方圆):
+# a name when what a person does or a list follows
+_PERSON_LEFT = re.compile(r"(?:实习同学|实习生|实习医生|进修医生|进修医师|进修人员|进修护士|规培医生|规培医师|规培生|"
+                          r"轮转医生|见习同学|同学|其女|其子|其妻|其夫|其母|其父|其兄|其弟|其姐|其妹|其孙|其孙女)")
+_PERSON_DOES = re.compile(r"记录|表示|签字|签名|同意|理解|拒绝|要求|询问|汇报|陪同|陪护|负责|到场|在场|代签|确认|协助|参加|"
+                          r"值班|书写|整理|说|诉|称|[、（(]|，身份证")
+# a screen name: a handle runs into digits or Latin letters (云淡风轻2019); it is no person's name to cut
+_HANDLE_RE = re.compile(rf"(?:发帖人|楼主|网名|网友|用户名|用户|昵称|博主|帖主|回帖人|提问人|来自)\s*[：:]?\s*"
+                        rf"([{_CJK}]{{1,8}}[0-9A-Za-z_]+)")
+# a pet name at a clause's start before a parent word or a time word (嘟嘟妈妈问, 乐乐今天体检, “豆豆这两天…”)
+_PET_CLAUSE = re.compile(r"妈妈|爸爸|奶奶|爷爷|姥姥|姥爷|外婆|外公|家长|今天|昨天|这两天|这几天|最近|现在|已经|一直|早上|晚上")
+# a given name after 老二家的, 老三家的, 大哥家的 (the wife of the family's second son): a name when jieba has it
+# as a name or not at all
+_FAMILY_WIFE = re.compile(rf"(?:老[大二三四五六七八幺]|[大二三四小]?(?:哥|叔|舅|伯))家的([{_CJK}]{{2}})")
+# a kin word of speech, then a given name (你舅建军, 他姑秀兰, 我姨淑芬)
+_SPOKEN_KIN = re.compile(rf"(?<=[你我他她])(?:舅|姨|姑|叔|伯|婶|舅妈|姨妈|姑妈|大舅|二舅|小舅|大姨|小姨|大姑|小姑|"
+                         rf"大伯|二叔|小叔|表哥|表姐|表弟|表妹)([{_CJK}]{{2}})")
+
+
+def handle_spans(text: str) -> list[tuple[int, int]]:
+    """Screen names (发帖人：云淡风轻2019): no name may be cut out of one; callers block these spans."""
+    if not any(k in text for k in ("发帖", "楼主", "网", "用户", "昵称", "博主", "帖主", "提问", "来自")):
+        return []
+    return [m.span(1) for m in _HANDLE_RE.finditer(text)]
+
+
+def _listed_name(text: str, s: int, e: int, given_ok: bool = True) -> bool:
+    """A 2-4 character item of a roster or a list of people is a name: it starts with a surname (weak ones
+    too: the list says "people") or is two given-name characters, and is no verb, adverb or function word."""
+    v = text[s:e]
+    if _guarded(text, s) or v in guard_words() or v in DAY_WORDS or v in LABELS or v[0] in _CONJ \
+            or v.endswith(TITLES) or _dict_tag(v) in _NOT_NAME_TAGS:
+        return False
+    sn = surname_at(text, s)
+    if sn and e - s > len(sn):
+        return True
+    return given_ok and e - s == 2 and all(c in given_chars() for c in v)
+
+
+def roster_names(text: str) -> list[tuple[int, int]]:
+    """Names in a duty roster (周一X、周二Y) and after a list label (参加人员：X Y Z, 整理：X)."""
+    out = []
+    marks = list(_ROSTER_RE.finditer(text)) if ("周" in text or "星期" in text or "班" in text or "线" in text) else []
+    pairs = []
+    for k, m in enumerate(marks):
+        stop = marks[k + 1].start() if k + 1 < len(marks) else len(text)
+        v = _LIST_ITEM.match(text, m.end(), stop)
+        if v and (v.end() == len(text) or not _CJK_RE.match(text, v.end())):
+            linked = k + 1 < len(marks) and bool(_ROW_GAP.fullmatch(text, v.end(), stop))
+            pairs.append((v.span(), linked))
+        else:
+            pairs.append((None, False))
+    for k, (sp, linked) in enumerate(pairs):
+        if sp and ((linked and pairs[k + 1][0]) or (k and pairs[k - 1][1] and pairs[k - 1][0])) and _listed_name(text, *sp):
+            out.append(sp)
+    for m in _LIST_LABEL_RE.finditer(text):
+        i = m.end()
+        while True:
+            v = _LIST_ITEM.match(text, i)
+            if not v or (v.end() < len(text) and _CJK_RE.match(text, v.end())) or not _listed_name(text, *v.span()):
+                break
+            out.append(v.span())
+            gap = _LIST_SEP.match(text, v.end())
+            if not gap or not gap.group():
+                break
+            i = gap.end()
+    return out
+
+
+def round6_names(text: str) -> list[tuple[int, int]]:
+    """Name (role) lists, role + name items next to them, person labels before a person verb, 老二家的X,
+    spoken kin + given name, pet names at a clause's start, compound surnames before a title."""
+    out = []
+    named_role = False
+    for m in _NAME_ROLE_RE.finditer(text) if ("（" in text or "(" in text) else ():
+        s, e = m.span(1)
+        if _listed_name(text, s, e):
+            out.append((s, e))
+            named_role = True
+    if named_role:  # 林海（主麻）、金山（副麻）、巡回护士文静: a role + a name in the same list
+        for m in _SIGN_ROLE_ITEM.finditer(text):
+            if _listed_name(text, *m.span(1)):
+                out.append(m.span(1))
+    for m in _PERSON_LEFT.finditer(text):
+        for n in (2, 3):
+            s, e = m.end(), m.end() + n
+            if e <= len(text) and _CJK_RE.match(text, e - 1) and _PERSON_DOES.match(text, e) \
+                    and surname_at(text, s) and _listed_name(text, s, e, given_ok=False):
+                out.append((s, e))
+                while text[e : e + 1] == "、":  # (向阳、方圆)
+                    v = _LIST_ITEM.match(text, e + 1, e + 4)
+                    if not v or not _listed_name(text, *v.span()):
+                        break
+                    w = v.end()
+                    while w > v.start() + 2 and not _PERSON_DOES.match(text, w) and text[w : w + 1] not in "，,。；;":
+                        w -= 1
+                    out.append((v.start(), w))
+                    e = w
+                break
+    gc = given_chars()
+    for rx in (_FAMILY_WIFE, _SPOKEN_KIN):
+        for m in rx.finditer(text):
+            s, e = m.span(1)
+            v = text[s:e]
+            if all(c in gc for c in v) and not _guarded(text, s) and (
+                    _dict_tag(v) in (None, "nr", "nrt", "nz") or v in _WORD_GIVEN):
+                out.append((s, e))
+    for m in _DOUBLED.finditer(text):
+        s, e = m.span()
+        ch = m.group(1)
+        if (s == 0 or text[s - 1] in "，,。！!？?\n“\"：:　 ") and _PET_CLAUSE.match(text, e) and ch not in _NOT_DOUBLED \
+                and ch not in NOT_GIVEN and text[e : e + 1] != ch and not _guarded(text, s) \
+                and _dict_tag(text[s:e]) in (None, "nr", "nrt", "nz", "n", "q", "a", "z", "o"):
+            out.append((s, e))  # (嘟嘟妈妈问: jieba calls 嘟嘟 a sound, the parent word says "a child")
+    for m in _COMPOUND_TITLE.finditer(text):
+        s = m.start()
+        if s and _CJK_RE.match(text, s - 1) and _is_word(text[s - 1 : s + 1]):
+            continue
+        if not _guarded(text, s):
+            out.append((s, s + 2))
+    return out
+
+
+_COMPOUND_TITLE = re.compile("(?:" + "|".join(sorted(_STRONG_COMPOUND)) + ")(?=" + "|".join(
+    sorted(_ADDRESS_AFTER, key=len, reverse=True)) + ")")

@@ -688,9 +688,13 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     for m in _MOU_RE.finditer(text) if "某" in text else ():  # 张某, 李某某: already pseudonymous, still a surname
         add(*m.span())
     # a row of signing roles (医师X审核X调配X…) says where each name ends better than any rule below
-    from hypnos.data.deid_families import family_names, given_names_by_ner, signature_rows
+    from hypnos.data.deid_families import (family_names, given_names_by_ner, handle_spans, roster_names, round6_names,
+                                           signature_rows)
 
+    blocked += handle_spans(text)  # (round 6) 发帖人：云淡风轻2019: a screen name, no name is cut out of it
     for s, e in signature_rows(text):
+        add(s, e)
+    for s, e in roster_names(text) + round6_names(text):  # (round 6) rosters, attendee lists, 林海（主麻）…
         add(s, e)
     for m in _LABEL_RE.finditer(text):
         i = m.end()
@@ -822,7 +826,11 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
                     and not _is_word(text[end - 1 : end + 1]) and _acceptable(text, start, len(name), strong=True):
                 spans.append((start, end))
             start = text.find(name, end)
-    return sorted(spans)
+    # (round 6) a weekday or a day is never a name (值班表：周一X、周二Y: 周 is a surname, 周二 no person)
+    return sorted(sp for sp in spans if text[sp[0] : sp[1]] not in DAY_WORDS and not _WEEKDAY.fullmatch(text, *sp))
+
+
+_WEEKDAY = re.compile("(?:周|星期|礼拜)[一二三四五六日天末]")
 
 
 _LABEL_ENDS = tuple(LABELS)

@@ -75,7 +75,11 @@ _PHONE_LABEL = r"(?:电话号码|联系电话|电话|座机|固话|手机号码|
 # (type, pattern); the named group ``v`` is what gets replaced.
 PATTERNS: list[tuple[str, re.Pattern]] = [
     ("email", re.compile(r"(?P<v>[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")),
-    ("id", re.compile(rf"{_ID_LABEL}{_FILL}(?P<v>\d{{17}}[\dXx]|\d{{15}})(?![0-9A-Za-z])")),
+    # (round 6) a qualifier in parentheses may stand between the label and its value (身份证号（旧证）：,
+    # 证件号码(护照)：E12345678): a passport-shaped value (one or two letters, 7-9 digits) counts after one too
+    ("id", re.compile(rf"{_ID_LABEL}(?:\s*[（(][{_CJK}A-Za-z]{{1,6}}[)）])?{_FILL}"
+                      r"(?P<v>\d{17}[\dXx]|\d{15}|[A-Za-z]{1,2}\d{7,9})(?![0-9A-Za-z])")),
+    ("id", re.compile(r"(?:护照号码|护照号|护照|通行证号码|通行证号)" + _FILL + r"(?P<v>[A-Za-z]{1,2}\d{7,9})(?![0-9A-Za-z])")),
     ("id", re.compile(r"(?<![0-9A-Za-z])(?P<v>\d{17}[\dXx])(?![0-9A-Za-z])")),  # checked in _valid_unlabelled_id
     # any run of letters, digits and - _ / # with at least one digit (ZY-2024-01234, GY-BL-20240817-12),
     # and digit groups after single spaces (6228 4801 2233 7791)
@@ -87,7 +91,10 @@ PATTERNS: list[tuple[str, re.Pattern]] = [
     ("dob", re.compile(rf"(?:出生日期|出生年月|出生于|出生|生于|生日)\s*[：:为是]?\s*(?P<v>{_DATE})")),
     ("dob", re.compile(rf"(?P<v>{_DATE})\s*(?:出生|生(?![活理长产命化病育殖效]))")),
 ]
-_AGE = re.compile(r"(?<![\d.])(?P<v>(?:9\d|1[0-2]\d)\s*(?:周岁|岁))")
+_AGE = re.compile(r"(?<![\d.])(?P<v>(?:9\d|1[0-2]\d)\s*(?:周岁|岁))"
+                  # (round 6) in Chinese numerals: 九十二岁, 九十多岁, 一百岁, 一百零一岁, 一百一十岁
+                  r"|(?<![零一二三四五六七八九十百两])(?P<c>(?:九十[一二三四五六七八九多]?|一百(?:零[一二三四五六七八九]"
+                  r"|[一二]十[一二三四五六七八九]?|多)?)(?:周岁|岁))")
 
 # Hospitals: the name ends in one of these; it starts after a verb/preposition or punctuation.
 _HOSP_END = re.compile(r"(?:医院|卫生院|诊所|保健院|卫生服务中心|卫生服务站|防治中心|医学中心|肿瘤中心|急救中心|门诊部)")
@@ -106,6 +113,11 @@ _ADDR_BODY = re.compile(rf"[{_CJK}0-9A-Za-z\-#]{{2,50}}")
 _ADDR_FREE = re.compile(rf"(?:(?:{PROVINCES})(?:省|市|(?:壮族|回族|维吾尔)?自治区)?)?[{_CJK}]{{2,4}}?[市州盟]"
                         rf"[{_CJK}]{{1,4}}?[区县旗市]"
                         rf"(?:[{_CJK}0-9A-Za-z\-]{{0,16}}?(?:号|栋|幢|室|村|组|镇|乡|街道|弄|巷|单元)(?![{_CJK}]{{0,1}}[院]))*")
+# (round 6) a county, a town and a village with no province or city before them (从会泽县娜姑镇白雾村过来):
+# the county name starts after a verb or preposition of place or a separator, and is no pronoun (我们县乡镇…)
+_ADDR_COUNTY = re.compile(rf"(?:(?<=[从在自到住回去来于往家，,。：:；;\s（(省市州])|^)(?!我|你|他|咱|本|该|全|各|这|那|哪|每|外|邻|周边|附近|[自在到从于往回去来住])"
+                          rf"[{_CJK}]{{2,3}}[县旗](?!城(?!关)|里|医|人|委|政|级|长|乡镇)[{_CJK}]{{2,4}}?[镇乡](?!镇|卫|医|政|干|村民)"
+                          rf"(?:[{_CJK}]{{1,4}}?(?:村|屯|组|社区))?")
 _CITY_UNIT = re.compile("[市州盟]")  # cheap pre-check: the free-standing address pattern needs one
 _ADDR_NOT_AFTER = ("附近", "一带", "旁边", "周边", "那边", "这边", "上班", "工作")
 
@@ -220,6 +232,8 @@ def _addresses(text: str) -> list[tuple[int, int]]:
         if re.fullmatch(_DATE, v):
             continue
         out.append((m.end(), m.end() + len(v)))
+    for m in _ADDR_COUNTY.finditer(text) if "县" in text or "旗" in text else ():
+        out.append(m.span())
     for m in _ADDR_FREE.finditer(text) if _CITY_UNIT.search(text) else ():
         s, e = m.span()
         if not re.match(PROVINCES, text[s:]):
@@ -257,7 +271,7 @@ class Deidentifier:
                     continue
                 found.append(PIISpan(start, end, kind))
         if self.ages_over_89:
-            found += [PIISpan(*m.span("v"), "age") for m in _AGE.finditer(text)]
+            found += [PIISpan(*m.span("v" if m.group("v") else "c"), "age") for m in _AGE.finditer(text)]
         found += [PIISpan(s, e, "hospital") for s, e in _hospitals(text)]
         if self.hospital_re is not None:
             found += [PIISpan(*m.span(), "hospital") for m in self.hospital_re.finditer(text)]
