@@ -331,7 +331,7 @@ def _pet_names(text: str) -> list[tuple[int, int]]:
 
 # ---- given and full names before 姐/哥 ------------------------------------------------------------------
 
-_SIB_ADDRESS = re.compile(rf"(?:^|(?<=[，,。；;：:！!？?（(\"“‘'、\n \t　@＠跟和与同让叫找问给请谢向]))([{_CJK}]{{2,3}})"
+_SIB_ADDRESS = re.compile(rf"(?:^|(?<=[，,。；;：:！!？?（(\"“‘'、\n \t　@＠跟和与同让叫找问给请谢向亏靠]))([{_CJK}]{{2,3}})"
                           r"(?=(?:姐姐|哥哥|姐|哥)(?:[，,！!：:。]|那边|说|你|您|$"
                           # (round 6) what the person did or does for one (谢谢俊辉哥帮忙顶班, 晓梅姐替我…)
                           r"|帮|替|给|陪|带|也|又|都|一直|刚才|今天|昨天|明天))")
@@ -505,8 +505,8 @@ def _listed_name(text: str, s: int, e: int, given_ok: bool = True) -> bool:
     too: the list says "people") or is two given-name characters, and is no verb, adverb or function word."""
     v = text[s:e]
     if _guarded(text, s) or v in guard_words() or v in DAY_WORDS or v in LABELS or v[0] in _CONJ \
-            or v.endswith(TITLES) or _dict_tag(v) in _NOT_NAME_TAGS:
-        return False
+            or v.endswith(TITLES) or _dict_tag(v) in _NOT_NAME_TAGS or (v[0] in "老小" and surname_at(text, s + 1)):
+        return False  # (老马（患者之子）: 老/小 + a surname is the familiar family's, the surname alone)
     sn = surname_at(text, s)
     if sn and e - s > len(sn):
         return True
@@ -578,6 +578,8 @@ def round6_names(text: str) -> list[tuple[int, int]]:
         for m in rx.finditer(text):
             s, e = m.span(1)
             v = text[s:e]
+            if len(_longest_word(text, m.start())) > s - m.start():
+                continue  # (我姑娘婉婷: 姑娘 is a word, no 姑)
             if all(c in gc for c in v) and not _guarded(text, s) and (
                     _dict_tag(v) in (None, "nr", "nrt", "nz") or v in _WORD_GIVEN):
                 out.append((s, e))

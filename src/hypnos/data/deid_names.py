@@ -694,8 +694,11 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     blocked += handle_spans(text)  # (round 6) 发帖人：云淡风轻2019: a screen name, no name is cut out of it
     for s, e in signature_rows(text):
         add(s, e)
-    for s, e in roster_names(text) + round6_names(text):  # (round 6) rosters, attendee lists, 林海（主麻）…
-        add(s, e)
+    # (round 6) rosters, attendee lists, 林海（主麻）…: each item is claimed as it stands, before a list rule
+    # could run from one item into the next label (周一冷锋、|周二柏松)
+    for s, e in sorted(set(roster_names(text) + round6_names(text))):
+        if free(s, e):
+            spans.append((s, e))
     for m in _LABEL_RE.finditer(text):
         i = m.end()
         label = text[m.start() : m.start("naming") if m.group("naming") else m.start("colon")]
