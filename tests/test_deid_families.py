@@ -187,7 +187,12 @@ R6_NAMES = [
     ("见习同学秋月记录病程。", ["秋月"]),
     ("其子平安表示同意手术。", ["平安"]),
     ("规培医生常青、白雪，负责夜间观察。", ["常青", "白雪"]),
-    # compound surnames before a title at a line's start or after a verb
+    # a weekday after a roster item is no name (周 is a surname); a screen name is no name to cut
+    ("值班表：周三邝伟、周四", ["邝伟"]),
+    ("发帖人：云卷云舒2018　我是白露，最近总头疼。", ["白露"]),
+    ("发帖人：林深见鹿1998　我叫周洁", ["周洁"]),
+    # compound surnames before a title at a line's start or after a verb, not across a word (公司|马医生)
+    ("公司马医生说", ["马"]),  # (the one case here found before the round too: it guards the compound rule's word check)
     ("上官主任今天不出诊。", ["上官"]),
     ("听说诸葛医生明天出差。", ["诸葛"]),
     # given names before 哥/姐 with what they did
@@ -256,6 +261,8 @@ def test_round6_ids_ages_addresses(text, kind, value):
     "二十九岁，男。",
     "九十年代开始吸烟。",
     "我们县乡两级医院都去过。",
+    "全省每个县两个镇试点。",
+    "其子宫内膜增厚。",
     "在全县乡镇推广。",
     "身份证（复印件）已收。",
 ])
