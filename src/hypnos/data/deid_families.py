@@ -460,7 +460,7 @@ _ROSTER_RE = re.compile("(?:" + "|".join(sorted(_ROSTER_LABELS, key=len, reverse
 # 会议纪要整理：X, 主持人：X)
 _LIST_LABEL_RE = re.compile(r"(?:参加人员|参会人员|出席人员|与会人员|到会人员|参与人员|讨论人员|参加讨论人员|列席人员|"
                             r"参加者|参会者|出席者|与会者|人员名单|名单|成员|组员|整理人|整理|执笔人|执笔|撰写人|撰写|"
-                            r"起草人|起草|主持人|主持|主讲人|主讲|汇报人|汇总人|讲者|授课人|授课)\s*[：:]\s*")
+                            r"起草人|起草|主持人|主持|主讲人|主讲|汇报人|汇总人|讲者|授课人|授课|出席|列席|参加|参会)\s*[：:]\s*")
 _LIST_ITEM = re.compile(rf"[{_CJK}]{{2,4}}")
 _LIST_SEP = re.compile(r"[ 　\t]+|\s*[、，,/]\s*")
 # tags an ordinary word has that a name written in a list never has: verbs, adverbs, function words, numbers
@@ -468,9 +468,10 @@ _NOT_NAME_TAGS = ("v", "vd", "vn", "d", "ad", "p", "c", "u", "m", "q", "r", "f",
 # a role or a kin relation in parentheses right after a name (林海（主麻）, 揭海涛（患者之子）)
 _PAREN_ROLE = ("主刀", "一助", "二助", "三助", "主麻", "副麻", "巡回", "器械", "洗手", "记录", "记录者", "主持", "主讲",
                "主任医师", "副主任医师", "主治医师", "住院医师", "规培医师", "进修医师", "实习医师", "护士长", "护士", "护师",
-               "医师", "医生", "药师", "技师", "组长", "组员", "家属", "本人", "代签", "见证人", "监护人", "委托人")
+               "医师", "医生", "药师", "技师", "组长", "组员", "家属", "本人", "代签", "见证人", "监护人", "委托人",
+               "规培", "进修", "实习", "轮转", "见习", "研究生")
 _PAREN_KIN = r"(?:患者|病人|患儿)?之?(?:长|次|幼|大|二|小)?(?:子|女|夫|妻|父|母|孙|孙女|兄|弟|姐|妹|儿子|女儿|丈夫|妻子|父亲|母亲|儿媳|女婿|侄子|侄女)"
-_NAME_ROLE_RE = re.compile(rf"(?:^|(?<=[：:、，,；;\s]))([{_CJK}]{{2,4}}?)(?=[（(](?:"
+_NAME_ROLE_RE = re.compile(rf"(?:^|(?<=[：:、，,；;\s由经请与]))([{_CJK}]{{2,4}}?)(?=[（(](?:"
                            + "|".join(sorted(_PAREN_ROLE, key=len, reverse=True)) + "|" + _PAREN_KIN + r")[)）])")
 _SIGN_ROLE_ITEM = re.compile(r"(?<=[、，,；;])\s*(?:" + "|".join(sorted(_SIGN_ROLES, key=len, reverse=True))
                              + rf")([{_CJK}]{{2,3}})(?=[、，,；;。\s]|$)")
@@ -489,8 +490,8 @@ _PET_CLAUSE = re.compile(r"妈妈|爸爸|奶奶|爷爷|姥姥|姥爷|外婆|外�
 # as a name or not at all
 _FAMILY_WIFE = re.compile(rf"(?:老[大二三四五六七八幺]|[大二三四小]?(?:哥|叔|舅|伯))家的([{_CJK}]{{2}})")
 # a kin word of speech, then a given name (你舅建军, 他姑秀兰, 我姨淑芬)
-_SPOKEN_KIN = re.compile(rf"(?<=[你我他她])(?:舅|姨|姑|叔|伯|婶|舅妈|姨妈|姑妈|大舅|二舅|小舅|大姨|小姨|大姑|小姑|"
-                         rf"大伯|二叔|小叔|表哥|表姐|表弟|表妹)([{_CJK}]{{2}})")
+_SPOKEN_KIN = re.compile(rf"(?<=[你我他她咱])(?:[大二三四五六七小老表]?(?:舅舅|舅妈|舅|姨夫|姨父|姨妈|姨|姑父|姑夫|姑妈|姑|"
+                         rf"叔叔|婶婶|婶|叔|伯伯|伯母|伯)|表哥|表姐|表弟|表妹|堂哥|堂姐|堂弟|堂妹)([{_CJK}]{{2}})")
 
 
 def handle_spans(text: str) -> list[tuple[int, int]]:

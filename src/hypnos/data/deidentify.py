@@ -77,7 +77,7 @@ PATTERNS: list[tuple[str, re.Pattern]] = [
     ("email", re.compile(r"(?P<v>[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})")),
     # (round 6) a qualifier in parentheses may stand between the label and its value (身份证号（旧证）：,
     # 证件号码(护照)：E12345678): a passport-shaped value (one or two letters, 7-9 digits) counts after one too
-    ("id", re.compile(rf"{_ID_LABEL}(?:\s*[（(][{_CJK}A-Za-z]{{1,6}}[)）])?{_FILL}"
+    ("id", re.compile(rf"{_ID_LABEL}(?:\s*[（(][{_CJK}A-Za-z0-9]{{1,6}}[)）])?{_FILL}"
                       r"(?P<v>\d{17}[\dXx]|\d{15}|[A-Za-z]{1,2}\d{7,9})(?![0-9A-Za-z])")),
     ("id", re.compile(r"(?:护照号码|护照号|护照|通行证号码|通行证号)" + _FILL + r"(?P<v>[A-Za-z]{1,2}\d{7,9})(?![0-9A-Za-z])")),
     ("id", re.compile(r"(?<![0-9A-Za-z])(?P<v>\d{17}[\dXx])(?![0-9A-Za-z])")),  # checked in _valid_unlabelled_id
@@ -115,7 +115,7 @@ _ADDR_FREE = re.compile(rf"(?:(?:{PROVINCES})(?:省|市|(?:壮族|回族|维吾�
                         rf"(?:[{_CJK}0-9A-Za-z\-]{{0,16}}?(?:号|栋|幢|室|村|组|镇|乡|街道|弄|巷|单元)(?![{_CJK}]{{0,1}}[院]))*")
 # (round 6) a county, a town and a village with no province or city before them (从会泽县娜姑镇白雾村过来):
 # the county name starts after a verb or preposition of place or a separator, and is no pronoun (我们县乡镇…)
-_ADDR_COUNTY = re.compile(rf"(?:(?<=[从在自到住回去来于往家，,。：:；;\s（(省市州])|^)(?!我|你|他|咱|本|该|全|各|这|那|哪|每|外|邻|周边|附近|[自在到从于往回去来住])"
+_ADDR_COUNTY = re.compile(rf"(?:(?<=[从在自到住回去来于往家是，,。：:；;\s（(省市州])|^)(?!我|你|他|咱|本|该|全|各|这|那|哪|每|外|邻|周边|附近|[自在到从于往回去来住是为的])"
                           rf"[{_CJK}]{{2,3}}[县旗](?!城(?!关)|里|医|人|委|政|级|长|乡镇)[{_CJK}]{{2,4}}?[镇乡](?!镇|卫|医|政|干|村民)"
                           rf"(?:[{_CJK}]{{1,4}}?(?:村|屯|组|社区))?")
 _CITY_UNIT = re.compile("[市州盟]")  # cheap pre-check: the free-standing address pattern needs one
