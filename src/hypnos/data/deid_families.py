@@ -470,7 +470,9 @@ _PAREN_ROLE = ("主刀", "一助", "二助", "三助", "主麻", "副麻", "巡�
                "主任医师", "副主任医师", "主治医师", "住院医师", "规培医师", "进修医师", "实习医师", "护士长", "护士", "护师",
                "医师", "医生", "药师", "技师", "组长", "组员", "家属", "本人", "代签", "见证人", "监护人", "委托人",
                "规培", "进修", "实习", "轮转", "见习", "研究生")
-_PAREN_KIN = r"(?:患者|病人|患儿)?之?(?:长|次|幼|大|二|小)?(?:子|女|夫|妻|父|母|孙|孙女|兄|弟|姐|妹|儿子|女儿|丈夫|妻子|父亲|母亲|儿媳|女婿|侄子|侄女)"
+# (a kin character alone needs 之: 王大妈（女） gives a sex, not a relation)
+_PAREN_KIN = (r"(?:(?:患者|病人|患儿)?之(?:长|次|幼)?(?:子|女|夫|妻|父|母|孙|孙女|兄|弟|姐|妹)"
+              r"|(?:患者|病人|患儿)?(?:长子|次子|长女|次女|儿子|女儿|丈夫|妻子|父亲|母亲|儿媳|女婿|侄子|侄女))")
 _NAME_ROLE_RE = re.compile(rf"(?:^|(?<=[：:、，,；;\s由经请与]))([{_CJK}]{{2,4}}?)(?=[（(](?:"
                            + "|".join(sorted(_PAREN_ROLE, key=len, reverse=True)) + "|" + _PAREN_KIN + r")[)）])")
 _SIGN_ROLE_ITEM = re.compile(r"(?<=[、，,；;])\s*(?:" + "|".join(sorted(_SIGN_ROLES, key=len, reverse=True))
@@ -579,8 +581,9 @@ def round6_names(text: str) -> list[tuple[int, int]]:
         for m in rx.finditer(text):
             s, e = m.span(1)
             v = text[s:e]
-            if len(_longest_word(text, m.start())) > s - m.start():
-                continue  # (我姑娘婉婷: 姑娘 is a word, no 姑)
+            if len(_longest_word(text, m.start())) > s - m.start() or len(_longest_word(text, e - 1)) > 1 \
+                    or any(c in NOT_GIVEN for c in v):
+                continue  # (我姑娘婉婷: 姑娘 is a word, no 姑; 我叔叔得糖|尿病: the name would cut a word)
             if all(c in gc for c in v) and not _guarded(text, s) and (
                     _dict_tag(v) in (None, "nr", "nrt", "nz") or v in _WORD_GIVEN):
                 out.append((s, e))
