@@ -300,8 +300,8 @@ def _pet_names(text: str) -> list[tuple[int, int]]:
         if left and left.group("naming") and ch not in _KIN_CHARS and not _guarded(text, s):
             out.append((s, e))  # 儿子叫天天: named, any doubled character but a kin word's
             continue
-        if ch in _NOT_DOUBLED or ch in NOT_GIVEN or _dict_tag(text[s:e]) not in (None, "nr", "nrt", "nz", "n", "q", "a", "z"):
-            continue
+        if ch in _NOT_DOUBLED or ch in NOT_GIVEN or _dict_tag(text[s:e]) not in (None, "nr", "nrt", "nz", "n", "q", "a", "z", "ns"):
+            continue  # (round 6: jieba calls 丹丹 a place)
         left_child = bool(left) or bool(_PAIRED_DOUBLED.match(text, e)) or (
             s >= 3 and text[s - 1] in "和、与及" and text[s - 3] == text[s - 2] and text[s - 2] not in _NOT_DOUBLED)
         at_start = s == 0 or text[s - 1] in "，,。！!？?\n“\"：: 　"
