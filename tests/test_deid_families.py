@@ -176,6 +176,7 @@ R6_NAMES = [
     # duty rosters and schedules: a chain of weekday/shift labels, each with a short value, is a row of names
     ("排班：周一冷锋、周二柏松、周三司徒静", ["冷锋", "柏松", "司徒静"]),
     ("本周值班：星期六乔木，星期日白露", ["乔木", "白露"]),
+    ("值班：周六方圆、周日文静", ["方圆", "文静"]),  # (both common nouns: the roster word says "people")
     ("白班：秋实　夜班：江涛", ["秋实", "江涛"]),
     # attendee lists and who keeps the minutes
     ("出席人员：江海 白云 常青 敖光明", ["江海", "白云", "常青", "敖光明"]),
@@ -245,6 +246,8 @@ def test_round6_ids_ages_addresses(text, kind, value):
     "周一复查、周二出院。",
     "白班：正常　夜班：休息",
     "值班表：周一至周五，每天八点交班。",
+    "早班：牛奶 晚班：米粥",  # (a checklist of nouns, no roster word, no plain name: no people)
+    "早班：毛毯 晚班：棉被",
     # screen names are no names to cut
     "楼主：海阔天空88　请问胃镜前要空腹多久？",
     "发帖人：夏日微风2020 最近总是胃疼。",

@@ -455,6 +455,8 @@ def family_names(text: str) -> list[tuple[int, int]]:
 _ROSTER_LABELS = ("周一", "周二", "周三", "周四", "周五", "周六", "周日", "周天", "星期一", "星期二", "星期三", "星期四",
                   "星期五", "星期六", "星期日", "星期天", "早班", "白班", "中班", "晚班", "夜班", "大夜", "小夜", "前夜",
                   "后夜", "听班", "备班", "一线", "二线", "三线", "总值班", "主班", "辅班", "治疗班", "办公班")
+_ROSTER_WORD = re.compile("值班|排班|班表|轮班|值守|出诊|坐诊|听班|备班|二线|一线")
+_PLAIN_NAME_TAGS = (None, "nr", "nrt", "nrfg")
 _ROSTER_RE = re.compile("(?:" + "|".join(sorted(_ROSTER_LABELS, key=len, reverse=True)) + r")(?:\s*[：:])?\s*")
 # who takes part, keeps the minutes or writes: a field whose value is one name or a list of names (参加人员：X Y Z,
 # 会议纪要整理：X, 主持人：X)
@@ -529,9 +531,12 @@ def roster_names(text: str) -> list[tuple[int, int]]:
             pairs.append((v.span(), linked))
         else:
             pairs.append((None, False))
-    for k, (sp, linked) in enumerate(pairs):
-        if sp and ((linked and pairs[k + 1][0]) or (k and pairs[k - 1][1] and pairs[k - 1][0])) and _listed_name(text, *sp):
-            out.append(sp)
+    row = [sp for k, (sp, linked) in enumerate(pairs)
+           if sp and ((linked and pairs[k + 1][0]) or (k and pairs[k - 1][1] and pairs[k - 1][0])) and _listed_name(text, *sp)]
+    # a row of ordinary nouns is a checklist (白班：毛巾 夜班：床单), not a roster, unless a roster word or one plain
+    # name in the row (jieba has it as a name or not at all) says "people"
+    if row and (_ROSTER_WORD.search(text) or any(_dict_tag(text[s:e]) in _PLAIN_NAME_TAGS for s, e in row)):
+        out += row
     for m in _LIST_LABEL_RE.finditer(text):
         i = m.end()
         while True:
