@@ -461,7 +461,7 @@ _ROSTER_RE = re.compile("(?:" + "|".join(sorted(_ROSTER_LABELS, key=len, reverse
 # who takes part, keeps the minutes or writes: a field whose value is one name or a list of names (参加人员：X Y Z,
 # 会议纪要整理：X, 主持人：X)
 _LIST_LABEL_RE = re.compile(r"(?:参加人员|参会人员|出席人员|与会人员|到会人员|参与人员|讨论人员|参加讨论人员|列席人员|"
-                            r"参加者|参会者|出席者|与会者|人员名单|名单|成员|组员|整理人|整理|执笔人|执笔|撰写人|撰写|"
+                            r"参加者|参会者|出席者|与会者|人员名单|整理人|整理|执笔人|执笔|撰写人|撰写|"
                             r"起草人|起草|主持人|主持|主讲人|主讲|汇报人|汇总人|讲者|授课人|授课|出席|列席|参加|参会)\s*[：:]\s*")
 _LIST_ITEM = re.compile(rf"[{_CJK}]{{2,4}}")
 _LIST_SEP = re.compile(r"[ 　\t]+|\s*[、，,/]\s*")
