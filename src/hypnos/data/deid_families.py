@@ -493,6 +493,7 @@ _PET_CLAUSE = re.compile(r"妈妈|爸爸|奶奶|爷爷|姥姥|姥爷|外婆|外�
 # a given name after 老二家的, 老三家的, 大哥家的 (the wife of the family's second son): a name when jieba has it
 # as a name or not at all
 _FAMILY_WIFE = re.compile(rf"(?:老[大二三四五六七八幺]|[大二三四小]?(?:哥|叔|舅|伯))家的([{_CJK}]{{2}})")
+_KIN_HINT = re.compile("家的|[舅姨姑叔伯婶表堂]")  # (cheap pre-check for the two patterns below)
 # a kin word of speech, then a given name (你舅建军, 他姑秀兰, 我姨淑芬)
 _SPOKEN_KIN = re.compile(rf"(?<=[你我他她咱])(?:[大二三四五六七小老表]?(?:舅舅|舅妈|舅|姨夫|姨父|姨妈|姨|姑父|姑夫|姑妈|姑|"
                          rf"叔叔|婶婶|婶|叔|伯伯|伯母|伯)|表哥|表姐|表弟|表妹|堂哥|堂姐|堂弟|堂妹)([{_CJK}]{{2}})")
@@ -537,7 +538,7 @@ def roster_names(text: str) -> list[tuple[int, int]]:
     # name in the row (jieba has it as a name or not at all) says "people"
     if row and (_ROSTER_WORD.search(text) or any(_dict_tag(text[s:e]) in _PLAIN_NAME_TAGS for s, e in row)):
         out += row
-    for m in _LIST_LABEL_RE.finditer(text):
+    for m in _LIST_LABEL_RE.finditer(text) if ("：" in text or ":" in text) else ():
         i = m.end()
         while True:
             v = _LIST_ITEM.match(text, i)
@@ -565,7 +566,8 @@ def round6_names(text: str) -> list[tuple[int, int]]:
         for m in _SIGN_ROLE_ITEM.finditer(text):
             if _listed_name(text, *m.span(1)):
                 out.append(m.span(1))
-    for m in _PERSON_LEFT.finditer(text):
+    for m in _PERSON_LEFT.finditer(text) if ("同学" in text or "其" in text or "实习" in text or "进修" in text
+                                           or "规培" in text or "轮转" in text) else ():
         for n in (2, 3):
             s, e = m.end(), m.end() + n
             if e <= len(text) and _CJK_RE.match(text, e - 1) and _PERSON_DOES.match(text, e) \
@@ -582,7 +584,7 @@ def round6_names(text: str) -> list[tuple[int, int]]:
                     e = w
                 break
     gc = given_chars()
-    for rx in (_FAMILY_WIFE, _SPOKEN_KIN):
+    for rx in (_FAMILY_WIFE, _SPOKEN_KIN) if _KIN_HINT.search(text) else ():
         for m in rx.finditer(text):
             s, e = m.span(1)
             v = text[s:e]
@@ -599,7 +601,7 @@ def round6_names(text: str) -> list[tuple[int, int]]:
                 and ch not in NOT_GIVEN and text[e : e + 1] != ch and not _guarded(text, s) \
                 and _dict_tag(text[s:e]) in (None, "nr", "nrt", "nz", "n", "q", "a", "z", "o"):
             out.append((s, e))  # (嘟嘟妈妈问: jieba calls 嘟嘟 a sound, the parent word says "a child")
-    for m in _COMPOUND_TITLE.finditer(text):
+    for m in _COMPOUND_TITLE.finditer(text) if _COMPOUND_RE.search(text) else ():
         s = m.start()
         if s and _CJK_RE.match(text, s - 1) and _is_word(text[s - 1 : s + 1]):
             continue
