@@ -234,6 +234,7 @@ D89 = Deidentifier(ages_over_89=True)
     ("他们一家从彝良县洛泽河镇大河村搬来。", "address", "彝良县洛泽河镇大河村"),
     ("回到老家平利县城关镇养病。", "address", "平利县城关镇"),
     ("老家是巧家县药山镇。", "address", "巧家县药山镇"),
+    ("他在宣威市板桥镇打工。", "address", "宣威市板桥镇"),
     ("身份证号（二代）：410105570312081", "id", "410105570312081"),
 ])
 def test_round6_ids_ages_addresses(text, kind, value):
@@ -280,6 +281,9 @@ def test_round6_ids_ages_addresses(text, kind, value):
     "由主任（主刀）完成。",
     "我叔叔得糖尿病了一年多。",  # (met on the unlabelled set)
     "在全县乡镇推广。",
+    "在大城市乡镇都推广了。",
+    "本市城关镇。",
+    "在杭州市区的小镇上住过。",
     "身份证（复印件）已收。",
 ])
 def test_round6_rules_keep_ordinary_sentences(text):

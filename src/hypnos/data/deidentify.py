@@ -113,10 +113,11 @@ _ADDR_BODY = re.compile(rf"[{_CJK}0-9A-Za-z\-#]{{2,50}}")
 _ADDR_FREE = re.compile(rf"(?:(?:{PROVINCES})(?:省|市|(?:壮族|回族|维吾尔)?自治区)?)?[{_CJK}]{{2,4}}?[市州盟]"
                         rf"[{_CJK}]{{1,4}}?[区县旗市]"
                         rf"(?:[{_CJK}0-9A-Za-z\-]{{0,16}}?(?:号|栋|幢|室|村|组|镇|乡|街道|弄|巷|单元)(?![{_CJK}]{{0,1}}[院]))*")
-# (round 6) a county, a town and a village with no province or city before them (从会泽县娜姑镇白雾村过来):
+# (round 6) a county (or a county-level city: 宣威市), a town and a village with no province or city before them
+# (从会泽县娜姑镇白雾村过来):
 # the county name starts after a verb or preposition of place or a separator, and is no pronoun (我们县乡镇…)
 _ADDR_COUNTY = re.compile(rf"(?:(?<=[从在自到住回去来于往家是，,。：:；;\s（(省市州])|^)(?!我|你|他|咱|本|该|全|各|这|那|哪|每|外|邻|周边|附近|[自在到从于往回去来住是为的])"
-                          rf"[{_CJK}]{{2,3}}[县旗](?!城(?!关)|里|医|人|委|政|级|长|乡镇)[{_CJK}]{{2,4}}?[镇乡](?!镇|卫|医|政|干|村民)"
+                          rf"[{_CJK}]{{2,3}}[县旗市](?!城(?!关)|里|医|人|委|政|级|长|乡镇|民|区)[{_CJK}]{{2,4}}?[镇乡](?!镇|卫|医|政|干|村民)"
                           rf"(?:[{_CJK}]{{1,4}}?(?:村|屯|组|社区))?")
 _CITY_UNIT = re.compile("[市州盟]")  # cheap pre-check: the free-standing address pattern needs one
 _ADDR_NOT_AFTER = ("附近", "一带", "旁边", "周边", "那边", "这边", "上班", "工作")
@@ -232,7 +233,7 @@ def _addresses(text: str) -> list[tuple[int, int]]:
         if re.fullmatch(_DATE, v):
             continue
         out.append((m.end(), m.end() + len(v)))
-    for m in _ADDR_COUNTY.finditer(text) if "县" in text or "旗" in text else ():
+    for m in _ADDR_COUNTY.finditer(text) if ("镇" in text or "乡" in text) else ():
         out.append(m.span())
     for m in _ADDR_FREE.finditer(text) if _CITY_UNIT.search(text) else ():
         s, e = m.span()
