@@ -88,6 +88,11 @@ PATTERNS: list[tuple[str, re.Pattern]] = [
     ("phone", re.compile(r"(?<![0-9A-Za-z])(?P<v>(?:\+?86[-\s]?)?1[3-9]\d(?:[-\s]?\d{4}){2})(?![0-9])")),
     ("phone", re.compile(r"(?<![0-9])(?P<v>(?:[（(]0\d{2,3}[)）]\s?|0\d{2,3}[-\s－])[2-9]\d{2,3}[-\s]?\d{4})(?![0-9])")),
     ("phone", re.compile(rf"{_PHONE_LABEL}{_FILL}(?P<v>[2-9]\d{{2,3}}[-\s]?\d{{4}})(?![0-9])")),
+    # (session 4) a landline a few words after its label in the same clause (电话改了，现在是86753120; 座机换成了
+    # 6655 1234), not a date written as eight digits (电话随访日期20240503); a value after a record label in the
+    # gap stays a record (住院号 wins the overlap in _resolve: tested)
+    ("phone", re.compile(rf"{_PHONE_LABEL}[^0-9。；;！!？?\n]{{1,8}}?(?:[：:为是]\s*)?"
+                         r"(?P<v>(?!(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:[0-2]\d|3[01])(?!\d))[2-9]\d{2,3}[-\s]?\d{4})(?![0-9])")),
     ("dob", re.compile(rf"(?:出生日期|出生年月|出生于|出生|生于|生日)\s*[：:为是]?\s*(?P<v>{_DATE})")),
     ("dob", re.compile(rf"(?P<v>{_DATE})\s*(?:出生|生(?![活理长产命化病育殖效]))")),
 ]
@@ -177,8 +182,12 @@ def _hospital_head(head: str) -> int:
     start, pos = 0, 0
     for w, f in toks:  # keep only what follows the last verb/pronoun/adverb… (留意|决定|一家|权威)
         pos += len(w)
+        if w in _HOSP_GENERIC_WORDS:  # 市立 is tagged a verb, but 青岛市|市立|医院 is one name
+            continue
+        # a numeral right before 医院 numbers the hospital (湘雅|二|医院 = the Second Xiangya Hospital)
+        ordinal = pos == len(head) and re.fullmatch("[一二三四五六七八九十]+", w)
         if (f.startswith(_HOSP_BREAK) and not w.startswith(("第", "自治"))) \
-                or (f == "m" and not re.search(r"\d|第", w)):
+                or (f == "m" and not re.search(r"\d|第", w) and not ordinal):
             start = pos
     while start < len(head):  # drop leading generic words (正规|专科)
         for g in sorted(_HOSP_GENERIC_WORDS, key=len, reverse=True):
