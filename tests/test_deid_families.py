@@ -315,3 +315,19 @@ def test_hospitals_with_tagged_words_and_landlines_after_a_clause(text, kind, va
 def test_hospital_and_landline_rules_keep_ordinary_sentences(text):
     spans = [(s.type, text[s.start : s.end]) for s in D89.find(text)]
     assert all(k not in ("phone", "hospital") for k, _ in spans), spans
+
+
+# (session 4, after part 11's first look) the *编号 forms of filing labels; 住院 is no address label
+@pytest.mark.parametrize("text,value", [
+    ("居民健康档案编号：330105-1102-00457", "330105-1102-00457"),
+    ("病历编号 BL20231187", "BL20231187"),
+    ("住院编号：2023-09912", "2023-09912"),
+])
+def test_numbered_filing_labels(text, value):
+    spans = [(s.type, text[s.start : s.end]) for s in D89.find(text)]
+    assert spans == [("record", value)], spans
+
+
+@pytest.mark.parametrize("text", ["档案管理规范，住院期间常规护理。", "门诊就诊3次，病历书写规范。", "住院部在3楼。"])
+def test_filing_words_without_a_value_stay(text):
+    assert D89.scrub(text)[0] == text

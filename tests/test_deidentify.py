@@ -306,14 +306,16 @@ def test_scorer_oracle_and_hand_computed_case():
 # The parts already seen (each after its first look): a blind part added later is scored by hand once,
 # never by this regression test.
 SEEN_PARTS = ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7", "heldout8",
-              "heldout9", "heldout10")
+              "heldout9", "heldout10", "heldout11")
 # Name bars below 0.99 where a seen part still has misses after its round (the regression figure minus a small
 # margin): part 6 105/109 = 0.963 after round 4b (first look 0.761), part 7 101/102 = 0.990 (first look 0.814).
 # Part 8 (first look 113/130 = 0.869, records 7/9) is seen since round 5: 130/130, records 9/9.
 # Part 9 (first look 102/122 = 0.836, 4 false names; IDs 6/7, address 4/5, age 9/10) is seen since round 6: 122/122.
 # Part 10 (realistic mix; first look on round 6: names 112/117 = 0.957, hospitals 10/12, phones 6/7, precision
 # 1.000) is seen since: its hospital and phone misses were fixed as families; its 5 name misses were not.
-NAME_BARS = {"heldout7": 0.98, "heldout10": 0.95}  # part 6 is at 109/109 since round 5 (秀芝 ×2 and 刘一诺 as families), on the default bar
+# Part 11 (realistic mix; first look after the part-10 fixes: names 113/119 = 0.9496, records 8/9, all else 1.000)
+# is seen since: its record miss (居民健康档案编号) was fixed as a family; its 6 name misses were not.
+NAME_BARS = {"heldout7": 0.98, "heldout10": 0.95, "heldout11": 0.94}  # part 6 is at 109/109 since round 5 (秀芝 ×2 and 刘一诺 as families), on the default bar
 
 
 def test_meets_the_bar_on_every_part_and_keeps_clean_sentences():

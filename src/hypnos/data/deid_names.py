@@ -688,8 +688,14 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     for m in _MOU_RE.finditer(text) if "某" in text else ():  # 张某, 李某某: already pseudonymous, still a surname
         add(*m.span())
     # a row of signing roles (医师X审核X调配X…) says where each name ends better than any rule below
-    from hypnos.data.deid_families import (family_names, given_names_by_ner, handle_spans, roster_names, round6_names,
-                                           signature_rows)
+    from hypnos.data.deid_families import (
+        family_names,
+        given_names_by_ner,
+        handle_spans,
+        roster_names,
+        round6_names,
+        signature_rows,
+    )
 
     blocked += handle_spans(text)  # (round 6) 发帖人：云淡风轻2019: a screen name, no name is cut out of it
     for s, e in signature_rows(text):

@@ -69,7 +69,9 @@ _RECORD_LABEL = (r"(?:住院号码|住院号|病案号|门诊号|病历号码|�
                  # 病理号：P2024-11873, 标本编号, 影像号, 患者ID): a letters/digits/dashes value after it is a record
                  r"(?:检验|化验|病理|标本|样本|影像|放射|检查|报告|申请|条码|条形码|流水|体检|随访|医嘱|处方|急诊|留观|"
                  r"转诊|透析|送检|切片|蜡块|冰冻|细胞学|内镜|胃镜|肠镜|超声|心电图?|CT|MRI?|PET|X线|受试者|筛选|随机|"
-                 r"患者|病人|病例|入院|出院|门急诊|床旁)单?(?:号码|编号|号|ID|id))")
+                 r"患者|病人|病例|入院|出院|门急诊|床旁|"
+                 # (session 4) the *编号 forms of the filing labels above (居民健康档案编号, 病历编号, 住院编号)
+                 r"健康档案|档案|病历|病案|住院|门诊|就诊)单?(?:号码|编号|号|ID|id))")
 _PHONE_LABEL = r"(?:电话号码|联系电话|电话|座机|固话|手机号码|手机号|手机|联系方式|回电|拨打|打|Tel|TEL|tel)"
 
 # (type, pattern); the named group ``v`` is what gets replaced.
@@ -112,7 +114,8 @@ _HOSP_GENERIC = {"县", "市", "省", "区", "镇", "乡", "村", "大", "小", 
 
 # Addresses: after a label, up to the last address unit; or province/city + district without one.
 _ADDR_LABEL = re.compile(r"(?:家庭住址|家庭地址|现住址|现住|户籍地址|户籍所在地|户籍地|居住地|居住于|居住在|通讯地址|"
-                         r"联系地址|住址|地址|家住|住在|家在|出生地|籍贯|生于|住)\s*[：:]?\s*")
+                         # a bare 住 is no label in 住院 (住院编号：2023-09912 was an address "院编号")
+                         r"联系地址|住址|地址|家住|住在|家在|出生地|籍贯|生于|住(?!院))\s*[：:]?\s*")
 _ADDR_UNIT = "省市区县旗镇乡村组屯路街道巷弄号栋幢室楼层单元座院舍园里苑庄湾寨"
 _ADDR_BODY = re.compile(rf"[{_CJK}0-9A-Za-z\-#]{{2,50}}")
 _ADDR_FREE = re.compile(rf"(?:(?:{PROVINCES})(?:省|市|(?:壮族|回族|维吾尔)?自治区)?)?[{_CJK}]{{2,4}}?[市州盟]"
