@@ -331,3 +331,22 @@ def test_numbered_filing_labels(text, value):
 @pytest.mark.parametrize("text", ["档案管理规范，住院期间常规护理。", "门诊就诊3次，病历书写规范。", "住院部在3楼。"])
 def test_filing_words_without_a_value_stay(text):
     assert D89.scrub(text)[0] == text
+
+
+# (session 4, after part 11's first look) a name after a bed number, ending its clause
+@pytest.mark.parametrize("text,names", [
+    ("6床庹春明，COPD急性加重，夜间喘憋。", ["庹春明"]),
+    ("31床新入院符晓梅，孕32周先兆早产。", ["符晓梅"]),
+    ("4床患儿靳一诺，男，2岁。", ["靳一诺"]),
+    ("11床鞠振华、12床芦桂兰今日出院。", ["鞠振华", "芦桂兰"]),
+    ("交班：27床尉建设", ["尉建设"]),
+])
+def test_name_after_a_bed_number(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["5床白细胞计数低，予升白治疗。", "12床高热不退。", "8床黄疸今日加重。", "22床常规护理。",
+                                  "7床周末出院。", "3床床旁超声。", "9床方可下床活动。", "9床于今日出院。", "4床何时手术？",
+                                  "15床石膏固定良好。", "21床林格液500ml静滴。", "6床患者血压偏低。"])
+def test_clinical_words_after_a_bed_number_stay(text):
+    assert D89.scrub(text)[0] == text

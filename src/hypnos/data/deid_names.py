@@ -744,6 +744,13 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         n = name_after(text, m.end(), strong=True, anchored=True)
         if n and _field_value_ok(text, m.end(), n, "", m.start()):
             add(m.end(), m.end() + n)
+    for m in _BED_RE.finditer(text) if "床" in text else ():  # (session 4) 9床冉启明，…; 23床新入院吴国庆
+        n = name_after(text, m.end(), strong=True, anchored=True)
+        e = m.end() + n
+        ends = e == len(text) or _CLAUSE_END.match(text, e) or _STRONG_AFTER.match(text, e) \
+            or text.startswith(_CLAUSE_HEADS, e)  # …，  …男  …今日出院
+        if n and ends and not _wordy(text, m.end(), n):
+            add(m.end(), e)
     for m in _FIELD_RE.finditer(text):
         n = name_after(text, m.end(), strong=True)
         if n and not _field_value_ok(text, m.end(), n, text[m.start() : m.end()].rstrip("：: _者人员"), m.start()):
@@ -839,6 +846,8 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
     return sorted(sp for sp in spans if text[sp[0] : sp[1]] not in DAY_WORDS and not _WEEKDAY.fullmatch(text, *sp))
 
 
+# a bed number, then (optionally) how the patient came, then the patient's name ending its clause
+_BED_RE = re.compile(r"(?<![\d.])\d{1,3}\s*床(?:新入院|新收入院|新收|新转入|转入|患者|病人|病员|患儿)?")
 _WEEKDAY = re.compile("(?:周|星期|礼拜)[一二三四五六日天末]")
 
 
