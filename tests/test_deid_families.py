@@ -350,3 +350,34 @@ def test_name_after_a_bed_number(text, names):
                                   "15床石膏固定良好。", "21床林格液500ml静滴。", "6床患者血压偏低。"])
 def test_clinical_words_after_a_bed_number_stay(text):
     assert D89.scrub(text)[0] == text
+
+
+# (session 4, after part 12's first look) a value after any field label that names a number, with a colon
+@pytest.mark.parametrize("text,value", [
+    ("借阅证号：TS2019004417，读者已登记。", "TS2019004417"),
+    ("职业病诊断书编号：ZYB-2023-0117", "ZYB-2023-0117"),
+    ("，器官捐献登记卡号：330000 2024 0001，", "330000 2024 0001"),
+    ("车辆登记证号：粤B20190077345", "粤B20190077345"),
+])
+def test_any_number_label_with_a_colon(text, value):
+    assert [text[s.start : s.end] for s in D89.find(text) if s.type == "record"] == [value]
+
+
+@pytest.mark.parametrize("text", ["床号：12", "药品批号：H20240511", "型号：XR-2000", "密码：1234", "邮政编码：100083",
+                                  "病房号：1203", "得分：1234", "3号楼：1203室", "楼号：7"])
+def test_number_labels_that_are_no_identifiers_stay(text):
+    assert D89.scrub(text)[0] == text
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("母亲住在宜宾市翠屏区康乐养老院，已三年。", "hospital", "宜宾市翠屏区康乐养老院"),
+    ("转入绵阳市安宁护理院继续康复。", "hospital", "绵阳市安宁护理院"),
+    ("客服热线 800 810 1234 周一至周五接听", "phone", "800 810 1234"),
+])
+def test_care_homes_and_service_numbers(text, kind, value):
+    assert [text[s.start : s.end] for s in D89.find(text) if s.type == kind] == [value]
+
+
+@pytest.mark.parametrize("text", ["到正规养老院看看。", "养老院的护工很好。", "剂量800 mg，每日2次。", "收缩压400 mmHg不可能。"])
+def test_care_home_words_and_doses_stay(text):
+    assert D89.scrub(text)[0] == text

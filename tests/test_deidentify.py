@@ -306,7 +306,7 @@ def test_scorer_oracle_and_hand_computed_case():
 # The parts already seen (each after its first look): a blind part added later is scored by hand once,
 # never by this regression test.
 SEEN_PARTS = ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7", "heldout8",
-              "heldout9", "heldout10", "heldout11")
+              "heldout9", "heldout10", "heldout11", "heldout12")
 # Name bars below 0.99 where a seen part still has misses after its round (the regression figure minus a small
 # margin): part 6 105/109 = 0.963 after round 4b (first look 0.761), part 7 101/102 = 0.990 (first look 0.814).
 # Part 8 (first look 113/130 = 0.869, records 7/9) is seen since round 5: 130/130, records 9/9.
@@ -315,7 +315,13 @@ SEEN_PARTS = ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", 
 # 1.000) is seen since: its hospital and phone misses were fixed as families; its 5 name misses were not.
 # Part 11 (realistic mix; first look after the part-10 fixes: names 113/119 = 0.9496, records 8/9, all else 1.000)
 # is seen since: its record miss (居民健康档案编号) was fixed as a family; its 6 name misses were not.
-NAME_BARS = {"heldout7": 0.98, "heldout10": 0.95, "heldout11": 0.94}  # part 6 is at 109/109 since round 5 (秀芝 ×2 and 刘一诺 as families), on the default bar
+# Part 12 (realistic, settings outside hospitals; first look after the bed-number rule: names 96/114 = 0.842,
+# records 12/19, hospitals 9/10, phones 10/11 + 1 false, 1 false address) is seen since: number labels with a colon,
+# care homes and service numbers were fixed as families; its names and two records (献血码 without a colon, a
+# 13-character label) were not.
+NAME_BARS = {"heldout7": 0.98, "heldout10": 0.95, "heldout11": 0.94, "heldout12": 0.84}
+OTHER_BARS = {("heldout12", "record"): 0.89}
+PRECISION_BARS = {"heldout12": 0.98}  # part 6 is at 109/109 since round 5 (秀芝 ×2 and 刘一诺 as families), on the default bar
 
 
 def test_meets_the_bar_on_every_part_and_keeps_clean_sentences():
@@ -329,11 +335,12 @@ def test_meets_the_bar_on_every_part_and_keeps_clean_sentences():
     for part, ex in load_parts(SEEN_PARTS).items():
         st = score(deid.find, ex)
         for kind in ("id", "phone", "record"):
-            assert st.get(kind, {}).get("recall_overlap", 1.0) >= 0.99, (part, kind, st.get(kind))
+            bar = OTHER_BARS.get((part, kind), 0.99)
+            assert st.get(kind, {}).get("recall_overlap", 1.0) >= bar, (part, kind, st.get(kind))
         for kind in ("name", "hospital", "address", "dob"):
             bar = NAME_BARS.get(part, 0.99) if kind == "name" else 0.95
             assert st.get(kind, {}).get("recall_overlap", 1.0) >= bar, (part, kind, st.get(kind))
-        assert st["all"]["precision_overlap"] >= 0.99, (part, st["all"])
+        assert st["all"]["precision_overlap"] >= PRECISION_BARS.get(part, 0.99), (part, st["all"])
         changed = [e.where for e in ex if not e.spans and deid.scrub(e.text)[0] != e.text]
         assert len(changed) <= 0.05 * sum(not e.spans for e in ex), changed
 

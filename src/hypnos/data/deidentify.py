@@ -87,7 +87,16 @@ PATTERNS: list[tuple[str, re.Pattern]] = [
     # and digit groups after single spaces (6228 4801 2233 7791)
     ("record", re.compile(rf"{_RECORD_LABEL}{_FILL}(?P<v>(?=[0-9A-Za-z_/#-]*\d)[0-9A-Za-z](?:[0-9A-Za-z_/#-]*[0-9A-Za-z])?"
                           r"(?: \d{3,}(?![\d.]))*)")),
+    # (session 4) any field label naming a number (学籍号, 献血证号, 理赔单号, 会诊单号, 传染病报告卡编号, 献血码),
+    # then a colon and a value with at least 4 digits (letters, dashes, spaced digit groups, a plate-style 鲁C…);
+    # not bed, lot, model or page numbers, and not the labels of phones and IDs (their own patterns)
+    ("record", re.compile(rf"(?<![{_CJK}])(?:(?!电话|手机|身份|证件|护照|通行证|邮政|邮编|密码|验证|床|批|型|货|页|房|楼)[{_CJK}]){{0,10}}"
+                          r"(?:编号|单号|证号|卡号|档案号|号码|号|码)\s*[：:]\s*"
+                          rf"(?P<v>(?=(?:[^0-9\s，,。；;]*\d){{4}})(?:[{_CJK}](?=[A-Z]))?[0-9A-Za-z](?:[0-9A-Za-z_/#-]*[0-9A-Za-z])?"
+                          r"(?: \d{2,}(?![\d.]))*)")),
     ("phone", re.compile(r"(?<![0-9A-Za-z])(?P<v>(?:\+?86[-\s]?)?1[3-9]\d(?:[-\s]?\d{4}){2})(?![0-9])")),
+    # (session 4) service numbers (400-820-3366, 800 810 1234): they point at whoever answers them
+    ("phone", re.compile(r"(?<![0-9A-Za-z])(?P<v>[48]00[-\s]?\d{3}[-\s]?\d{4})(?![0-9])")),
     ("phone", re.compile(r"(?<![0-9])(?P<v>(?:[（(]0\d{2,3}[)）]\s?|0\d{2,3}[-\s－])[2-9]\d{2,3}[-\s]?\d{4})(?![0-9])")),
     ("phone", re.compile(rf"{_PHONE_LABEL}{_FILL}(?P<v>[2-9]\d{{2,3}}[-\s]?\d{{4}})(?![0-9])")),
     # (session 4) a landline a few words after its label in the same clause (电话改了，现在是86753120; 座机换成了
@@ -104,7 +113,9 @@ _AGE = re.compile(r"(?<![\d.])(?P<v>(?:9\d|1[0-2]\d)\s*(?:周岁|岁))"
                   r"|[一二]十[一二三四五六七八九]?|多)?)(?:周岁|岁))")
 
 # Hospitals: the name ends in one of these; it starts after a verb/preposition or punctuation.
-_HOSP_END = re.compile(r"(?:医院|卫生院|诊所|保健院|卫生服务中心|卫生服务站|防治中心|医学中心|肿瘤中心|急救中心|门诊部)")
+# (session 4) care homes and blood services too: a named 养老院 or 血站 places a person as surely as a hospital
+_HOSP_END = re.compile(r"(?:医院|卫生院|诊所|保健院|卫生服务中心|卫生服务站|防治中心|医学中心|肿瘤中心|急救中心|门诊部|"
+                       r"养老院|敬老院|护理院|疗养院|福利院|中心血站|血站|血液中心|疾病预防控制中心|疾控中心)")
 _HOSP_STOP = set("在于到至往去从由是的了与及或、打叫找让请把被给对为我您你他她其该这那此本前后转入住出就爸妈哥姐爷奶婆"
                  "来回赴离经过诊查做看拨电话向当地")
 _HOSP_GENERIC = {"县", "市", "省", "区", "镇", "乡", "村", "大", "小", "该", "哪家", "对方", "上级", "基层", "专科",
