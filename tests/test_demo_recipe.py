@@ -73,6 +73,7 @@ def test_eval_heldout_section_report_and_terminal_table(tmp_path, tiny_model_dir
     assert heldout_rows(report)[2][0]["verdict"] == "no difference shown"
     html = (r.stage_dir("report") / "report.html").read_text(encoding="utf-8")
     assert 'id="heldout-table"' in html and 'id="heldout-pairs"' in html
+    assert "answer mode, fp32)" in html  # the scoring precision is stated (tests pin fp32)
 
 
 def test_heldout_set_pools_several_files_and_names_a_missing_one(tmp_path, tiny_model_dir):
