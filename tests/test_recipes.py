@@ -49,3 +49,17 @@ def test_paper_recipe_without_data_or_keys_says_what_is_missing(tmp_path, monkey
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     problems = "\n".join(validate_recipe(load_recipe(ROOT / "recipes/hypnos.yaml", output_dir=tmp_path)))
     assert "OPENAI_API_KEY" in problems and "anesthesia_qa_24k.jsonl" in problems and "file not found" in problems
+
+
+def test_exponent_floats_are_numbers_in_recipes_and_overrides(tmp_path):
+    """``learning_rate: 1e-4`` (no dot) is a number, as in YAML 1.2, not PyYAML's string "1e-4" that failed
+    deep inside the trainer; quoted it stays a string."""
+    p = tmp_path / "r.yaml"
+    p.write_text("name: t\nstages:\n  - {name: sft, kind: sft, model: m, data: [d.jsonl],\n"
+                 "     training: {learning_rate: 1e-4, weight_decay: 2E-2, max_steps: 10}}\n"
+                 "  - {name: mix, kind: mix, sources: [{path: d.jsonl, name: '1e3'}]}\n", encoding="utf-8")
+    r = load_recipe(p, overrides=["sft.training.warmup_ratio=5e-2"], output_dir=tmp_path)
+    training = r.stage("sft").config.training
+    assert training == {"learning_rate": 1e-4, "weight_decay": 0.02, "max_steps": 10, "warmup_ratio": 0.05}
+    assert all(type(v) in (float, int) for v in training.values())
+    assert r.stage("mix").config.sources[0].name == "1e3"

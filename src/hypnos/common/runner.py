@@ -129,6 +129,28 @@ def _config_error(path: Path, lines: dict, loc: tuple, stage: str, err: Validati
     return ConfigError("\n".join(msgs))
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats as YAML 1.2 does: ``1e-4`` and ``2E5`` are numbers, not strings.
+
+    (PyYAML follows YAML 1.1, where a float needs a dot: ``learning_rate: 1e-4`` became the string "1e-4" and
+    failed deep inside the trainer.)
+    """
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
+    list("-+0123456789."))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
     """``stage.key=value`` strings (value parsed as YAML) for ``hypnos run ... sft.max_steps=2``."""
     out = []
@@ -137,7 +159,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
             raise ConfigError(f"override {o!r} is not KEY=VALUE (e.g. sft_general.max_steps=2)")
         k, v = o.split("=", 1)
         try:
-            out.append((k.split("."), yaml.safe_load(v)))
+            out.append((k.split("."), _yaml(v)))
         except yaml.YAMLError as e:
             raise ConfigError(f"override {o!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
     return out
@@ -162,7 +184,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, output_dir
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at byte {e.start + 1})") from None
     try:
         tree = yaml.compose(text)
-        data = yaml.safe_load(text) or {}
+        data = _yaml(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     lines = _key_lines(tree) if tree is not None else {}
