@@ -124,3 +124,21 @@ def test_bf16_autocast_is_close_to_fp32_and_stated(tiny_model_dir):
     assert res["bf16"]["settings"]["precision"] == "bf16 autocast"
     fp, bf = (res[p]["models"]["a"]["bits_per_char"] for p in ("fp32", "bf16"))
     assert fp != bf and bf == pytest.approx(fp, rel=0.01)
+
+
+def test_cut_by_max_texts_is_counted_and_logged(tiny_model_dir, caplog):
+    """A pooled set longer than max_texts loses its tail (often a whole file): the result says how many texts
+    there were, and a warning names the files."""
+    import logging
+
+    from hypnos.eval.heldout import evaluate
+
+    n = len(load_items([ONLINE], "answer"))
+    with caplog.at_level(logging.WARNING, logger="hypnos"):
+        r = evaluate({"a": tiny_model_dir}, [ONLINE], "answer", 5, 40)
+    assert r["models"]["a"]["texts"] == 5 and r["settings"]["texts_available"] == n > 5
+    assert f"5 of {n} texts scored" in caplog.text and ONLINE.name in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hypnos"):
+        evaluate({"a": tiny_model_dir}, [ONLINE], "answer", n, 40)
+    assert "texts scored" not in caplog.text

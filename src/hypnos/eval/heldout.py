@@ -22,6 +22,7 @@ text better than B" is a claim with an interval.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from hypnos.common.io import DataError, iter_rows
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+log = logging.getLogger("hypnos")
 Mode = Literal["text", "answer"]
 Precision = Literal["auto", "fp32", "bf16"]
 N_BOOT = 2000
@@ -196,9 +198,13 @@ def evaluate(models: dict[str, str | Path], paths: list[str | Path], mode: Mode 
         for name in (a, b):
             if name not in models:
                 raise ValueError(f"pair {a},{b}: no model named {name!r} (models: {', '.join(models)})")
-    items = load_items(paths, mode, max_texts, max_chars)
+    available = load_items(paths, mode, None, max_chars)
+    items = available[:max_texts] if max_texts else available
     if not items:
         raise DataError(", ".join(map(str, paths)), None, "no held-out text to score")
+    if len(items) < len(available):  # a pooled set's later files may be cut whole: say so
+        log.warning("held-out %s: %d of %d texts scored (max_texts %d)", ", ".join(map(str, paths)), len(items),
+                    len(available), max_texts)
     chars = item_chars(items)
     bf16 = use_bf16(precision)
     per_text, summary = {}, {}
@@ -214,6 +220,7 @@ def evaluate(models: dict[str, str | Path], paths: list[str | Path], mode: Mode 
         del model
     out_pairs = [{"a": a, "b": b, **paired_difference(per_text[a], per_text[b], chars, seed)} for a, b in pairs]
     return {"settings": {"files": [str(p) for p in paths], "mode": mode, "max_texts": max_texts,
+                         "texts_available": len(available),
                          "max_chars": max_chars, "seed": seed, "precision": "bf16 autocast" if bf16 else "fp32"},
             "models": summary, "pairs": out_pairs, "ids": [it.id for it in items], "chars": chars.tolist(),
             "per_text": {k: v.tolist() for k, v in per_text.items()}}
