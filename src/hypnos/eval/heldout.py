@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from hypnos.common.io import DataError, iter_rows
+from hypnos.train.common import Precision, autocast_bf16
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger("hypnos")
 Mode = Literal["text", "answer"]
-Precision = Literal["auto", "fp32", "bf16"]
 N_BOOT = 2000
 
 
@@ -167,15 +167,6 @@ def paired_difference(bits_a: np.ndarray, bits_b: np.ndarray, chars: np.ndarray,
             "texts": len(c)}
 
 
-def use_bf16(precision: Precision) -> bool:
-    """Whether ``precision`` means bf16 autocast on this machine."""
-    if precision == "auto":
-        from hypnos.train.common import mixed_precision_bf16
-
-        return mixed_precision_bf16()
-    return precision == "bf16"
-
-
 def evaluate(models: dict[str, str | Path], paths: list[str | Path], mode: Mode = "text",
              max_texts: int | None = 200, max_chars: int = 300, pairs: list[tuple[str, str]] = (),
              seed: int = 0, precision: Precision = "fp32") -> dict:
@@ -183,7 +174,7 @@ def evaluate(models: dict[str, str | Path], paths: list[str | Path], mode: Mode 
 
     ``precision``: ``fp32``, or ``bf16`` autocast over fp32 weights (2-3x faster on a CPU that multiplies bf16;
     measured on 63 demo texts: bits/char within 0.001 of fp32 overall, 0.014 per text at most), or ``auto``
-    (bf16 where the hardware has it, as training does: ``hypnos.train.common.mixed_precision_bf16``).
+    (bf16 where the hardware has it, as training does: ``hypnos.train.common.autocast_bf16``).
 
     Returns:
         ``{"settings", "models": {name: {...bits_per_char...}}, "pairs": [{"a", "b", "difference", "ci"}],
@@ -206,7 +197,7 @@ def evaluate(models: dict[str, str | Path], paths: list[str | Path], mode: Mode 
         log.warning("held-out %s: %d of %d texts scored (max_texts %d)", ", ".join(map(str, paths)), len(items),
                     len(available), max_texts)
     chars = item_chars(items)
-    bf16 = use_bf16(precision)
+    bf16 = autocast_bf16(precision)
     per_text, summary = {}, {}
     for name, ref in models.items():
         d = resolve_model(ref)

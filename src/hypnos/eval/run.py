@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from hypnos.common.io import read_jsonl, write_jsonl
 from hypnos.common.stage import StageConfig, StageContext, StageResult, is_ref
 from hypnos.eval.tasks import Task, TaskError, get_tasks
+from hypnos.train.common import Precision
 
 log = logging.getLogger("hypnos")
 PER_ITEM = ("rougeL_items",)  # per-item lists dropped from the scores of private tasks
@@ -50,7 +51,7 @@ class HeldoutSpec(BaseModel):
     """``answer``: score the answer given the question; ``text``: score question and answer."""
     max_texts: int = Field(200, ge=1)
     max_chars: int = Field(300, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     """``auto``: bf16 autocast where the hardware multiplies bf16 (2-3x faster; bits/char within 0.001 of fp32 on
     the demo's texts), else fp32. ``fp32`` for exact figures."""
 
@@ -81,7 +82,7 @@ class Config(StageConfig):
     stated in the report, since it changes Distinct-n and the overlap metrics."""
     no_repeat_ngram_size: int = Field(0, ge=0)
     """Local models never repeat a token n-gram of this size in an answer (0: off); same for every model."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     """Open answers of local models generated under bf16 autocast (``auto``: where the hardware multiplies bf16,
     2-3x faster on such a CPU) or in fp32; multiple-choice log-likelihoods are always fp32. Stated in the report."""
     tokenization: Literal["char", "zh", "jieba"] = "char"
@@ -147,11 +148,16 @@ class Config(StageConfig):
         return problems
 
 
+def _files(files: str | list[str]) -> list[str]:
+    """A held-out set's files: one path or several pooled."""
+    return [files] if isinstance(files, str) else files
+
+
 def _check_heldout(spec: HeldoutSpec, models: dict[str, str], ctx: StageContext) -> list[str]:
     """Held-out files exist (or name earlier stages), models are local, pair labels are known."""
     problems = []
     for files in spec.sets.values():
-        for path in [files] if isinstance(files, str) else files:
+        for path in _files(files):
             problems += ctx.check_ref(path, "heldout")
     for ref in spec.extra_models.values():
         if is_ref(ref):
@@ -180,8 +186,7 @@ def _run_heldout(spec: HeldoutSpec, models: dict[str, str], ctx: StageContext) -
         dest = ctx.out_dir / "heldout" / f"{name}.json"
         if not dest.exists():
             log.info("[eval] held-out bits/char on %s (%s)", name, path)
-            files = [path] if isinstance(path, str) else path
-            res = heldout.evaluate(refs, [ctx.resolve(p) for p in files], spec.mode, spec.max_texts, spec.max_chars,
+            res = heldout.evaluate(refs, [ctx.resolve(p) for p in _files(path)], spec.mode, spec.max_texts, spec.max_chars,
                                    [tuple(p) for p in spec.pairs], ctx.seed, spec.precision)
             heldout.write_result(res, dest)
         out[name] = json.loads(dest.read_text(encoding="utf-8"))
@@ -202,9 +207,9 @@ def _load_model(cfg: Config, ctx: StageContext, label: str):
 
 
 def _bf16(cfg: Config) -> bool:
-    from hypnos.eval.heldout import use_bf16
+    from hypnos.train.common import autocast_bf16
 
-    return use_bf16(cfg.precision)
+    return autocast_bf16(cfg.precision)
 
 
 def _evaluate(cfg: Config, ctx: StageContext, task: Task, docs: list[dict], model) -> tuple[dict, list[dict]]:

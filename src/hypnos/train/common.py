@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -127,15 +128,20 @@ def cpu_has_bf16() -> bool:
     forced = os.environ.get("HYPNOS_CPU_BF16")
     if forced in ("0", "1"):
         return forced == "1"
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (read once per process; empty where /proc/cpuinfo does not exist)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:  # not Linux: stay in fp32
         pass
-    return False
+    return frozenset()
 
 
 def mixed_precision_bf16() -> bool:
@@ -145,6 +151,15 @@ def mixed_precision_bf16() -> bool:
     if has_cuda():
         return torch.cuda.is_bf16_supported()
     return cpu_has_bf16()
+
+
+Precision = Literal["auto", "fp32", "bf16"]
+"""How a model is run for evaluation: ``auto`` = bf16 autocast where ``mixed_precision_bf16`` says so, else fp32."""
+
+
+def autocast_bf16(precision: Precision) -> bool:
+    """Whether ``precision`` means bf16 autocast on this machine."""
+    return mixed_precision_bf16() if precision == "auto" else precision == "bf16"
 
 
 def cpu_sane_defaults(ctx: StageContext) -> dict[str, Any]:
