@@ -142,3 +142,15 @@ def test_cut_by_max_texts_is_counted_and_logged(tiny_model_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="hypnos"):
         evaluate({"a": tiny_model_dir}, [ONLINE], "answer", n, 40)
     assert "texts scored" not in caplog.text
+
+
+@pytest.mark.parametrize("family", ["tiny_model_dir", "llama_sp_dir"])
+def test_length_batching_keeps_each_texts_bits_with_both_tokenizer_families(family, request):
+    """Batches formed by length, on SmolLM2's byte-level BPE and the LLaMA SentencePiece tokenizer (digits,
+    letters after 答案：, Chinese after a space): each text's bits equal scoring it alone."""
+    d = request.getfixturevalue(family)
+    tok, model = AutoTokenizer.from_pretrained(d), AutoModelForCausalLM.from_pretrained(d)
+    texts = ["答案：B，剂量2.5 mg/kg", "患者 术后恶心呕吐，予昂丹司琼4mg静注后缓解。", "CT 检查", "好"]
+    items = [Item(f"t{i}", "问：", t) for i, t in enumerate(texts)]
+    alone = [item_bits(model, tok, [it])[0] for it in items]
+    np.testing.assert_allclose(item_bits(model, tok, items, batch_size=3), alone, rtol=1e-4)
