@@ -381,3 +381,36 @@ def test_care_homes_and_service_numbers(text, kind, value):
 @pytest.mark.parametrize("text", ["到正规养老院看看。", "养老院的护工很好。", "剂量800 mg，每日2次。", "收缩压400 mmHg不可能。"])
 def test_care_home_words_and_doses_stay(text):
     assert D89.scrub(text)[0] == text
+
+
+# ---- round 7 (part 12's families outside wards, each case written for these tests; every name case fails before the
+# round, checked against 752b9e3)
+
+R7_ROLE_NAMES = [
+    # roles of village clinics, schools, care homes, blood services, insurance and mediation name who follows them
+    ("户主张桂兰家有两位老人需要随访。", ["张桂兰"]),  # (主张 is a word: the role is whole)
+    ("调解员洪亮主持调解。", ["洪亮"]),  # (an ordinary word after the role)
+    ("全科医生方丽转诊患者。", ["方丽"]),  # (a weak surname after the role)
+    ("随访对象：齐海洋本人", ["齐海洋"]),
+    ("保育员林芳芳发现孩子发热。", ["林芳芳"]),
+    # 阿 + a given-name character after a person word, or before 姐/哥 used as address
+    ("志愿者阿梅陪老人聊天。", ["阿梅"]),
+    ("护工阿红很细心。", ["阿红"]),
+    ("多亏阿玲姐提醒我复查。", ["阿玲"]),
+]
+
+
+@pytest.mark.parametrize("text,names", R7_ROLE_NAMES)
+def test_round7_roles_outside_wards(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "户主家里有四口人。", "请联系负责人。", "投保人需如实告知。", "被保险人因疾病住院的可以理赔。", "献血者需年满18周岁。",
+    "当事人双方达成协议。", "班主任老师很负责。", "校医室在一楼。", "护工很辛苦。", "志愿者为老人理发。", "调解员依法调解。",
+    "受益人为法定继承人。", "申请人应当提交材料。", "持证人须本人到场。", "随访对象为高血压患者。", "患者姓名为必填项。",
+    "全科医生方便的时候再来。", "志愿者们很热情。", "工作人员正在核对。", "村医建议去县医院。", "我是阿里的员工。",
+    "阿姨姐姐都来了。", "阿胶吃了一年。", "护工阿姨很耐心。",
+])
+def test_round7_roles_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -612,3 +612,32 @@ def round6_names(text: str) -> list[tuple[int, int]]:
 
 _COMPOUND_TITLE = re.compile("(?:" + "|".join(sorted(_STRONG_COMPOUND)) + ")(?=" + "|".join(
     sorted(_ADDRESS_AFTER, key=len, reverse=True)) + ")")
+
+
+# ---- round 7: names outside wards (village clinics, schools, care homes, blood services, insurance, mediation) ----
+
+_LABEL_ENDS = tuple(sorted(LABELS, key=len, reverse=True))
+# 阿 + a given-name character before 姐/哥/嫂/妹 used as address (谢谢阿玲姐, 阿强哥帮我): the kin word says "person"
+_A_KIN_AFTER = re.compile("姐|哥|嫂|妹")
+
+
+def _a_names_outside(text: str) -> list[tuple[int, int]]:
+    """阿 + a given-name character right after a person word or role (志愿者阿梅, 护工阿红, 邻居阿珍) or before
+    姐/哥 used as address (阿玲姐): not 阿姨, 阿胶, 阿婆 (dictionary words) nor the head of a longer word."""
+    out, gc = [], given_chars()
+    for m in re.finditer(f"阿([{_CJK}])", text):
+        s = m.start()
+        cand = text[s : s + 2]
+        if m.group(1) not in gc or _dict_tag(cand) not in (None, "nr") or _guarded(text, s) \
+                or cand in TITLES or cand in LABELS or len(_longest_word(text, s)) > 2 \
+                or (s + 2 < len(text) and _is_word(text[s + 1 : s + 3])):
+            continue
+        if text[:s].endswith(_LABEL_ENDS) or _A_KIN_AFTER.match(text, s + 2):
+            out.append((s, s + 2))
+    return out
+
+
+def round7_names(text: str) -> list[tuple[int, int]]:
+    """The round-7 families (see docs/deidentify.md, round 7)."""
+    out = _a_names_outside(text) if "阿" in text else []
+    return out

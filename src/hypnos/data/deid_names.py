@@ -120,7 +120,16 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
           "麻醉师 药师 药剂师 营养师 康复师 治疗师 技师 护师 "
           # who hands over or takes a shift, follows up, accompanies or trains (交班者东方慧, 随访员葛文, 陪同人X)
           "交班者 接班者 交班人 接班人 交班护士 接班护士 随访员 随访人 协调员 联络员 记录员 陪同人 陪同者 陪诊人 "
-          "实习生 进修生 规培生 研究生 媳妇 儿媳妇 我媳妇 他媳妇 老伴儿 我家宝宝 宝宝")
+          "实习生 进修生 规培生 研究生 媳妇 儿媳妇 我媳妇 他媳妇 老伴儿 我家宝宝 宝宝 "
+          # (round 7) roles outside wards: village clinics, schools, care homes, blood services, insurance and
+          # mediation each name the person right after them (户主X, 被保险人X, 献血者X, 调解员X, 班主任X, 志愿者X)
+          "户主 持证人 专员 理赔专员 客服专员 负责人 被保险人 投保人 受益人 献血者 献血人 当事人 调解员 人民调解员 "
+          "班主任 校医 护工 护理员 保育员 志愿者 社工 随访对象 申请医生 全科医生 家庭医生 签约医生 乡村医生 村医 "
+          "工作人员 被监护人 被申请人 联络人 承办人 办理人 报案人 出险人")
+# (round 7) those roles are whole words: the character before a name is the role's (户主|张桂兰, though 主张 is a word)
+_WHOLE_ROLES = frozenset(_words("户主 持证人 专员 理赔专员 客服专员 负责人 被保险人 投保人 受益人 献血者 献血人 当事人 "
+                                "调解员 人民调解员 班主任 校医 护工 护理员 保育员 志愿者 社工 随访对象 申请医生 全科医生 "
+                                "家庭医生 签约医生 乡村医生 村医 工作人员 被监护人 被申请人 联络人 承办人 办理人 报案人 出险人"))
 # Short role words that announce a name only as a form field, with a colon (巡回：米娜, 麻醉：阮思琪);
 # in running text they are ordinary words (麻醉平稳, 手术顺利).
 FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
@@ -694,6 +703,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         handle_spans,
         roster_names,
         round6_names,
+        round7_names,
         signature_rows,
     )
 
@@ -702,7 +712,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         add(s, e)
     # (round 6) rosters, attendee lists, 林海（主麻）…: each item is claimed as it stands, before a list rule
     # could run from one item into the next label (周一冷锋、|周二柏松)
-    for s, e in sorted(set(roster_names(text) + round6_names(text))):
+    for s, e in sorted(set(roster_names(text) + round6_names(text) + round7_names(text))):
         if free(s, e):
             spans.append((s, e))
     for m in _LABEL_RE.finditer(text):
@@ -718,7 +728,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
                        weak_ok=not (forced or (title and not fielded)), kin=label not in _NOT_KIN,
                        # (a long role word is whole: 经治医生|冷建国 though jieba has 生冷; 助手 may end 辅助手|段)
                        anchored=naming or bool(m.group("colon").strip()) or (len(label) >= 3 and label not in _NOT_KIN)
-                       or label in _LONG_TITLES)  # (护士长|石春燕: 长石 is a mineral, not the name's left side)
+                       or label in _LONG_TITLES or label in _WHOLE_ROLES)  # (护士长|石春燕: 长石 is a mineral, not the name's left side)
         if n and title and not fielded and (n == 3 and _common_word(text[i + 1 : i + 3])):
             n = 0
         if n and forced and _is_word(text[i : i + n]):
