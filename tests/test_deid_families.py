@@ -414,3 +414,28 @@ def test_round7_roles_outside_wards(text, names):
 ])
 def test_round7_roles_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+R7_NICKNAMES = [
+    # village nicknames: a surname + 老 + a birth-order numeral, whole; a numeral + 娃/妞 opening a clause
+    ("五保户郝老二，独居，腿脚不便。", ["郝老二"]),
+    ("邻村的麻老五昨天来拿药。", ["麻老五"]),  # (a weak surname after 的)
+    ("雷老幺血压控制不好。", ["雷老幺"]),
+    ("三妞发烧两天，在家吃过退烧药。", ["三妞"]),
+    ("四娃咳嗽一周。", ["四娃"]),
+    # 老 + a surname + 家的: a family (jieba's 刘家 is a name word, no ordinary word)
+    ("老刘家的儿媳来量血压。", ["刘"]),
+]
+
+
+@pytest.mark.parametrize("text,names", R7_NICKNAMES)
+def test_round7_village_nicknames(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "老三老四都在外地打工。", "他排行老三。", "我家老二发烧了。", "大娃上小学，二娃上幼儿园，都感冒了。", "生了二娃以后腰一直疼。",
+    "二娃出生后我一直失眠。", "老公家的人都有高血压。", "他是家里的老大。", "老师家长会改期了。", "活到老学到老。",
+])
+def test_round7_nicknames_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

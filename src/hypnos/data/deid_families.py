@@ -117,6 +117,10 @@ _DASHES = set("-－—‐")
 _FAMILIAR_LOOSE = re.compile(rf"[老小]([{_SURN_CHARS}])")
 
 
+# (round 7) 老刘家的孙子: a family called by 老 + its surname; jieba's 刘家 (a name word) makes no word of the surname
+_FAMILY_HOUSE = re.compile("家(?:的|里|人|那)")
+
+
 def _familiar(text: str) -> list[tuple[int, int]]:
     """老/小 + a strong surname (5床老周, 我是小王, 刚才小冯来过), whatever follows, when
     the surname starts no word with the next character (小钱|包, 老毛|病 stay: 钱包, 毛病) and 老X/小X is no
@@ -129,7 +133,7 @@ def _familiar(text: str) -> list[tuple[int, int]]:
             continue  # (伏格特-小柳-原田综合征: an eponym)
         if _dict_tag(word) not in (None, "nr", "t") or _guarded(text, s - 1) or word in LABELS or word in TITLES:
             continue
-        if s + 1 < len(text) and _CJK_RE.match(text, s + 1) and (
+        if s + 1 < len(text) and _CJK_RE.match(text, s + 1) and not _FAMILY_HOUSE.match(text, s + 1) and (
                 _is_word(text[s : s + 2]) or len(_longest_word(text, s - 1)) > 2
                 or (_dict_tag(text[s : s + 2]) == "nr" and text[s + 1] in given_chars())):
             continue  # 小钱|包, 老毛病, 小王明|天 is 小王 only when 王明 is no name jieba knows
@@ -637,7 +641,34 @@ def _a_names_outside(text: str) -> list[tuple[int, int]]:
     return out
 
 
+# a village nickname: a surname + 老 + a birth-order numeral (郝老二, 雷老幺), whole; or a birth-order numeral + 娃/妞/丫/蛋
+# opening a clause (三妞发烧两天) when the text counts no siblings (大娃上小学，二娃上幼儿园: the first and second child)
+_SURNAME_ORDINAL = re.compile("老[大二三四五六七八九十幺](?![十\\d])")
+_ORDINAL_KID = re.compile(r"(?:^|(?<=[，,。；;！!？?\s“\"：:]))[二三四五六七八九幺][娃妞丫蛋](?![娃妞丫蛋])")
+_NICK_LEFT = set("，,。；;！!？?：:、 \n“\"的是叫找和跟")
+_KID_COUNT = re.compile("[大小老二三四五六七八九幺][娃妞丫宝]")
+_NOT_KID_NEXT = re.compile("出生|和|跟|与|都|也|上学|上小学|上幼儿园|上初中|的时候|以后|之后|后")
+
+
+def _village_nicknames(text: str) -> list[tuple[int, int]]:
+    out = []
+    for m in _SURNAME_ORDINAL.finditer(text) if "老" in text else ():
+        s, e = m.start() - 1, m.end()
+        weak_ok = text[s] not in VERBAL_SURNAMES and (s == 0 or text[s - 1] in _NICK_LEFT)  # (邻村的麻老五)
+        if s < 0 or not surname_at(text, s, weak_ok=weak_ok) or _guarded(text, s) or _is_word(text[e - 1 : e + 1]) \
+                or (s and _CJK_RE.match(text, s - 1) and _is_word(text[s - 1 : s + 1])):
+            continue  # (张老大夫: an old doctor; 钻|石王: no surname)
+        out.append((s, e))
+    for m in _ORDINAL_KID.finditer(text) if any(c in text for c in "娃妞丫蛋") else ():
+        s, e = m.span()
+        if e < len(text) and _CJK_RE.match(text, e) and not _NOT_KID_NEXT.match(text, e) \
+                and len(_KID_COUNT.findall(text)) == 1 and not _is_word(text[e - 1 : e + 1]) and not _guarded(text, s):
+            out.append((s, e))
+    return out
+
+
 def round7_names(text: str) -> list[tuple[int, int]]:
     """The round-7 families (see docs/deidentify.md, round 7)."""
     out = _a_names_outside(text) if "阿" in text else []
+    out += _village_nicknames(text)
     return out
