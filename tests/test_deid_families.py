@@ -439,3 +439,36 @@ def test_round7_village_nicknames(text, names):
 ])
 def test_round7_nicknames_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+R7_TITLED = [
+    # a weak surname before a title, with a second anchor: a field colon and the clause's end, a role word, or a clause start
+    # and what a person does to the speaker
+    ("主治医师：方医生。", ["方"]),
+    ("随访医生：时大夫，电话随访。", ["时"]),
+    ("社区工作人员向护士负责建档。", ["向"]),
+    ("上午，于医生让我们先做心电图。", ["于"]),
+    # a role, then a strong surname alone, then what a person reports
+    ("夜班护士秦报告患者血压下降。", ["秦"]),
+    ("值班医生鲍表示暂不手术。", ["鲍"]),
+    # a strong surname + 爸爸/妈妈; a newborn called by the family's surname
+    ("今天是唐妈妈陪孩子来的。", ["唐"]),
+    ("早产儿韦宝宝今日体重1850g。", ["韦"]),
+    # 小 + a surname jieba calls a noun, after a staff role
+    ("康复师小陆帮患者做被动活动。", ["陆"]),
+]
+
+
+@pytest.mark.parametrize("text,names", R7_TITLED)
+def test_round7_titled_surnames(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "请向医生咨询。", "向医生说明病情。", "于医生处就诊。", "全科医生建议转诊。", "和医生沟通一下。", "护士长说明天查房。",
+    "护士张贴了通知。", "医生陈述病情。", "我家宝宝发烧了。", "孩子妈妈说孩子发烧。", "新生儿黄疸。", "当妈妈以后很累。",
+    "熊猫宝宝很可爱。", "医生说多喝水。", "患者向医生咨询。", "患者于医生处就诊。", "家属与医生沟通。", "家属向医生说明情况。",
+    "爷爷和奶奶都有高血压。", "原来医生曾建议我复查。", "联系人：全科医生。", "护士小米粥吃了吗？", "新生儿龙宝宝很多。",
+])
+def test_round7_titled_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -117,6 +117,8 @@ _DASHES = set("-－—‐")
 _FAMILIAR_LOOSE = re.compile(rf"[老小]([{_SURN_CHARS}])")
 
 
+# staff roles before 小/老 + a surname (治疗师小陆, 护工老杨)
+_STAFF_ENDS = ("师", "护士", "医生", "大夫", "护工", "工作人员", "志愿者", "社工", "校医", "村医", "保育员", "护理员", "专员")
 # (round 7) 老刘家的孙子: a family called by 老 + its surname; jieba's 刘家 (a name word) makes no word of the surname
 _FAMILY_HOUSE = re.compile("家(?:的|里|人|那)")
 
@@ -131,7 +133,8 @@ def _familiar(text: str) -> list[tuple[int, int]]:
         word = text[s - 1 : s + 1]
         if text[s - 2 : s - 1] in _DASHES or text[s + 1 : s + 2] in _DASHES and s + 1 < len(text):
             continue  # (伏格特-小柳-原田综合征: an eponym)
-        if _dict_tag(word) not in (None, "nr", "t") or _guarded(text, s - 1) or word in LABELS or word in TITLES:
+        noun_ok = _dict_tag(word) == "n" and text[: s - 1].endswith(_STAFF_ENDS)  # (round 7: 治疗师小陆; jieba's 小陆 is a noun)
+        if (_dict_tag(word) not in (None, "nr", "t") and not noun_ok) or _guarded(text, s - 1) or word in LABELS or word in TITLES:
             continue
         if s + 1 < len(text) and _CJK_RE.match(text, s + 1) and not _FAMILY_HOUSE.match(text, s + 1) and (
                 _is_word(text[s : s + 2]) or len(_longest_word(text, s - 1)) > 2
@@ -667,8 +670,74 @@ def _village_nicknames(text: str) -> list[tuple[int, int]]:
     return out
 
 
+# a weak surname (于, 向, 文, 方 …) before a title is a person only with a second anchor: a field label's colon before it and
+# the clause's end after it (接诊医生：向医生。), a role word right before it (工作人员于护士), or, at a clause's start, what
+# only a person does to the speaker after it (于大夫让我们…; not 向医生说明: there 向 is "to")
+_WEAK_TITLES = ("护士长", "主任", "医生", "医师", "大夫", "护士", "老师", "院长", "教授", "师傅", "阿姨", "叔叔", "大爷", "大妈",
+                "奶奶", "爷爷", "爸爸", "妈妈")
+_WEAK_TITLE_RE = re.compile(f"([{''.join(sorted(WEAK_SURNAMES - COMPOUND))}])(?:" + "|".join(_WEAK_TITLES) + ")")
+_PREP_SAFE_DOES = re.compile("负责|让|叫我")  # (工作人员于护士负责…; 患者向医生咨询: 向 is "to")
+_TITLE_DOES = re.compile("让|叫我|叫我们|负责|嘱|开了|开的|查房|建议我|告诉我|说我|给我看|给我开|帮我")
+_COLON_LEFT = re.compile(r"[：:]\s*$")
+_CLAUSE_STOP = re.compile(r"[，,。；;！!？?、）)\s]|$")
+# a role, then a strong surname alone, then what a person reports (护士聂报告…, 医生罗说…, 工作人员岳表示…)
+_ROLE_SURNAME_DOES = re.compile("报告|说|表示|称|反映|告知|发现|记录|负责|建议|嘱|交代|回复|解释")
+# a strong surname + 爸爸/妈妈 (由田爸爸抱来), or a newborn called by the family's surname (新生儿蓝宝宝出生…)
+_PARENT_TITLE_RE = re.compile(f"([{_SURN_CHARS}])(?:爸爸|妈妈|宝宝)")
+_NEWBORN_LEFT = re.compile("(?:新生儿|早产儿|婴儿|患儿|产妇之子|产妇之女)$")
+_PARENT_LEFT = set("，,。；;：:、 \n“\"由和跟与是请让叫找给同")
+# surname characters that, after a person word, mostly join, time or direct (爷爷和奶奶, 医生曾建议, 家属与医生)
+_LINKING = set("和与及同跟曾向于对给把被在从由为让将")
+_ZODIAC = set("鼠牛虎兔龙蛇马羊猴鸡狗猪")  # (龙宝宝, 马宝宝: babies of the year, no family)
+
+
+def _weak_titled(text: str) -> list[tuple[int, int]]:
+    out = []
+    for m in _WEAK_TITLE_RE.finditer(text):
+        s, e = m.start(1), m.end()
+        if text[s] in _CONJ or _guarded(text, s) or (s and _CJK_RE.match(text, s - 1) and _is_word(text[s - 1 : s + 1])) \
+                or _dict_tag(text[s:e]) not in (None, "nr") or _PLACE_AFTER.match(text, e):
+            continue  # (全科医生, 专科护士: a word; 文医生办公室 … a place)
+        left = text[:s]
+        colon = bool(_COLON_LEFT.search(left)) and bool(_CLAUSE_STOP.match(text, e))
+        role = left.endswith(_LABEL_ENDS) and left[-1] not in "我你他她" and not left.endswith(TITLES) \
+            and (text[s] not in _LINKING or bool(_CLAUSE_STOP.match(text, e)) or bool(_PREP_SAFE_DOES.match(text, e)))
+        does = (s == 0 or text[s - 1] in "，,。；;！!？?\n “\"") and text[s] not in "向对给跟和与同在从为由把被让" \
+            and bool(_TITLE_DOES.match(text, e))
+        if colon or role or does:
+            out.append((s, s + 1))
+    return out
+
+
+def _role_surname(text: str) -> list[tuple[int, int]]:
+    out = []
+    for t in ("护士", "医生", "医师", "工作人员", "护工", "大夫", "老师", "社工", "村医", "校医"):
+        i = text.find(t)
+        while i >= 0:
+            s = i + len(t)
+            if s + 1 < len(text) and text[s] not in _LINKING and surname_at(text, s, weak_ok=False) == text[s] \
+                    and _ROLE_SURNAME_DOES.match(text, s + 1) \
+                    and not _is_word(text[s : s + 2]) and not _is_word(text[s : s + 3]) and not _guarded(text, s):
+                out.append((s, s + 1))
+            i = text.find(t, s)
+    return out
+
+
+def _parent_titled(text: str) -> list[tuple[int, int]]:
+    out = []
+    for m in _PARENT_TITLE_RE.finditer(text):
+        s = m.start(1)
+        baby = text[s + 1 : s + 3] == "宝宝"
+        if (baby and (text[s] in _ZODIAC or not _NEWBORN_LEFT.search(text, 0, s))) \
+                or (not baby and s and text[s - 1] not in _PARENT_LEFT) or _guarded(text, s) \
+                or (s and _CJK_RE.match(text, s - 1) and _is_word(text[s - 1 : s + 1])) or _is_word(text[s : s + 2]):
+            continue
+        out.append((s, s + 1))
+    return out
+
+
 def round7_names(text: str) -> list[tuple[int, int]]:
     """The round-7 families (see docs/deidentify.md, round 7)."""
     out = _a_names_outside(text) if "阿" in text else []
-    out += _village_nicknames(text)
+    out += _village_nicknames(text) + _weak_titled(text) + _role_surname(text) + _parent_titled(text)
     return out
