@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from faulty_server import Faults, FaultyServer
 
 from hypnos.common.records import QA
@@ -273,7 +274,7 @@ def test_self_instruct_pool_target_counts_unique_items_and_mcq_records(tmp_path)
 
 def test_truncated_generation_is_counted_and_not_cached(tmp_path):
     def long_answer(body):
-        items = [{"instruction": _words(body.get("seed"), k, "q") + "？", "input": "", "output": _words(k, "a")}
+        items = [{"instruction": _words(body.get("seed"), k, "q") + "？", "input": "", "output": _words(k, "a", n=400)}
                  for k in range(3)]
         return json.dumps({"items": items}, ensure_ascii=False)
 
@@ -285,10 +286,10 @@ def test_truncated_generation_is_counted_and_not_cached(tmp_path):
               a: {{model: m, base_url: "{server.base_url}"}}
             stages:
               - {{name: generate, seeds: seeds.jsonl, generators: [a], target_per_generator: 2, items_per_request: 3,
-                  max_rounds: 1, max_tokens: 60}}
+                  max_rounds: 1, max_tokens: 400}}
             """), encoding="utf-8")
         [m] = run_recipe(load_recipe(tmp_path / "t.yaml", output_dir=tmp_path / "runs"))
-        assert [b["max_tokens"] for b in server.bodies] == [60, 120]  # asked again with more room
+        assert [b["max_tokens"] for b in server.bodies] == [400, 800]  # asked again with more room
     g = m["metrics"]["per_generator"]["a"]
     assert g["truncated_answers"] == 1 and m["usage"]["a"]["truncated"] == 1
     assert m["counts"]["generated"] == 1  # the one complete item; the cut one is not kept
@@ -332,3 +333,66 @@ def test_an_accepted_machine_item_joins_the_pool_so_its_copies_are_refused(tmp_p
     firsts = [r for r in gen if r["instruction"] == fixed["instruction"]]
     assert len(gen) == 6 and len(firsts) == 1
     assert rejected and {r["duplicate_of"] for r in rejected} == {firsts[0]["id"]}
+
+
+# ------------------------------------------------------------------ schema bounds sized to the answer budget
+def _worst_case_answer(kind: str, n: int, bounds: dict, text: str) -> str:
+    """``n`` items with every string at its maxLength, filled with real clinical Chinese."""
+    def fill(k: str) -> str:
+        return (text * 50)[: bounds[k][1]]
+
+    if kind == "mcq":
+        item = {"question": fill("question"), "options": {x: fill(x) for x in "ABCDE"}, "answer": "A",
+                "explanation": fill("explanation")}
+    else:
+        item = {k: fill(k) for k in ("instruction", "input", "output")}
+    return json.dumps({"items": [item] * n}, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("family", ["smollm2", "llama"])
+def test_schema_bounds_fit_max_tokens_with_both_tokenizer_families(family, request):
+    """The longest answer the grammar allows fits in max_tokens when tokens_per_char is the tokenizer's own
+    (the demo's 135M teacher was cut at max_tokens with the fixed 200/400/800-character bounds: 0 items)."""
+    from transformers import AutoTokenizer
+
+    from hypnos.data.parsing import field_bounds
+
+    path = request.getfixturevalue("smollm2_dir" if family == "smollm2" else "llama_sp_dir")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    text = "".join(q + a for q, a in SEEDS)
+    tpc = len(tok(text, add_special_tokens=False)["input_ids"]) / len(text)
+    for kind in ("knowledge", "mcq"):
+        for n, max_tokens in ((1, 200), (2, 640), (5, 2048)):
+            bounds = field_bounds(kind, n, max_tokens, tpc * 1.1)  # 10% margin: fields differ from the mean text
+            answer = _worst_case_answer(kind, n, bounds, text)
+            used = len(tok(answer, add_special_tokens=False)["input_ids"])
+            assert used <= max_tokens, (family, kind, n, max_tokens, used, bounds)
+            assert used >= 0.6 * max_tokens, (family, kind, n, used)  # sized to the budget, not far below it
+    assert field_bounds("knowledge", 2)["output"] == (2, 800)  # no budget given: the fixed bounds
+
+
+def test_a_budget_too_small_for_the_items_fails_before_any_request():
+    with pytest.raises(ValueError, match=r"max_tokens 200 leaves \d+ characters for each knowledge item's output"):
+        Config(seeds="s.jsonl", generators=["a"], items_per_request=3, max_tokens=200, tokens_per_char=2.0)
+    Config(seeds="s.jsonl", generators=["a"], items_per_request=1, max_tokens=200, tokens_per_char=2.0)
+    Config(seeds="s.jsonl", generators=["a"], items_per_request=3, max_tokens=200, structured=False)  # no schema
+
+
+def test_smollm2_teacher_yields_items_within_its_budget(tmp_path, smollm2_dir, serve_model):
+    """The demo's teacher through `hypnos serve` with structured outputs: items parse and nothing is cut."""
+    with serve_model(smollm2_dir, name="smollm2-135m-instruct") as url:
+        _setup(tmp_path, url)
+        (tmp_path / "t.yaml").write_text(textwrap.dedent(f"""\
+            name: t
+            endpoints:
+              a: {{model: smollm2-135m-instruct, base_url: "{url}", structured_outputs: json_schema}}
+            stages:
+              - {{name: generate, seeds: seeds.jsonl, generators: [a], target_per_generator: 1, items_per_request: 1,
+                  max_rounds: 1, max_tokens: 160, tokens_per_char: 2.0, kinds: [knowledge]}}
+            """), encoding="utf-8")
+        [m] = run_recipe(load_recipe(tmp_path / "t.yaml", output_dir=tmp_path / "runs"))
+    g = m["metrics"]["per_generator"]["a"]
+    assert g["truncated_answers"] == 0 and m["usage"]["a"]["truncated"] == 0, g
+    assert m["usage"]["a"]["http_requests"] == 1, m["usage"]  # fitted the first time: no retry with more room
+    assert m["counts"]["generated"] == 1, m["counts"]
+    assert m["metrics"]["field_max_chars"]["knowledge"] == {"instruction": 8, "input": 17, "output": 34}

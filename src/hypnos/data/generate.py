@@ -48,14 +48,22 @@ import logging
 import math
 import random
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from hypnos.common.io import write_jsonl
 from hypnos.common.progress import bar
 from hypnos.common.records import MCQ, QA, read_records
 from hypnos.common.stage import StageConfig, StageContext, StageResult
 from hypnos.data.dedup import NearDupIndex
-from hypnos.data.parsing import KINDS, ParseError, generation_schema, parse_generated, render_prompt, response_format
+from hypnos.data.parsing import (
+    KINDS,
+    ParseError,
+    field_bounds,
+    generation_schema,
+    parse_generated,
+    render_prompt,
+    response_format,
+)
 from hypnos.data.text import record_text
 
 log = logging.getLogger("hypnos")
@@ -88,8 +96,17 @@ class Config(StageConfig):
     """Sampling temperature: high, for diversity."""
     max_tokens: int = Field(1536, ge=16)
     """Answer length limit per request (the client asks again with twice as much when an answer is cut off)."""
+    tokens_per_char: float = Field(1.0, gt=0, le=8)
+    """Tokens the teacher spends per Chinese character; the schema's string bounds are sized with it so that
+    ``items_per_request`` items fit in ``max_tokens`` (SmolLM2's byte-level BPE: ~2; GPT-4o-class: ~1)."""
     max_rounds: int = Field(8, ge=1)
     """Stop asking a generator after this many rounds even if it is short of its target."""
+
+    @model_validator(mode="after")
+    def _items_fit_the_budget(self) -> Config:
+        for kind in self.kinds if self.structured else ():  # fail before any request, not on cut answers
+            field_bounds(kind, self.items_per_request, self.max_tokens, self.tokens_per_char)
+        return self
 
     @field_validator("kinds")
     @classmethod
@@ -151,7 +168,8 @@ def build_request(cfg: Config, seeds: list[QA], gen: str, rnd: int, i: int, base
            "_meta": {"seed_ids": [q.id for q in human], "machine_ids": [m["id"] for m in mach], "kind": kind,
                      "request_seed": s, "category": human[0].category if human else ""}}
     if cfg.structured:
-        req["response_format"] = response_format(f"anesthesia_{kind}", generation_schema(kind, cfg.items_per_request))
+        schema = generation_schema(kind, cfg.items_per_request, cfg.max_tokens, cfg.tokens_per_char)
+        req["response_format"] = response_format(f"anesthesia_{kind}", schema)
     return req
 
 
@@ -269,7 +287,12 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     write_jsonl(ctx.out_dir / "generated.jsonl", generated)
     write_jsonl(ctx.out_dir / "failed.jsonl", failed)
     write_jsonl(ctx.out_dir / "rejected.jsonl", rejected)
-    metrics = {"prompt_version": cfg.prompt_version, "per_generator": {
+    # the schema's per-field character bounds, sized to max_tokens: a reader sees how long items could be
+    bounds = {k: field_bounds(k, cfg.items_per_request, cfg.max_tokens, cfg.tokens_per_char)
+              for k in cfg.kinds} if cfg.structured else {}
+    metrics = {"prompt_version": cfg.prompt_version,
+               "field_max_chars": {k: {f: hi for f, (_, hi) in b.items()} for k, b in bounds.items()} or None,
+        "per_generator": {
         g["generator"]: {"model": g["model"], "requests": g["requests"], "items": len(g["items"]),
                          "failed_requests": len(g["failed"]), "near_duplicates_rejected": len(g["rejected"]),
                          "structured_requests": g["structured"], "truncated_answers": g["truncated"],

@@ -252,25 +252,60 @@ def parse_generated(text: str) -> list[dict]:
 _NUM = r"(\d+(?:\.\d+)?)\s*(?:分|/\s*10)?"
 
 
-def generation_schema(kind: str, n: int) -> dict:
+# Character bounds of each generated field before sizing (the most a field may hold with a roomy budget), and
+# the tokens one item's JSON punctuation and keys take in a typical BPE (SmolLM2 spends 14 and 41).
+_QA_FIELDS = {"instruction": (4, 200), "input": (0, 400), "output": (2, 800)}
+_MCQ_FIELDS = {"question": (4, 200), **{k: (1, 80) for k in _LETTERS}, "explanation": (2, 400)}
+_ITEM_OVERHEAD = {"qa": 24, "mcq": 48}
+_ANSWER_OVERHEAD = 16  # {"items": [ ... ]}
+_MIN_OUTPUT_CHARS = 24
+
+
+def field_bounds(kind: str, n: int, max_tokens: int | None = None, tokens_per_char: float = 1.0) -> dict:
+    """Per-field (min, max) characters of ``n`` items of ``kind`` that fit in ``max_tokens`` answer tokens.
+
+    A grammar-constrained small model writes a string until its ``maxLength``; bounds that add up to more than
+    the answer budget get the answer cut mid-item and nothing parses (the demo's 135M teacher: 1 of 1 answers
+    cut, 0 items). So the fixed bounds shrink in proportion until ``n`` items fit, assuming ``tokens_per_char``
+    tokens per character (SmolLM2's byte-level BPE spends ~2 on clinical Chinese; GPT-4o-class tokenizers ~1).
+
+    Raises:
+        ValueError: the budget leaves an item's answer/explanation under 24 characters.
+    """
+    shape = "mcq" if kind == "mcq" else "qa"
+    fields = _MCQ_FIELDS if shape == "mcq" else _QA_FIELDS
+    if max_tokens is None:
+        return dict(fields)
+    chars = (max_tokens - _ANSWER_OVERHEAD - n * _ITEM_OVERHEAD[shape]) / (n * tokens_per_char)
+    scale = min(1.0, chars / sum(hi for _, hi in fields.values()))
+    out = {k: (lo, max(lo, int(hi * scale))) for k, (lo, hi) in fields.items()}
+    main = "explanation" if shape == "mcq" else "output"
+    if out[main][1] < _MIN_OUTPUT_CHARS:
+        raise ValueError(
+            f"max_tokens {max_tokens} leaves {out[main][1]} characters for each {kind} item's {main} when "
+            f"{n} items are asked for at {tokens_per_char} tokens/character: raise max_tokens or lower items_per_request")
+    return out
+
+
+def generation_schema(kind: str, n: int, max_tokens: int | None = None, tokens_per_char: float = 1.0) -> dict:
     """JSON schema of a generation answer: ``{"items": [n items of the kind]}`` (OpenAI structured outputs).
 
     The top level is an object because OpenAI's ``json_schema`` wants one; ``_json_candidates`` reads
-    the list inside it.
+    the list inside it. With ``max_tokens`` the string bounds are sized so that ``n`` items fit (``field_bounds``).
     """
+    b = field_bounds(kind, n, max_tokens, tokens_per_char)
     if kind == "mcq":
         item = {"type": "object", "additionalProperties": False,
                 "required": ["question", "options", "answer", "explanation"],
-                "properties": {"question": _string(4, 200),
+                "properties": {"question": _string(*b["question"]),
                                "options": {"type": "object", "additionalProperties": False,
                                            "required": list(_LETTERS),
-                                           "properties": {k: _string(1, 80) for k in _LETTERS}},
+                                           "properties": {k: _string(*b[k]) for k in _LETTERS}},
                                "answer": {"type": "string", "enum": list(_LETTERS)},
-                               "explanation": _string(2, 400)}}
+                               "explanation": _string(*b["explanation"])}}
     else:
         item = {"type": "object", "additionalProperties": False, "required": ["instruction", "input", "output"],
-                "properties": {"instruction": _string(4, 200), "input": _string(0, 400),
-                               "output": _string(2, 800)}}
+                "properties": {k: _string(*b[k]) for k in ("instruction", "input", "output")}}
     return {"type": "object", "additionalProperties": False, "required": ["items"],
             "properties": {"items": {"type": "array", "items": item, "minItems": 1, "maxItems": n}}}
 
