@@ -472,3 +472,28 @@ def test_round7_titled_surnames(text, names):
 ])
 def test_round7_titled_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+R7_COLON_AND_NAMING = [
+    # 姓名为/姓名是 after a person's name field
+    ("其姓名为白雪，女。", ["白雪"]),
+    ("家属姓名是符强。", ["符强"]),
+    # a full name at a colon: a speaker opening a line, the whole value of a field (given names that are nouns: 春花, 金花)
+    ("范金花：收到，马上过去。", ["范金花"]),
+    ("岑春花：收到。", ["岑春花"]),
+    ("低保复核：范金花，材料齐全。", ["范金花"]),
+]
+
+
+@pytest.mark.parametrize("text,names", R7_COLON_AND_NAMING)
+def test_round7_colon_and_naming(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "患者姓名为必填项。", "家属姓名是什么？", "金银花：清热解毒。", "何首乌：补肝肾。", "车前草：利尿。", "高血压：长期服药。",
+    "诊断：贾第虫病，", "用药：林可霉素，", "黄连素：每日三次。", "胡萝卜：富含维生素。", "注意：饮食清淡。",
+    "分型：危重型：出现休克。", "危重型：出现休克。",
+])
+def test_round7_colon_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

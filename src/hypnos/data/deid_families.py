@@ -736,8 +736,29 @@ def _parent_titled(text: str) -> list[tuple[int, int]]:
     return out
 
 
+# a full name at a colon: a speaker opening a line or clause (宋春花：好的) or the whole value of a field (认定：韦金花，) —
+# a strong surname + two given-name characters that make no ordinary word (春花 and 金花 are nouns, hence no recogniser)
+_COLON_NAME = re.compile(rf"(?:^|(?<=\n))([{_SURN_CHARS}][{_CJK}]{{2}})(?=[：:])"
+                         rf"|(?<=[{_CJK}][：:])([{_SURN_CHARS}][{_CJK}]{{2}})(?=[，,。；;、]|\s|$)")
+
+
+def _colon_names(text: str) -> list[tuple[int, int]]:
+    out, gc = [], given_chars()
+    for m in _COLON_NAME.finditer(text):
+        s, e = m.span(1) if m.group(1) else m.span(2)
+        v = text[s:e]
+        if not surname_at(text, s, weak_ok=False) or _guarded(text, s) or v in guard_words() or v in LABELS \
+                or v.endswith(TITLES) or _dict_tag(v) not in (None, "nr") or len(_longest_word(text, s)) > 3 \
+                or _is_word(text[s + 1 : e + 1]) or any(c not in gc or c in _NOT_GIVEN_ALONE or c in NOT_GIVEN for c in v[1:]) \
+                or (_dict_tag(v[1:]) not in (None, "nr", "n", "nz", "ns", "nrt", "t", "a") and v[1:] not in _WORD_GIVEN):
+            continue  # (金银花：, 何首乌： words; 王医生： a title; 张某某： no given name; 危重型： 重型 is no given name)
+        out.append((s, e))
+    return out
+
+
 def round7_names(text: str) -> list[tuple[int, int]]:
     """The round-7 families (see docs/deidentify.md, round 7)."""
     out = _a_names_outside(text) if "阿" in text else []
     out += _village_nicknames(text) + _weak_titled(text) + _role_surname(text) + _parent_titled(text)
+    out += _colon_names(text) if ("：" in text or ":" in text) else []
     return out

@@ -138,7 +138,7 @@ FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术�
                       "录入 打印 质控 质控医师 填表 制表 复核 执行 交班 接班 值班 查房 查房医师 带教 代表 患方代表 医方代表")
 # the colon may follow a remark in parentheses: 患者（签名）：, 家属(签字)：
 _LABEL_RE = re.compile("(?:" + "|".join(sorted(map(re.escape, LABELS), key=len, reverse=True)) + ")"
-                       r"(?P<naming>名字叫|名字是|姓名是|姓名为|名叫|叫做|叫)?"
+                       r"(?P<naming>名字叫|名字是|姓名是|姓名为|名叫|叫做|叫|(?<=姓名)[为是])?"  # (round 7: 患者姓名为X)
                        r"(?P<colon>(?:\s*[（(][^（）()：:\n]{1,8}[）)])?\s*[：:][\s_]*|\s+|)")
 # Labels that name the person they introduce (我叫和平，): even an ordinary word is the name there when its
 # clause ends right after it.
