@@ -149,6 +149,26 @@ def test_tokenizer_stage_warms_up_reports_and_resumes(tiny_model_dir, tmp_path):
     assert (out / "analysis.json").is_file()
 
 
+def test_warmup_corpus_can_differ_from_the_vocabulary_corpus(tiny_model_dir, tmp_path):
+    """Pieces from corpus + general QA, warm-up on the corpus only (general data left to the general SFT stage)."""
+    from hypnos.common.runner import load_recipe, run_recipe
+
+    lines = (FIX / "med_corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "warm.jsonl").write_text("\n".join(lines[:3]) + "\n", encoding="utf-8")
+    (tmp_path / "r.yaml").write_text(textwrap.dedent(f"""\
+        name: t
+        stages:
+          - {{name: tokenizer, base_model: {tiny_model_dir}, corpus: [corpus.jsonl], vocab_size: 400,
+              max_new_pieces: 150, measure_bits: false,
+              warmup: {{steps: 1, lora_steps: 0, seq_len: 32, corpus: [warm.jsonl]}}}}
+        """), encoding="utf-8")
+    [m] = run_recipe(load_recipe(tmp_path / "r.yaml", output_dir=tmp_path / "runs"))
+    stats = json.loads((tmp_path / "runs/t/tokenizer/warm/warmup.json").read_text(encoding="utf-8"))
+    assert stats["corpus"] == {"files": ["warm.jsonl"], "texts": 3} and m["metrics"]["warmup_texts"] == 3
+    assert len(lines) > 3
+
+
 def test_cli_warmup_errors_are_clear(extended, tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 

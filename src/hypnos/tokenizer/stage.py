@@ -69,7 +69,7 @@ class Config(StageConfig):
 
     def check(self, ctx: StageContext) -> list[str]:
         """Corpus and held-out files exist (or name earlier stages)."""
-        problems = [p for c in self.corpus for p in ctx.check_ref(c, "corpus")]
+        problems = [p for c in self.corpus + (self.warmup.corpus or []) for p in ctx.check_ref(c, "corpus")]
         return problems + ctx.check_ref(self.heldout, "heldout")
 
 
@@ -102,9 +102,11 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
         if not (warm_dir / "warmup.json").is_file():
             from hypnos.tokenizer.warmup import warmup_model_dir
 
-            warmup_model_dir(model_dir, corpus, warm_dir, cfg.warmup, teacher_dir=base_dir)
+            warm_corpus = [ctx.resolve(c) for c in cfg.warmup.corpus] if cfg.warmup.corpus else corpus
+            warmup_model_dir(model_dir, warm_corpus, warm_dir, cfg.warmup, teacher_dir=base_dir)
         stats = json.loads((warm_dir / "warmup.json").read_text(encoding="utf-8"))
         metrics.update({f"warmup_{k}": stats[k] for k in ("first_loss", "last_loss", "seconds")})
+        metrics["warmup_texts"] = stats.get("corpus", {}).get("texts")
         models["warmed_up"] = warm_dir
         outputs = {"model": "warm"}
     if cfg.heldout:

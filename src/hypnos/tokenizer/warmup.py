@@ -44,6 +44,10 @@ class WarmupConfig(BaseModel):
     """Blocks per step."""
     seq_len: int = Field(128, ge=16)
     """Tokens per block (corpus texts joined with EOS and cut into blocks)."""
+    corpus: list[str] | None = None
+    """Files the warm-up trains on (null: the stage's ``corpus``, which the new pieces were learned from). Text
+    for the vocabulary need not be text to train on: a recipe with a general SFT stage keeps that stage's data
+    out of the warm-up, so that general -> specific and specific-only differ by the general data."""
     max_texts: int | None = Field(None, ge=1)
     """Read at most this many corpus texts (null: all)."""
     distill: float = Field(0.0, ge=0)
@@ -347,6 +351,7 @@ def warmup_model_dir(model_dir: str | Path, corpus: list[str | Path], out_dir: s
     sub = read_new_tokens(model_dir)
     stats = warmup_new_rows(model, tok, texts, sorted(sub), tmp / "trainer", cfg, teacher, teacher_tok, sub)
     stats["config"] = cfg.model_dump()
+    stats["corpus"] = {"files": [Path(c).name for c in corpus], "texts": len(texts)}
     model.to(dtype)  # back to the checkpoint's own precision
     model.save_pretrained(tmp)
     copy_tokenizer_files(model_dir, tmp)
