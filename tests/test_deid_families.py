@@ -497,3 +497,26 @@ def test_round7_colon_and_naming(text, names):
 ])
 def test_round7_colon_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,value", [
+    # a number label with no colon when the value has six digits or more (spaced groups too)
+    ("采血后献血码1208 3377 4105 61已贴于血袋。", "1208 3377 4105 61"),
+    ("保单号8812 0034 5521，已生效。", "8812 0034 5521"),
+    ("残疾人证号33010219650412 已核验", "33010219650412"),
+    # an official file number after a number label, colon or not; labels of up to 18 characters
+    ("区卫生健康局医疗纠纷人民调解委员会受理编号：浙调〔2024〕第12号。", "浙调〔2024〕第12号"),
+    ("理赔案号LP〔2023〕0457号", "LP〔2023〕0457号"),
+    ("县农村合作医疗管理委员会报销审核单号：NH-2024-00318", "NH-2024-00318"),
+])
+def test_round7_records_without_colon_and_long_labels(text, value):
+    assert [text[s.start : s.end] for s in D89.find(text) if s.type == "record"] == [value]
+
+
+@pytest.mark.parametrize("text", [
+    "网上药店的订单号202405120934567812，还没发货。", "长链非编码RNA01980在肝癌中高表达。", "编码2400个氨基酸。",
+    "发文字号：国发〔2024〕5号", "验证码123456", "药品批号H20240511", "邮政编码100083", "第3号药", "编号1-3的病人",
+])
+def test_round7_number_labels_that_are_no_records_stay(text):
+    spans = [(s.type, text[s.start : s.end]) for s in D89.find(text)]
+    assert all(k != "record" for k, _ in spans), spans
