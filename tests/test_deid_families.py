@@ -515,6 +515,7 @@ def test_round7_records_without_colon_and_long_labels(text, value):
 
 @pytest.mark.parametrize("text", [
     "网上药店的订单号202405120934567812，还没发货。", "长链非编码RNA01980在肝癌中高表达。", "编码2400个氨基酸。",
+    "长链非编码RNA019803在肝癌中高表达。",
     "发文字号：国发〔2024〕5号", "验证码123456", "药品批号H20240511", "邮政编码100083", "第3号药", "编号1-3的病人",
 ])
 def test_round7_number_labels_that_are_no_records_stay(text):
