@@ -521,3 +521,35 @@ def test_round7_records_without_colon_and_long_labels(text, value):
 def test_round7_number_labels_that_are_no_records_stay(text):
     spans = [(s.type, text[s.start : s.end]) for s in D89.find(text)]
     assert all(k != "record" for k, _ in spans), spans
+
+
+R7_GIVEN_AND_PET = [
+    # a doubled pet name opening a quotation or after a report verb, then a habit or time word
+    ("奶奶说“朵朵平时不爱喝水”。", ["朵朵"]),
+    ("班主任反映乐乐最近总说肚子疼。", ["乐乐"]),
+    ("老师说贝贝最近不爱吃饭。", ["贝贝"]),
+    # a doubled given name before 姐/哥 whatever jieba's tag (婷婷 is a status word to it)
+    ("莹莹姐，帮我看一下8床。", ["莹莹"]),
+    ("婷婷姐，12床的家属找你。", ["婷婷"]),
+    # a given name between 由/让/请 and what a colleague takes over
+    ("她的病人由雅琴代管。", ["雅琴"]),
+    ("夜里由梦瑶接管，", ["梦瑶"]),
+    ("今晚由海燕代班。", ["海燕"]),  # (an ordinary word: 由 and the takeover say "person")
+    # a forum poster's nickname before a colon
+    ("楼主丁丁：孩子咳嗽一周了。", ["丁丁"]),
+]
+
+
+@pytest.mark.parametrize("text,names", R7_GIVEN_AND_PET)
+def test_round7_given_and_pet_names(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "“谢谢你们。”", "“天天吃药也不见好。”", "“慢慢来，不着急。”", "“统统不要了。”", "“哈哈也太好笑了”", "他说常常不舒服。",
+    "医生说渐渐就好了。", "老师反映最近上课常打瞌睡。", "“星星也出来了”", "“好好休息”", "“刚刚吃过了”", "由专人负责。",
+    "由医生负责。", "由家属陪同。", "由此负责。", "楼主：宝宝9个月", "楼主你好：请问", "楼主说的对：要去医院", "楼主高血压：怎么办",
+    "楼主宝宝：发烧了", "好好姐，别客气。", "楼主说得对：要去医院",
+])
+def test_round7_given_and_pet_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -355,8 +355,9 @@ def _sibling_address(text: str) -> list[tuple[int, int]]:
     for m in _SIB_ADDRESS.finditer(text):
         s, e = m.span(1)
         cand = text[s:e]
-        if _guarded(text, s) or cand in LABELS or _dict_tag(cand) not in (None, "nr", "nrt", "nrfg"):
-            continue
+        doubled = len(cand) == 2 and cand[0] == cand[1] and cand[0] not in _NOT_DOUBLED and cand[0] in gc
+        if _guarded(text, s) or cand in LABELS or (_dict_tag(cand) not in (None, "nr", "nrt", "nrfg") and not doubled):
+            continue  # (round 7: 婷婷姐，: jieba calls 婷婷 a status word)
         sn = surname_at(text, s, weak_ok=False)
         full = sn and len(cand) > len(sn) and all(c in gc for c in cand[len(sn):])
         given = len(cand) == 2 and all(c in gc for c in cand) and (
@@ -497,6 +498,15 @@ _HANDLE_RE = re.compile(rf"(?:发帖人|楼主|网名|网友|用户名|用户|�
                         rf"([{_CJK}]{{1,8}}[0-9A-Za-z_]+)")
 # a pet name at a clause's start before a parent word or a time word (嘟嘟妈妈问, 乐乐今天体检, “豆豆这两天…”)
 _PET_CLAUSE = re.compile(r"妈妈|爸爸|奶奶|爷爷|姥姥|姥爷|外婆|外公|家长|今天|昨天|这两天|这几天|最近|现在|已经|一直|早上|晚上")
+# (round 7) after an opening quote or a report verb, a doubled name's clause may go on with more habit and time words
+_PET_MORE = re.compile(r"妈妈|爸爸|奶奶|爷爷|今天|昨天|这两天|这几天|最近|现在|已经|一直|早上|晚上|平时|平常|从小|每天|总是|老是|经常|"
+                       r"上课|在家|在学校|吃饭|睡觉|发烧|咳嗽|哭|吐|不肯|不爱|不吃|不想")
+_REPORTED = re.compile("(?:反映|说|发现|觉得|担心|告诉我|提到)$")
+# a given name alone between 由/让/请 and what a colleague takes over (由雅婷代管, 让思琪顶班)
+_GIVEN_TAKES = re.compile(rf"(?<=[由让请])([{_CJK}]{{2}})(?=代管|代班|顶班|接管|接班|值班|负责|跟进|照看|陪护|陪同|处理)")
+# a forum poster's or a commenter's nickname before a colon (楼主小鱼儿：…); one with digits is a handle (_HANDLE_RE)
+_POSTER_NICK = re.compile(rf"(?:楼主|网友|发帖人|提问人|回帖人|帖主|博主)([{_CJK}]{{2,4}})(?=[：:])")
+_NOT_NICK = re.compile("你|您|说|问|的|好|请|是|也|又|在|们")
 # a given name after 老二家的, 老三家的, 大哥家的 (the wife of the family's second son): a name when jieba has it
 # as a name or not at all
 _FAMILY_WIFE = re.compile(rf"(?:老[大二三四五六七八幺]|[大二三四小]?(?:哥|叔|舅|伯))家的([{_CJK}]{{2}})")
@@ -604,7 +614,10 @@ def round6_names(text: str) -> list[tuple[int, int]]:
     for m in _DOUBLED.finditer(text):
         s, e = m.span()
         ch = m.group(1)
-        if (s == 0 or text[s - 1] in "，,。！!？?\n“\"：:　 ") and _PET_CLAUSE.match(text, e) and ch not in _NOT_DOUBLED \
+        # (round 7) a quotation's or a report's subject: “轩轩平时…”, 老师反映豆豆最近…
+        opened = s and (text[s - 1] in "“\"「" or _REPORTED.search(text, max(0, s - 3), s)) and _PET_MORE.match(text, e)
+        if (s == 0 or text[s - 1] in "，,。！!？?\n“\"：:　 " or opened) and (_PET_CLAUSE.match(text, e) or opened) \
+                and ch not in _NOT_DOUBLED \
                 and ch not in NOT_GIVEN and text[e : e + 1] != ch and not _guarded(text, s) \
                 and _dict_tag(text[s:e]) in (None, "nr", "nrt", "nz", "n", "q", "a", "z", "o"):
             out.append((s, e))  # (嘟嘟妈妈问: jieba calls 嘟嘟 a sound, the parent word says "a child")
@@ -761,4 +774,15 @@ def round7_names(text: str) -> list[tuple[int, int]]:
     out = _a_names_outside(text) if "阿" in text else []
     out += _village_nicknames(text) + _weak_titled(text) + _role_surname(text) + _parent_titled(text)
     out += _colon_names(text) if ("：" in text or ":" in text) else []
+    gc = given_chars()
+    for m in _GIVEN_TAKES.finditer(text) if ("由" in text or "让" in text or "请" in text) else ():
+        s, e = m.span(1)
+        v = text[s:e]
+        if all(c in gc and c not in NOT_GIVEN for c in v) and _dict_tag(v) in (None, "nr", "nrt", "nz") and not _guarded(text, s) \
+                and v not in LABELS and not _is_word(text[s - 1 : s + 1]):
+            out.append((s, e))  # (由专人负责, 由此负责: words; 由医生负责: 医 is no given-name character)
+    for m in _POSTER_NICK.finditer(text) if ("主" in text or "网友" in text or "人" in text) else ():
+        s, e = m.span(1)
+        if not _NOT_NICK.search(text, s, e) and text[s:e] not in LABELS and _dict_tag(text[s:e]) in (None, "nr", "nrt", "nz"):
+            out.append((s, e))  # (no guard-list check: the poster label says "nickname", 小鱼 is guarded as food)
     return out
