@@ -553,3 +553,28 @@ def test_round7_given_and_pet_names(text, names):
 ])
 def test_round7_given_and_pet_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+R7_WEAK_ELDERS = [
+    # a weak surname before an elder's form of address (no preposition takes 阿姨/大爷 there), or asked for by title
+    ("今天常阿姨陪她来复查。", ["常"]),
+    ("花奶奶的血压又高了。", ["花"]),
+    ("管大爷昨晚没睡好。", ["管"]),
+    ("是安大妈送她来的。", ["安"]),
+    ("找于大夫看病。", ["于"]),
+    ("问问文医生吧。", ["文"]),
+    ("“春红阿姨”是护士们对她的称呼。", ["春红"]),  # (a given name before 阿姨: not 红 as a weak surname)
+]
+
+
+@pytest.mark.parametrize("text,names", R7_WEAK_ELDERS)
+def test_round7_weak_surnames_before_elder_words(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "宿管阿姨发现孩子发烧。", "楼管大爷帮忙叫了车。", "保安大爷帮忙叫了车。", "邻居阿姨很热心。", "向阿姨借了点钱。", "和奶奶一起住。",
+    "那时奶奶还在。", "平时爷爷带孩子。", "同时奶奶也病了。", "当时大妈不在家。", "请于医生处取药。",
+])
+def test_round7_elder_words_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

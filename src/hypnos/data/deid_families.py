@@ -689,6 +689,9 @@ def _village_nicknames(text: str) -> list[tuple[int, int]]:
 _WEAK_TITLES = ("护士长", "主任", "医生", "医师", "大夫", "护士", "老师", "院长", "教授", "师傅", "阿姨", "叔叔", "大爷", "大妈",
                 "奶奶", "爷爷", "爸爸", "妈妈")
 _WEAK_TITLE_RE = re.compile(f"([{''.join(sorted(WEAK_SURNAMES - COMPOUND))}])(?:" + "|".join(_WEAK_TITLES) + ")")
+_ELDER_WORDS = ("阿姨", "叔叔", "大爷", "大妈", "奶奶", "爷爷")
+_PREPOSITIONS = set("向对给跟和与同在从为由把被让将")
+_ASK_LEFT = re.compile("(?:找|请|问问|谢谢|感谢|多谢|麻烦)$")
 _PREP_SAFE_DOES = re.compile("负责|让|叫我")  # (工作人员于护士负责…; 患者向医生咨询: 向 is "to")
 _TITLE_DOES = re.compile("让|叫我|叫我们|负责|嘱|开了|开的|查房|建议我|告诉我|说我|给我看|给我开|帮我")
 _COLON_LEFT = re.compile(r"[：:]\s*$")
@@ -717,7 +720,11 @@ def _weak_titled(text: str) -> list[tuple[int, int]]:
             and (text[s] not in _LINKING or bool(_CLAUSE_STOP.match(text, e)) or bool(_PREP_SAFE_DOES.match(text, e)))
         does = (s == 0 or text[s - 1] in "，,。；;！!？?\n “\"") and text[s] not in "向对给跟和与同在从为由把被让" \
             and bool(_TITLE_DOES.match(text, e))
-        if colon or role or does:
+        # an elder's form of address is seldom after a preposition (今天常阿姨陪她, 管大爷昨晚…), and 找/请/谢谢 ask for a person
+        elder = text[s] not in _LINKING and text.startswith(_ELDER_WORDS, s + 1) and not (
+            s and text[s - 1] in given_chars() and not (s > 1 and _is_word(text[s - 2 : s])))  # (晓红阿姨: a given name)
+        asked = bool(_ASK_LEFT.search(left)) and text[e : e + 1] != "处" and text[s] not in _PREPOSITIONS  # (请向医生咨询)
+        if colon or role or does or elder or asked:
             out.append((s, s + 1))
     return out
 
