@@ -578,3 +578,19 @@ def test_round7_weak_surnames_before_elder_words(text, names):
 ])
 def test_round7_elder_words_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # a surname + a one-character elder form (王姨, 李叔, 张婶), as neighbours and colleagues are called
+    ("葛姨今天没来上班。", ["葛"]),
+    ("邹叔帮我挂了号。", ["邹"]),
+    ("隔壁的蒋婶在家照顾孙子。", ["蒋"]),
+])
+def test_round7_one_character_elder_forms(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["小姨来看我了。", "他大姨也有糖尿病。", "我表叔是医生。", "姑姨都来了。", "师叔也来了。",
+                                  "他的小叔子也有高血压。"])
+def test_round7_elder_forms_keep_kin_words(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -57,7 +57,9 @@ _CJK = "\u4e00-\u9fff"
 # Words people put after a bare surname to address or refer to someone (王主任, 潘大爷, 胡奶奶, 钱师傅)
 _ADDRESS_AFTER = ("护士长", "主任", "医生", "医师", "大夫", "教授", "护士", "院长", "老师", "师傅", "先生", "女士",
                   "小姐", "同志", "阿姨", "叔叔", "大爷", "大妈", "大娘", "大叔", "大婶", "大姐", "大哥", "奶奶",
-                  "爷爷", "婆婆", "伯伯", "阿婆", "老太", "老爷子", "主管", "组长", "科长", "老板", "经理", "姐", "哥", "嫂")
+                  "爷爷", "婆婆", "伯伯", "阿婆", "老太", "老爷子", "主管", "组长", "科长", "老板", "经理", "姐", "哥", "嫂",
+                  # (round 7) a neighbour's or a colleague's elder form, one character (王姨, 李叔, 张婶)
+                  "姨", "叔", "婶")
 _ADDRESS_RE = re.compile(rf"(?<=[{_SURN_CHARS}{''.join(sorted(WEAK_SURNAMES - VERBAL_SURNAMES - COMPOUND))}])(?:" + "|".join(sorted(_ADDRESS_AFTER, key=len, reverse=True)) + ")")
 
 
