@@ -594,3 +594,19 @@ def test_round7_one_character_elder_forms(text, names):
                                   "他的小叔子也有高血压。"])
 def test_round7_elder_forms_keep_kin_words(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # an ordinary word as the value of a role field outside wards, ending its clause (no dialogue turn there)
+    ("校医：平安，发现学生高热。", ["平安"]),
+    ("护工：常青，负责3号房间。", ["常青"]),
+    ("户主：方正，家庭人口4人。", ["方正"]),
+])
+def test_round7_role_field_values(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["护工：负责，认真。", "院长：好的，我马上来。", "班主任：明天上课。", "户主：不详，",
+                                  "医生：平时多喝水，少熬夜。"])
+def test_round7_role_fields_keep_verdicts_and_dialogue(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -326,6 +326,8 @@ def _field_value_ok(text: str, i: int, n: int, label: str, at: int) -> bool:
     医生：平时宝宝…), and after a speaker (患者：, but not 交接护士：) not at a sentence end."""
     if not (_wordy(text, i, n) or text[i] in VERBAL_SURNAMES):
         return True
+    if label in _WHOLE_ROLES and (i + n == len(text) or _CLAUSE_END.match(text, i + n)):
+        return True  # (round 7) 护工：常青，负责3号房间: a role outside wards never opens a dialogue turn
     speaker = label in _SPEAKERS and (at == 0 or not "\u4e00" <= text[at - 1] <= "\u9fff")
     return bool(_FIELD_END.match(text, i + n)) and not (speaker and text[i + n : i + n + 1] in "。！？!?")
 
