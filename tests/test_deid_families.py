@@ -610,3 +610,25 @@ def test_round7_role_field_values(text, names):
                                   "医生：平时多喝水，少熬夜。"])
 def test_round7_role_fields_keep_verdicts_and_dialogue(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # an ordinary word as a name when a sex and an age follow it where a line or a field starts
+    ("江海，男，56岁，高血压三年。", ["江海"]),
+    ("随访：方圆，女，42岁，糖尿病。", ["方圆"]),  # (方 is a verbal surname: the sex and age vouch)
+    ("高峰 男 67岁 COPD", ["高峰"]),
+    ("和平，男，71岁，冠心病。", ["和平"]),  # (even 和: the sex and age vouch)
+    # ... or an age right after a role word
+    ("户主方正今年60岁。", ["方正"]),
+])
+def test_round7_word_names_before_sex_and_age(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "发热，男，56岁，咳嗽。", "高热，男，56岁。", "黄疸，男，3岁。", "白斑，女，30岁", "方案：男，56岁", "常规，男，40岁",
+    "病史：男，56岁", "儿子今年30岁。", "患者今年56岁。", "患者年龄为41岁，外阴白斑。", "患者年龄45岁，近期运动过量。",
+    "首先患者应当在60岁以下。", "患者时年56岁。", "患者年满18岁。",
+])
+def test_round7_sex_and_age_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -778,11 +778,46 @@ def _colon_names(text: str) -> list[tuple[int, int]]:
     return out
 
 
+# an ordinary word as a name with a second anchor after it: a sex and an age (江海，男，56岁 / 高峰 男 67岁) where a line
+# or a field starts, or an age right after a role or kin word (户主方正今年60岁)
+_SEX_AGE = re.compile(r"(?:\s*[，,]\s*|\s+)[男女]性?(?:\s*[，,]\s*|\s+)\d{1,3}\s*岁")
+_AGE_NEXT = re.compile(r"(?:\s*[，,]\s*)?(?:今年)?\d{1,3}\s*岁")
+_HEAD_START = re.compile(rf"(?:^|(?<=[\n：:；;。]))\s*(?=[{_SURN_CHARS}{''.join(sorted(WEAK_SURNAMES - COMPOUND))}])")
+_WORD_NAME_TAGS = (None, "n", "nr", "nrt", "nrfg", "nz", "ns", "t")
+
+
+def _word_name_ok(text: str, s: int, e: int) -> bool:
+    v = text[s:e]
+    return bool(surname_at(text, s)) and not _guarded(text, s) \
+        and v not in guard_words() and v not in LABELS and not v.endswith(TITLES) and _dict_tag(v) in _WORD_NAME_TAGS \
+        and not any(c in NOT_GIVEN or c in "龄纪" for c in v[1:])  # (患者年龄为41岁, 患者应当在60岁以下)
+
+
+def _sex_age_names(text: str) -> list[tuple[int, int]]:
+    out = []
+    for m in _HEAD_START.finditer(text):
+        s = m.end()
+        for n in (3, 2):
+            if s + n <= len(text) and _CJK_RE.match(text, s + n - 1) and _SEX_AGE.match(text, s + n) \
+                    and _word_name_ok(text, s, s + n):
+                out.append((s, s + n))
+                break
+    for m in _AGE_NEXT.finditer(text) if "岁" in text else ():
+        for n in (2, 3):
+            s = m.start() - n
+            if s > 0 and text[:s].endswith(_LABEL_ENDS) and text[:s][-1] not in "我你他她" \
+                    and _word_name_ok(text, s, m.start()) and not _is_word(text[s - 1 : s + 1]):
+                out.append((s, m.start()))
+                break
+    return out
+
+
 def round7_names(text: str) -> list[tuple[int, int]]:
     """The round-7 families (see docs/deidentify.md, round 7)."""
     out = _a_names_outside(text) if "阿" in text else []
     out += _village_nicknames(text) + _weak_titled(text) + _role_surname(text) + _parent_titled(text)
     out += _colon_names(text) if ("：" in text or ":" in text) else []
+    out += _sex_age_names(text) if "岁" in text else []
     gc = given_chars()
     for m in _GIVEN_TAKES.finditer(text) if ("由" in text or "让" in text or "请" in text) else ():
         s, e = m.span(1)
