@@ -508,6 +508,10 @@ def test_round7_colon_keep_ordinary_sentences(text):
     ("区卫生健康局医疗纠纷人民调解委员会受理编号：浙调〔2024〕第12号。", "浙调〔2024〕第12号"),
     ("理赔案号LP〔2023〕0457号", "LP〔2023〕0457号"),
     ("县农村合作医疗管理委员会报销审核单号：NH-2024-00318", "NH-2024-00318"),
+    # a label ending in 号 alone with no colon, a value opening with a place's abbreviation, a court case number
+    ("参保人员社保号 4401 0019 7703 21", "4401 0019 7703 21"),
+    ("居住证号码：粤居2023005678", "粤居2023005678"),
+    ("案件编号（2023）粤0104民初5678号", "（2023）粤0104民初5678号"),
 ])
 def test_round7_records_without_colon_and_long_labels(text, value):
     assert [text[s.start : s.end] for s in D89.find(text) if s.type == "record"] == [value]
@@ -517,6 +521,7 @@ def test_round7_records_without_colon_and_long_labels(text, value):
     "网上药店的订单号202405120934567812，还没发货。", "长链非编码RNA01980在肝癌中高表达。", "编码2400个氨基酸。",
     "长链非编码RNA019803在肝癌中高表达。",
     "发文字号：国发〔2024〕5号", "验证码123456", "药品批号H20240511", "邮政编码100083", "第3号药", "编号1-3的病人",
+    "信号123456", "挂号费123456元", "型号XR200012", "第3号床",
 ])
 def test_round7_number_labels_that_are_no_records_stay(text):
     spans = [(s.type, text[s.start : s.end]) for s in D89.find(text)]

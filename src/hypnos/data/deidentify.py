@@ -93,16 +93,17 @@ PATTERNS: list[tuple[str, re.Pattern]] = [
     # (round 7: up to 18 characters of label, 医疗纠纷人民调解委员会受理编号：)
     ("record", re.compile(rf"(?<![{_CJK}])(?:(?!电话|手机|身份|证件|护照|通行证|邮政|邮编|密码|验证|床|批|型|货|页|房|楼)[{_CJK}]){{0,18}}"
                           r"(?:编号|单号|证号|卡号|档案号|号码|号|码)\s*[：:]\s*"
-                          rf"(?P<v>(?=(?:[^0-9\s，,。；;]*\d){{4}})(?:[{_CJK}](?=[A-Z]))?[0-9A-Za-z](?:[0-9A-Za-z_/#-]*[0-9A-Za-z])?"
+                          rf"(?P<v>(?=(?:[^0-9\s，,。；;]*\d){{4}})(?:[{_CJK}](?=[A-Z])|[{_CJK}]{{1,2}}(?=\d{{6}}))?[0-9A-Za-z](?:[0-9A-Za-z_/#-]*[0-9A-Za-z])?"
                           r"(?: \d{2,}(?![\d.]))*)")),
     # (round 7) the same labels with no colon when the value has at least 6 digits (献血码0402 2406 1183 27, 保单号
     # 8812 0034 5521; not an order number, nor 编码 "encoding", nor 号码 alone: a phone's), and an official file number after any number label, colon or not (受理编号：浙调〔2024〕第12号,
     # 理赔案号LP〔2023〕0457号): a word of 2+ characters names the number
     ("record", re.compile(rf"(?<![{_CJK}])(?:(?!电话|手机|身份|证件|护照|通行证|邮政|邮编|密码|验证|订单|快递|运单|物流|床|批|型|货|页|房|楼|[号码编一二三四五六七八九十几每第])[{_CJK}]){{1,18}}"
-                          r"(?:编号|单号|证号|卡号|案号|档案号|号码|码)\s?"
+                          r"(?:编号|单号|证号|卡号|案号|档案号|号码|码|(?<![信序字口符])号)\s?"
                           rf"(?P<v>(?=(?:[^\d，,。；;]*\d){{6}})[0-9A-Za-z](?:[0-9A-Za-z_/#-]*[0-9A-Za-z])?(?: \d{{2,}}(?![\d.]))*)")),
     ("record", re.compile(rf"(?:编号|单号|证号|卡号|案号|档案号)\s*[：:]?\s*"
-                          rf"(?P<v>(?:[A-Za-z]{{1,6}}|[{_CJK}]{{1,6}})?[〔［\[（(]\s*(?:19|20)\d{{2}}\s*[〕］\]）)]\s*第?\s*\d{{1,6}}\s*号)")),
+                          rf"(?P<v>(?:[A-Za-z]{{1,6}}|[{_CJK}]{{1,6}})?[〔［\[（(]\s*(?:19|20)\d{{2}}\s*[〕］\]）)]\s*"
+                          rf"(?:[{_CJK}]{{1,4}}\d{{0,6}}[{_CJK}]{{0,4}})?第?\s*\d{{1,6}}\s*号)")),  # (（2024）浙0102民初1234号)
     ("phone", re.compile(r"(?<![0-9A-Za-z])(?P<v>(?:\+?86[-\s]?)?1[3-9]\d(?:[-\s]?\d{4}){2})(?![0-9])")),
     # (session 4) service numbers (400-820-3366, 800 810 1234): they point at whoever answers them
     ("phone", re.compile(r"(?<![0-9A-Za-z])(?P<v>[48]00[-\s]?\d{3}[-\s]?\d{4})(?![0-9])")),
