@@ -637,3 +637,21 @@ def test_round7_word_names_before_sex_and_age(text, names):
 ])
 def test_round7_sex_and_age_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # a name before 本人 as a field's value; the people of accident and police reports
+    ("随访对象：于建新本人", ["于建新"]),
+    ("伤者黄河，男，34岁。", ["黄河"]),
+    ("受害人秦岭被送往医院。", ["秦岭"]),
+    ("老人宁静，女，80岁，住院三天。", ["宁静"]),  # (a person word, then an ordinary word, a sex and an age)
+    # a weak surname + title after a role that ends in a title itself
+    ("班主任文老师打电话说孩子发烧。", ["文"]),
+])
+def test_round7_report_roles_and_self(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["请患者本人签字。", "随访对象：本人", "伤者多为老人。", "受害人需要及时报警。", "班主任老师很负责。"])
+def test_round7_report_roles_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

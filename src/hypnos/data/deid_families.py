@@ -691,6 +691,7 @@ def _village_nicknames(text: str) -> list[tuple[int, int]]:
 _WEAK_TITLES = ("护士长", "主任", "医生", "医师", "大夫", "护士", "老师", "院长", "教授", "师傅", "阿姨", "叔叔", "大爷", "大妈",
                 "奶奶", "爷爷", "爸爸", "妈妈")
 _WEAK_TITLE_RE = re.compile(f"([{''.join(sorted(WEAK_SURNAMES - COMPOUND))}])(?:" + "|".join(_WEAK_TITLES) + ")")
+_ROLE_TITLED = ("班主任", "院长", "副院长", "科主任")  # (roles that end in a title: 班主任于老师)
 _ELDER_WORDS = ("阿姨", "叔叔", "大爷", "大妈", "奶奶", "爷爷")
 _PREPOSITIONS = set("向对给跟和与同在从为由把被让将")
 _ASK_LEFT = re.compile("(?:找|请|问问|谢谢|感谢|多谢|麻烦)$")
@@ -718,7 +719,7 @@ def _weak_titled(text: str) -> list[tuple[int, int]]:
             continue  # (全科医生, 专科护士: a word; 文医生办公室 … a place)
         left = text[:s]
         colon = bool(_COLON_LEFT.search(left)) and bool(_CLAUSE_STOP.match(text, e))
-        role = left.endswith(_LABEL_ENDS) and left[-1] not in "我你他她" and not left.endswith(TITLES) \
+        role = left.endswith(_LABEL_ENDS) and left[-1] not in "我你他她" and (not left.endswith(TITLES) or left.endswith(_ROLE_TITLED)) \
             and (text[s] not in _LINKING or bool(_CLAUSE_STOP.match(text, e)) or bool(_PREP_SAFE_DOES.match(text, e)))
         does = (s == 0 or text[s - 1] in "，,。；;！!？?\n “\"") and text[s] not in "向对给跟和与同在从为由把被让" \
             and bool(_TITLE_DOES.match(text, e))
@@ -783,6 +784,7 @@ def _colon_names(text: str) -> list[tuple[int, int]]:
 _SEX_AGE = re.compile(r"(?:\s*[，,]\s*|\s+)[男女]性?(?:\s*[，,]\s*|\s+)\d{1,3}\s*岁")
 _AGE_NEXT = re.compile(r"(?:\s*[，,]\s*)?(?:今年)?\d{1,3}\s*岁")
 _HEAD_START = re.compile(rf"(?:^|(?<=[\n：:；;。]))\s*(?=[{_SURN_CHARS}{''.join(sorted(WEAK_SURNAMES - COMPOUND))}])")
+_ROLE_HEAD = re.compile("受害人|伤者|死者|伤员|遇难者|受伤者|患者|病人|患儿|户主|当事人|被保险人|献血者|老人|学生|幼儿")
 _WORD_NAME_TAGS = (None, "n", "nr", "nrt", "nrfg", "nz", "ns", "t")
 
 
@@ -795,8 +797,9 @@ def _word_name_ok(text: str, s: int, e: int) -> bool:
 
 def _sex_age_names(text: str) -> list[tuple[int, int]]:
     out = []
-    for m in _HEAD_START.finditer(text):
-        s = m.end()
+    starts = [m.end() for m in _HEAD_START.finditer(text)]
+    starts += [m.end() for m in _ROLE_HEAD.finditer(text)]  # (伤者黄河，男，34岁)
+    for s in starts:
         for n in (3, 2):
             if s + n <= len(text) and _CJK_RE.match(text, s + n - 1) and _SEX_AGE.match(text, s + n) \
                     and _word_name_ok(text, s, s + n):
