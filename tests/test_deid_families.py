@@ -655,3 +655,24 @@ def test_round7_report_roles_and_self(text, names):
 @pytest.mark.parametrize("text", ["请患者本人签字。", "随访对象：本人", "伤者多为老人。", "受害人需要及时报警。", "班主任老师很负责。"])
 def test_round7_report_roles_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # a child's household nickname before a child's age or a time word
+    ("小胖今年5岁，体重超标。", ["小胖"]),
+    ("我家大妞最近总说肚子疼。", ["大妞"]),
+    ("虎子今天打了疫苗。", ["虎子"]),
+    # one given-name character + 姐/哥 as a colleague's form of address
+    ("霞姐说明天带孩子来复查。", ["霞"]),
+    ("红姐，3床输液完了。", ["红"]),
+])
+def test_round7_short_forms(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "伟哥，能治病吗？", "大哥，帮我一下。", "老哥，你好", "表姐说明天来。", "宝宝今年3岁。", "小宝宝今年3岁。",
+    "大宝今年6岁，二宝3岁。", "小龙虾今天吃了。", "狗子最近不吃东西。",
+])
+def test_round7_short_forms_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -815,12 +815,38 @@ def _sex_age_names(text: str) -> list[tuple[int, int]]:
     return out
 
 
+# one given-name character + 姐/哥 as a colleague's form of address (芳姐说…, 红姐，3床…), at a clause's start: the same
+# right context as _SIB_ADDRESS; not a word (伟哥, 大哥, 师姐) nor a surname's (王姐 is the bare-surname family's)
+_ONE_SIB = re.compile(rf"(?:^|(?<=[，,。；;：:！!？?\n“\"@＠]))([{_CJK}])(?=(?:姐|哥)(?:[，,！!：:。]|说|你|您|$|帮|替|给|陪|带|也|又|都|刚才|今天|昨天|明天))")
+# a child's nickname where a household names it (我家小胖今年5岁, 大妞最近…, 虎子今天…): 小/阿/大/二 + a pet character, or
+# a strong pet word + 子, at a clause's start or after 我家, before a child's age or a time word
+_NICK_CHILD = re.compile(rf"(?:^|(?<=[，,。；;！!？?\n“\"])|(?<=我家)|(?<=我们家)|(?<=咱家))((?:[小阿大二三]?[宝胖妞虎龙丫])|(?:虎|柱|铁)子)"
+                         r"(?=今年|[\d一二三四五六七八九十两]+(?:岁|个月)|最近|今天|昨天|昨晚|这两天|这几天|一直|总是|老是|又)")
+
+
+def _short_forms(text: str) -> list[tuple[int, int]]:
+    out, gc = [], given_chars()
+    for m in _ONE_SIB.finditer(text) if ("姐" in text or "哥" in text) else ():
+        s = m.start(1)
+        c = text[s]
+        if c in gc and c not in NOT_GIVEN and not surname_at(text, s, weak_ok=False) \
+                and _dict_tag(text[s : s + 2]) in (None, "nr") and not _guarded(text, s):
+            out.append((s, s + 1))
+    for m in _NICK_CHILD.finditer(text):
+        s, e = m.span(1)
+        if e - s >= 2 and not _guarded(text, s) and _dict_tag(text[s:e]) not in ("v", "d", "m", "q", "r", "p", "c") \
+                and not (text[s] in "大二三" and len(_KID_COUNT.findall(text)) > 1):  # (大宝今年6岁，二宝3岁: birth order)
+            out.append((s, e))
+    return out
+
+
 def round7_names(text: str) -> list[tuple[int, int]]:
     """The round-7 families (see docs/deidentify.md, round 7)."""
     out = _a_names_outside(text) if "阿" in text else []
     out += _village_nicknames(text) + _weak_titled(text) + _role_surname(text) + _parent_titled(text)
     out += _colon_names(text) if ("：" in text or ":" in text) else []
     out += _sex_age_names(text) if "岁" in text else []
+    out += _short_forms(text)
     gc = given_chars()
     for m in _GIVEN_TAKES.finditer(text) if ("由" in text or "让" in text or "请" in text) else ():
         s, e = m.span(1)
