@@ -676,3 +676,20 @@ def test_round7_short_forms(text, names):
 ])
 def test_round7_short_forms_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # a surname said before 姓 and a person word; 小 + a weak surname after a staff role
+    ("韦姓患者，女，62岁。", ["韦"]),
+    ("一名覃姓男子被送来。", ["覃"]),
+    ("养老院护理员小满给老人洗澡。", ["满"]),
+    ("护士小方帮我换药。", ["方"]),
+])
+def test_round7_surname_mentions(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["护士小心地扶起老人。", "护士小时候就想当医生。", "医生小结：病情稳定。", "百姓患者很多。",
+                                  "护士小于三人不能排班。"])
+def test_round7_surname_mentions_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

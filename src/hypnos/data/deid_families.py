@@ -824,8 +824,23 @@ _NICK_CHILD = re.compile(rf"(?:^|(?<=[，,。；;！!？?\n“\"])|(?<=我家)|(
                          r"(?=今年|[\d一二三四五六七八九十两]+(?:岁|个月)|最近|今天|昨天|昨晚|这两天|这几天|一直|总是|老是|又)")
 
 
+# a surname said before 姓 and a person word (韦姓患者, 一名覃姓男子)
+_SURNAME_FIRST = re.compile(rf"([{_SURN_CHARS}{''.join(sorted(WEAK_SURNAMES - COMPOUND))}])姓(?=患者|病人|患儿|男子|女子|男孩|女孩|老人|老太|"
+                            "老汉|女士|先生|家属|护士|医生|孩子|村民|学生|老师|夫妇|一家|人家|同学|同事|司机|工人|产妇)")
+# 小 + a weak surname after a staff role (护理员小满, 护士小方): the role says "person"
+_STAFF_XIAO = re.compile("小([" + "".join(sorted(WEAK_SURNAMES - COMPOUND - set("和与及同跟曾向于对给把被在从由为让将"))) + "])")
+
+
 def _short_forms(text: str) -> list[tuple[int, int]]:
     out, gc = [], given_chars()
+    for m in _SURNAME_FIRST.finditer(text) if "姓" in text else ():
+        s = m.start(1)
+        if not _guarded(text, s):
+            out.append((s, s + 1))
+    for m in _STAFF_XIAO.finditer(text) if "小" in text else ():
+        s = m.start(1)
+        if text[: s - 1].endswith(_STAFF_ENDS) and not _is_word(text[s : s + 2]) and not _guarded(text, s - 1):
+            out.append((s, s + 1))  # (the surname, as for 小王: 护士小心地, 小时候, 小结 are words)
     for m in _ONE_SIB.finditer(text) if ("姐" in text or "哥" in text) else ():
         s = m.start(1)
         c = text[s]
