@@ -693,3 +693,18 @@ def test_round7_surname_mentions(text, names):
                                   "护士小于三人不能排班。"])
 def test_round7_surname_mentions_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # a role, a word jieba knows as a name, then a time word or 已/因
+    ("护工常青今天请假。", ["常青"]),
+    ("负责人方正已签字。", ["方正"]),
+])
+def test_round7_role_then_word_name_then_time(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["当事人双方已达成协议。", "护工今天请假。", "志愿者们今天来了。", "家属谢谢已经说过了。",
+                                  "被保险人平时已经戒烟。"])
+def test_round7_role_then_time_keeps_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

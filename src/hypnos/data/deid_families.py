@@ -831,6 +831,22 @@ _SURNAME_FIRST = re.compile(rf"([{_SURN_CHARS}{''.join(sorted(WEAK_SURNAMES - CO
 _STAFF_XIAO = re.compile("小([" + "".join(sorted(WEAK_SURNAMES - COMPOUND - set("和与及同跟曾向于对给把被在从由为让将"))) + "])")
 
 
+# a role outside wards, then a word jieba knows as a name (常青, 方正, 白雪), then a time word or 已/因 and what follows
+# (护工常青今天请假, 负责人方正已签字): the role and the clause say "person"
+_ROLE_WORD_NAME = re.compile("(?:" + "|".join(sorted((w for w in LABELS if len(w) >= 2 and w[-1] in "人者员工医"), key=len, reverse=True))
+                             + rf")([{_CJK}]{{2}})(?=今天|昨天|今日|昨日|已经|已|因|也|刚才|上午|下午|晚上)")
+
+
+def _role_word_names(text: str) -> list[tuple[int, int]]:
+    out = []
+    for m in _ROLE_WORD_NAME.finditer(text):
+        s, e = m.span(1)
+        v = text[s:e]
+        if surname_at(text, s) and _dict_tag(v) in ("nr", "nrt", "nrfg") and not _guarded(text, s) and v not in LABELS:
+            out.append((s, e))
+    return out
+
+
 def _short_forms(text: str) -> list[tuple[int, int]]:
     out, gc = [], given_chars()
     for m in _SURNAME_FIRST.finditer(text) if "姓" in text else ():
@@ -861,7 +877,7 @@ def round7_names(text: str) -> list[tuple[int, int]]:
     out += _village_nicknames(text) + _weak_titled(text) + _role_surname(text) + _parent_titled(text)
     out += _colon_names(text) if ("：" in text or ":" in text) else []
     out += _sex_age_names(text) if "岁" in text else []
-    out += _short_forms(text)
+    out += _short_forms(text) + _role_word_names(text)
     gc = given_chars()
     for m in _GIVEN_TAKES.finditer(text) if ("由" in text or "让" in text or "请" in text) else ():
         s, e = m.span(1)
