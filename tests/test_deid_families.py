@@ -708,3 +708,20 @@ def test_round7_role_then_word_name_then_time(text, names):
                                   "被保险人平时已经戒烟。"])
 def test_round7_role_then_time_keeps_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,value", [
+    # village clinics (卫生室, 卫生所) and township health centres named by a chain of place units, whatever jieba's tags
+    ("在石门坎村卫生室打了针。", "石门坎村卫生室"),
+    ("到龙胜县平等乡卫生院就诊。", "龙胜县平等乡卫生院"),
+    ("到龙胜县三门镇卫生院就诊。", "龙胜县三门镇卫生院"),
+    ("在大寨村卫生所看过。", "大寨村卫生所"),
+])
+def test_round7_village_clinics(text, value):
+    assert [text[s.start : s.end] for s in D89.find(text) if s.type == "hospital"] == [value]
+
+
+@pytest.mark.parametrize("text", ["到村卫生室打针。", "学校卫生室的老师。", "去卫生室拿药。", "我们村卫生室没有药。", "去乡镇卫生院看看。",
+                                  "必须盖有乡镇卫生院以上医疗机构公章。", "提供给A县几个村卫生室，", "建议去当地乡卫生院。"])
+def test_round7_clinic_words_stay(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

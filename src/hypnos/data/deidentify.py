@@ -124,7 +124,7 @@ _AGE = re.compile(r"(?<![\d.])(?P<v>(?:9\d|1[0-2]\d)\s*(?:周岁|岁))"
 
 # Hospitals: the name ends in one of these; it starts after a verb/preposition or punctuation.
 # (session 4) care homes and blood services too: a named 养老院 or 血站 places a person as surely as a hospital
-_HOSP_END = re.compile(r"(?:医院|卫生院|诊所|保健院|卫生服务中心|卫生服务站|防治中心|医学中心|肿瘤中心|急救中心|门诊部|"
+_HOSP_END = re.compile(r"(?:医院|卫生院|卫生室|卫生所|诊所|保健院|卫生服务中心|卫生服务站|防治中心|医学中心|肿瘤中心|急救中心|门诊部|"
                        r"养老院|敬老院|护理院|疗养院|福利院|中心血站|血站|血液中心|疾病预防控制中心|疾控中心)")
 _HOSP_STOP = set("在于到至往去从由是的了与及或、打叫找让请把被给对为我您你他她其该这那此本前后转入住出就爸妈哥姐爷奶婆"
                  "来回赴离经过诊查做看拨电话向当地")
@@ -196,6 +196,10 @@ _HOSP_GENERIC_WORDS = {"权威", "专业", "正规", "专科", "综合", "大型
                        "社区", "乡镇", "县级", "市级", "省级", "上级", "下级", "各大"}
 
 
+_PLACE_BODY = r"[^\W\dA-Za-z_几个些每各有的了是在须该这那全本邻外乡镇]"  # (A县几个村, 必须盖有乡镇: no place names)
+_PLACE_CHAIN = re.compile(rf"(?:{_PLACE_BODY}{{2,4}}?[县市区旗])?{_PLACE_BODY}{{2,4}}?[镇乡村]$")
+
+
 @lru_cache(maxsize=65536)
 def _hospital_head(head: str) -> int:
     """How many leading characters of ``head`` (the text before 医院/诊所…) to drop so that what remains
@@ -213,6 +217,11 @@ def _hospital_head(head: str) -> int:
         if (f.startswith(_HOSP_BREAK) and not w.startswith(("第", "自治"))) \
                 or (f == "m" and not re.search(r"\d|第", w) and not ordinal):
             start = pos
+    # (round 7) a chain of place units right before 卫生院/卫生室 names it whatever jieba's tags inside the place names
+    # (石门坎村卫生室, 龙胜县平等乡卫生院: 坎 and 平等 are no break)
+    chain = _PLACE_CHAIN.search(head)
+    if chain and chain.start() < start:
+        start = chain.start()
     while start < len(head):  # drop leading generic words (正规|专科)
         for g in sorted(_HOSP_GENERIC_WORDS, key=len, reverse=True):
             if head.startswith(g, start):
