@@ -725,3 +725,20 @@ def test_round7_village_clinics(text, value):
                                   "必须盖有乡镇卫生院以上医疗机构公章。", "提供给A县几个村卫生室，", "建议去当地乡卫生院。"])
 def test_round7_clinic_words_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # a weak surname + title after words that point at a person (多亏了, 那位, 是, 问了, 听说, 挂了) or before 的号
+    ("这次多亏了时医生，不然孩子就危险了。", ["时"]),
+    ("那位应老师特别负责。", ["应"]),
+    ("是常大夫给我做的手术。", ["常"]),
+    ("我问了查医生，他说没事。", ["查"]),
+    ("下周想约明主任的号。", ["明"]),
+])
+def test_round7_weak_surnames_pointed_at(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["这是向医生咨询的结果。", "是于医生处开的药。", "是和医生一起的。", "听说向医生请教过。"])
+def test_round7_pointing_words_keep_prepositions(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

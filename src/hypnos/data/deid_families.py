@@ -694,7 +694,7 @@ _WEAK_TITLE_RE = re.compile(f"([{''.join(sorted(WEAK_SURNAMES - COMPOUND))}])(?:
 _ROLE_TITLED = ("班主任", "院长", "副院长", "科主任")  # (roles that end in a title: 班主任于老师)
 _ELDER_WORDS = ("阿姨", "叔叔", "大爷", "大妈", "奶奶", "爷爷")
 _PREPOSITIONS = set("向对给跟和与同在从为由把被让将")
-_ASK_LEFT = re.compile("(?:找|请|问问|谢谢|感谢|多谢|麻烦)$")
+_ASK_LEFT = re.compile("(?:找|请|问问|谢谢|感谢|多谢|麻烦|多亏了|多亏|幸亏|亏了|那位|这位|是|问了|问过|听说|挂了|挂|找了|找过)$")
 _PREP_SAFE_DOES = re.compile("负责|让|叫我")  # (工作人员于护士负责…; 患者向医生咨询: 向 is "to")
 _TITLE_DOES = re.compile("让|叫我|叫我们|负责|嘱|开了|开的|查房|建议我|告诉我|说我|给我看|给我开|帮我")
 _COLON_LEFT = re.compile(r"[：:]\s*$")
@@ -726,7 +726,8 @@ def _weak_titled(text: str) -> list[tuple[int, int]]:
         # an elder's form of address is seldom after a preposition (今天常阿姨陪她, 管大爷昨晚…), and 找/请/谢谢 ask for a person
         elder = text[s] not in _LINKING and text.startswith(_ELDER_WORDS, s + 1) and not (
             s and text[s - 1] in given_chars() and not (s > 1 and _is_word(text[s - 2 : s])))  # (晓红阿姨: a given name)
-        asked = bool(_ASK_LEFT.search(left)) and text[e : e + 1] != "处" and text[s] not in _PREPOSITIONS  # (请向医生咨询)
+        asked = (bool(_ASK_LEFT.search(left)) or text.startswith("的号", e)) and text[e : e + 1] != "处" \
+            and text[s] not in _PREPOSITIONS  # (请向医生咨询)
         if colon or role or does or elder or asked:
             out.append((s, s + 1))
     return out
