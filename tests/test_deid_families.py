@@ -742,3 +742,17 @@ def test_round7_weak_surnames_pointed_at(text, names):
 @pytest.mark.parametrize("text", ["这是向医生咨询的结果。", "是于医生处开的药。", "是和医生一起的。", "听说向医生请教过。"])
 def test_round7_pointing_words_keep_prepositions(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # the people of maternal care and village records name who follows them
+    ("孕妇周小燕，孕30周，血压偏高。", ["周小燕"]),  # (not 燕 alone: the role names the whole name)
+    ("五保户韦德明，独居。", ["韦德明"]),
+])
+def test_round7_village_and_maternal_roles(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["孕妇需要补铁。", "村民都来了。", "五保户老人。", "避免顾客修指甲时受伤。", "村民修路时受伤。"])
+def test_round7_village_roles_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)
