@@ -755,3 +755,21 @@ def test_round7_village_and_maternal_roles(text, names):
 @pytest.mark.parametrize("text", ["孕妇需要补铁。", "村民都来了。", "五保户老人。", "避免顾客修指甲时受伤。", "村民修路时受伤。"])
 def test_round7_village_roles_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # one's own kin word, an ordinary word, then a time word or an adverb of what a person does
+    ("我老公方圆在外地打工。", ["方圆"]),
+    ("我婆婆金花最近总咳嗽。", ["金花"]),
+])
+def test_round7_kin_then_word_name(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "我爸单位最近体检了。", "我老公公司最近很忙。", "我妈身体一直不好。", "我爸工作也很累。", "我妈血压最近偏高。", "我爸年纪也大了。",
+    "我妈眼睛最近模糊。", "我老公平时也抽烟。", "我爸老家在农村。", "我妈高血压也有。", "我老公胃病又犯了。", "我爸明天也来。",
+    "我爸明明也没喝酒。",
+])
+def test_round7_kin_then_word_keeps_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

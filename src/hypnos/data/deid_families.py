@@ -848,6 +848,28 @@ def _role_word_names(text: str) -> list[tuple[int, int]]:
     return out
 
 
+# a kin word of one's own family, an ordinary word, then a time word or an adverb of a person's doings (我老公方圆在外地打工,
+# 我婆婆金花最近总咳嗽, 我爸向东去年查出…): the kin word and the clause say "person"
+_KIN_OWN = ("我老公", "我老婆", "我爱人", "我媳妇", "我丈夫", "我妻子", "我爸", "我妈", "我爸爸", "我妈妈", "我婆婆", "我公公",
+            "我岳父", "我岳母", "我哥", "我姐", "我弟", "我妹", "我儿子", "我女儿", "我外婆", "我外公", "我奶奶", "我爷爷",
+            "我舅舅", "我姑姑", "我叔叔", "我姨妈", "我老伴", "她老公", "他老婆", "她丈夫", "他妻子")
+_KIN_WORD_NAME = re.compile("(?:" + "|".join(sorted(_KIN_OWN, key=len, reverse=True)) + rf")([{_CJK}]{{2}})"
+                            "(?=最近|去年|今年|前年|上个月|上周|一直|也|又|在外地|今天|昨天|已经|刚才|前几天|这几天|从小|总是|总)")
+
+
+def _kin_word_names(text: str) -> list[tuple[int, int]]:
+    out, gc = [], given_chars()
+    for m in _KIN_WORD_NAME.finditer(text) if "我" in text or "他" in text or "她" in text else ():
+        s, e = m.span(1)
+        v = text[s:e]
+        tag = _dict_tag(v)
+        if surname_at(text, s) and not _guarded(text, s) and v not in LABELS and v not in guard_words() \
+                and not any(c in NOT_GIVEN or c in "龄纪" for c in v) \
+                and (tag in (None, "nr", "nrt", "nrfg", "nz") or (tag in ("n", "ns") and all(c in gc for c in v))):
+            out.append((s, e))
+    return out
+
+
 def _short_forms(text: str) -> list[tuple[int, int]]:
     out, gc = [], given_chars()
     for m in _SURNAME_FIRST.finditer(text) if "姓" in text else ():
@@ -878,7 +900,7 @@ def round7_names(text: str) -> list[tuple[int, int]]:
     out += _village_nicknames(text) + _weak_titled(text) + _role_surname(text) + _parent_titled(text)
     out += _colon_names(text) if ("：" in text or ":" in text) else []
     out += _sex_age_names(text) if "岁" in text else []
-    out += _short_forms(text) + _role_word_names(text)
+    out += _short_forms(text) + _role_word_names(text) + _kin_word_names(text)
     gc = given_chars()
     for m in _GIVEN_TAKES.finditer(text) if ("由" in text or "让" in text or "请" in text) else ():
         s, e = m.span(1)
