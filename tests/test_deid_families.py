@@ -773,3 +773,18 @@ def test_round7_kin_then_word_name(text, names):
 ])
 def test_round7_kin_then_word_keeps_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    # dates of birth in Chinese numerals; addresses after 现居/现居住在/暂住在
+    ("出生于一九五六年八月，务农。", "dob", "一九五六年八月"),
+    ("二〇〇三年五月十二日出生。", "dob", "二〇〇三年五月十二日"),
+    ("现居黔东南州凯里市大十字街道。", "address", "黔东南州凯里市大十字街道"),
+])
+def test_round7_chinese_numeral_births_and_residences(text, kind, value):
+    assert [text[s.start : s.end] for s in D89.find(text) if s.type == kind] == [value]
+
+
+@pytest.mark.parametrize("text", ["一九九八年参加工作。", "现居家养老。", "暂住证办好了。", "二〇二〇年疫情期间。"])
+def test_round7_numeral_years_and_居_words_stay(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)
