@@ -747,12 +747,14 @@ def test_round7_pointing_words_keep_prepositions(text):
 @pytest.mark.parametrize("text,names", [
     # the people of maternal care and village records name who follows them
     ("孕妇周小燕，孕30周，血压偏高。", ["周小燕"]),  # (not 燕 alone: the role names the whole name)
+    ("理赔回访：客户鲁大海表示已收到赔款。", ["鲁大海"]),
 ])
 def test_round7_village_and_maternal_roles(text, names):
     assert _names(text) == names
 
 
-@pytest.mark.parametrize("text", ["孕妇需要补铁。", "村民都来了。", "五保户老人。", "避免顾客修指甲时受伤。", "村民修路时受伤。"])
+@pytest.mark.parametrize("text", ["孕妇需要补铁。", "村民都来了。", "五保户老人。", "避免顾客修指甲时受伤。", "村民修路时受伤。",
+                                  "客户满意度很高。", "客户修改了地址。", "客户高度评价。"])
 def test_round7_village_roles_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
 

@@ -125,12 +125,12 @@ LABELS = _words("患者姓名 病人姓名 患儿姓名 产妇姓名 家属姓�
           # mediation each name the person right after them (户主X, 被保险人X, 献血者X, 调解员X, 班主任X, 志愿者X)
           "户主 持证人 专员 理赔专员 客服专员 负责人 被保险人 投保人 受益人 献血者 献血人 当事人 调解员 人民调解员 "
           "班主任 校医 护工 护理员 保育员 志愿者 社工 随访对象 申请医生 全科医生 家庭医生 签约医生 乡村医生 村医 "
-          "工作人员 被监护人 被申请人 联络人 承办人 办理人 报案人 出险人 受害人 伤者 死者 伤员 遇难者 受伤者 孕妇 住户 村民 五保户 贫困户 低保户")
+          "工作人员 被监护人 被申请人 联络人 承办人 办理人 报案人 出险人 受害人 伤者 死者 伤员 遇难者 受伤者 孕妇 客户 住户 村民 五保户 贫困户 低保户")
 # (round 7) those roles are whole words: the character before a name is the role's (户主|张桂兰, though 主张 is a word)
 _WHOLE_ROLES = frozenset(_words("户主 持证人 专员 理赔专员 客服专员 负责人 被保险人 投保人 受益人 献血者 献血人 当事人 "
                                 "调解员 人民调解员 班主任 校医 护工 护理员 保育员 志愿者 社工 随访对象 申请医生 全科医生 "
                                 "家庭医生 签约医生 乡村医生 村医 工作人员 被监护人 被申请人 联络人 承办人 办理人 报案人 出险人 "
-                                "受害人 伤者 死者 伤员 遇难者 受伤者 孕妇 住户 村民 五保户 贫困户 低保户"))
+                                "受害人 伤者 死者 伤员 遇难者 受伤者 孕妇 客户 住户 村民 五保户 贫困户 低保户"))
 # Short role words that announce a name only as a form field, with a colon (巡回：米娜, 麻醉：阮思琪);
 # in running text they are ordinary words (麻醉平稳, 手术顺利).
 FIELD_LABELS = _words("巡回 器械 洗手 一助 二助 三助 麻醉 手术者 术者 手术 医生 医师 护士 告知医生 告知人 经治 主管 "
