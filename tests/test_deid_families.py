@@ -790,3 +790,17 @@ def test_round7_chinese_numeral_births_and_residences(text, kind, value):
 @pytest.mark.parametrize("text", ["一九九八年参加工作。", "现居家养老。", "暂住证办好了。", "二〇二〇年疫情期间。"])
 def test_round7_numeral_years_and_居_words_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # a given name of the 1950s-70s (a word too) before 叔/婶/伯 as a form of address
+    ("建国叔今天来复诊了。", ["建国"]),
+    ("卫东伯也来了。", ["卫东"]),
+])
+def test_round7_given_names_before_uncle_and_aunt(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["我小姨，今年50岁。", "表叔说不用去。", "大伯今天来了。", "师叔也来了。", "基础建设，也要跟上。"])
+def test_round7_uncle_and_aunt_words_stay(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

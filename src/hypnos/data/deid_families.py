@@ -341,7 +341,7 @@ def _pet_names(text: str) -> list[tuple[int, int]]:
 # ---- given and full names before 姐/哥 ------------------------------------------------------------------
 
 _SIB_ADDRESS = re.compile(rf"(?:^|(?<=[，,。；;：:！!？?（(\"“‘'、\n \t　@＠跟和与同让叫找问给请谢向亏靠]))([{_CJK}]{{2,3}})"
-                          r"(?=(?:姐姐|哥哥|姐|哥)(?:[，,！!：:。]|那边|说|你|您|$"
+                          r"(?=(?:姐姐|哥哥|姐|哥|叔叔|婶婶|叔|婶|姨|伯)(?:[，,！!：:。]|那边|说|你|您|$"
                           # (round 6) what the person did or does for one (谢谢俊辉哥帮忙顶班, 晓梅姐替我…)
                           r"|帮|替|给|陪|带|也|又|都|一直|刚才|今天|昨天|明天))")
 
@@ -350,7 +350,7 @@ def _sibling_address(text: str) -> list[tuple[int, int]]:
     """A full name or a given name used with 姐/哥 as a form of address (黄佳姐，…, 芳芳姐，…, 晓红哥说):
     a surname + given-name characters, or two given-name characters (doubled or jieba's name), never
     an ordinary word (师姐, 表哥, 大哥: the word check)."""
-    if "姐" not in text and "哥" not in text:
+    if not any(k in text for k in "姐哥叔婶姨伯"):
         return []
     gc = given_chars()
     out = []
@@ -358,11 +358,12 @@ def _sibling_address(text: str) -> list[tuple[int, int]]:
         s, e = m.span(1)
         cand = text[s:e]
         doubled = len(cand) == 2 and cand[0] == cand[1] and cand[0] not in _NOT_DOUBLED and cand[0] in gc
-        if _guarded(text, s) or cand in LABELS or (_dict_tag(cand) not in (None, "nr", "nrt", "nrfg") and not doubled):
+        worded = cand in _WORD_GIVEN and text[e] in "叔婶姨伯"  # (round 7: 建国叔, 秀英婶: given names of the 1950s-70s)
+        if _guarded(text, s) or cand in LABELS or (_dict_tag(cand) not in (None, "nr", "nrt", "nrfg") and not doubled and not worded):
             continue  # (round 7: 婷婷姐，: jieba calls 婷婷 a status word)
         sn = surname_at(text, s, weak_ok=False)
         full = sn and len(cand) > len(sn) and all(c in gc for c in cand[len(sn):])
-        given = len(cand) == 2 and all(c in gc for c in cand) and (
+        given = len(cand) == 2 and all(c in gc for c in cand) and (worded or 
             cand[0] == cand[1] or _dict_tag(cand) is not None or _pos_tokens(cand)[0][1].startswith("nr"))
         if full or given:
             out.append((s, e))
