@@ -804,3 +804,17 @@ def test_round7_given_names_before_uncle_and_aunt(text, names):
 @pytest.mark.parametrize("text", ["我小姨，今年50岁。", "表叔说不用去。", "大伯今天来了。", "师叔也来了。", "基础建设，也要跟上。"])
 def test_round7_uncle_and_aunt_words_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # a married woman named by her surname + 氏 after a person word
+    ("理赔材料由其妻子蒙氏代为提交。", ["蒙"]),
+    ("患者黎氏，女，70岁。", ["黎"]),
+])
+def test_round7_surname_shi(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["患者韦氏量表评分低。", "患者巴氏涂片阴性。", "患者魏氏法血沉增快。", "革兰氏阳性菌。"])
+def test_round7_eponyms_with_shi_stay(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

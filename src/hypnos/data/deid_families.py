@@ -871,8 +871,16 @@ def _kin_word_names(text: str) -> list[tuple[int, int]]:
     return out
 
 
+# a married woman named by her surname + 氏 after a person word (患者韦氏，女, 其妻子韦氏代为提交); never before more of a
+# word (韦氏量表, 巴氏涂片, 魏氏法: eponyms)
+_SURNAME_SHI = re.compile(rf"(?:患者|病人|其妻子|其妻|其母亲|其母|妻子|母亲|家属|之妻|之母|老伴|产妇|死者|伤者)([{_SURN_CHARS}])氏"
+                          r"(?=[，,。；;、（(\s]|$|代|签|同意|自诉|诉|称|表示|陪同)")
+
+
 def _short_forms(text: str) -> list[tuple[int, int]]:
     out, gc = [], given_chars()
+    for m in _SURNAME_SHI.finditer(text) if "氏" in text else ():
+        out.append(m.span(1))
     for m in _SURNAME_FIRST.finditer(text) if "姓" in text else ():
         s = m.start(1)
         if not _guarded(text, s):
