@@ -860,7 +860,7 @@ _KIN_WORD_NAME = re.compile("(?:" + "|".join(sorted(_KIN_OWN, key=len, reverse=T
 
 def _kin_word_names(text: str) -> list[tuple[int, int]]:
     out, gc = [], given_chars()
-    for m in _KIN_WORD_NAME.finditer(text) if "我" in text or "他" in text or "她" in text else ():
+    for m in _KIN_WORD_NAME.finditer(text) if "我" in text or "他老婆" in text or "她" in text else ():
         s, e = m.span(1)
         v = text[s:e]
         tag = _dict_tag(v)
@@ -895,7 +895,7 @@ def _short_forms(text: str) -> list[tuple[int, int]]:
         if c in gc and c not in NOT_GIVEN and not surname_at(text, s, weak_ok=False) \
                 and _dict_tag(text[s : s + 2]) in (None, "nr") and not _guarded(text, s):
             out.append((s, s + 1))
-    for m in _NICK_CHILD.finditer(text):
+    for m in _NICK_CHILD.finditer(text) if any(c in text for c in "宝胖妞虎龙丫柱铁") else ():
         s, e = m.span(1)
         if e - s >= 2 and not _guarded(text, s) and _dict_tag(text[s:e]) not in ("v", "d", "m", "q", "r", "p", "c") \
                 and not (text[s] in "大二三" and len(_KID_COUNT.findall(text)) > 1):  # (大宝今年6岁，二宝3岁: birth order)

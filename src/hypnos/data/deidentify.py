@@ -119,6 +119,9 @@ PATTERNS: list[tuple[str, re.Pattern]] = [
     ("dob", re.compile(rf"(?:出生日期|出生年月|出生于|出生|生于|生日)\s*[：:为是]?\s*(?P<v>{_DATE})")),
     ("dob", re.compile(rf"(?P<v>{_DATE})\s*(?:出生|生(?![活理长产命化病育殖效]))")),
 ]
+# characters one of which a pattern's label holds, so that a text without them skips the pattern's scan of every
+# position (round 7: the any-label record patterns cost about 7 µs a note each): every record label ends in 号, 码, ID/id
+_PATTERN_NEEDS: dict[re.Pattern, str] = {pat: "号码IDid" for kind, pat in PATTERNS if kind == "record"}
 _AGE = re.compile(r"(?<![\d.])(?P<v>(?:9\d|1[0-2]\d)\s*(?:周岁|岁))"
                   # (round 6) in Chinese numerals: 九十二岁, 九十多岁, 一百岁, 一百零一岁, 一百一十岁
                   r"|(?<![零一二三四五六七八九十百两])(?P<c>(?:九十[一二三四五六七八九多]?|一百(?:零[一二三四五六七八九]"
@@ -310,6 +313,9 @@ class Deidentifier:
         """Non-overlapping PII spans in ``text``, sorted by start."""
         found: list[PIISpan] = []
         for kind, pat in PATTERNS:
+            needs = _PATTERN_NEEDS.get(pat)
+            if needs and not any(c in text for c in needs):
+                continue  # (round 7) a label pattern whose label cannot occur here: skip its scan of every position
             for m in pat.finditer(text):
                 start, end = m.span("v")
                 if kind == "id" and m.group(0) == m.group("v") and not _valid_unlabelled_id(m.group("v")):
