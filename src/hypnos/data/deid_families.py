@@ -822,7 +822,7 @@ def _sex_age_names(text: str) -> list[tuple[int, int]]:
 _ONE_SIB = re.compile(rf"(?:^|(?<=[，,。；;：:！!？?\n“\"@＠]))([{_CJK}])(?=(?:姐|哥)(?:[，,！!：:。]|说|你|您|$|帮|替|给|陪|带|也|又|都|刚才|今天|昨天|明天))")
 # a child's nickname where a household names it (我家小胖今年5岁, 大妞最近…, 虎子今天…): 小/阿/大/二 + a pet character, or
 # a strong pet word + 子, at a clause's start or after 我家, before a child's age or a time word
-_NICK_CHILD = re.compile(rf"(?:^|(?<=[，,。；;！!？?\n“\"])|(?<=我家)|(?<=我们家)|(?<=咱家))((?:[小阿大二三]?[宝胖妞虎龙丫])|(?:虎|柱|铁)子)"
+_NICK_CHILD = re.compile(r"(?:^|(?<=[，,。；;！!？?\n“\"])|(?<=我家)|(?<=我们家)|(?<=咱家))((?:[小阿大二三]?[宝胖妞虎龙丫])|(?:虎|柱|铁)子)"
                          r"(?=今年|[\d一二三四五六七八九十两]+(?:岁|个月)|最近|今天|昨天|昨晚|这两天|这几天|一直|总是|老是|又)")
 
 
