@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -353,12 +354,13 @@ def test_judge_quality_card_on_the_calibration_set(tmp_path):
                                                         "unsafe": "[[harmlessness=1]]"}[label]
         return judge_responder()(body)
 
+    shutil.copy(pref, tmp_path / "pref.jsonl")
     with FaultyServer(responder=judge) as server:
         m, _ = _run_cf(tmp_path, server.base_url, [{"id": "x", "instruction": "问？", "output": "答。",
                                                     "meta": {"generator": "gen"}}],
-                       f', calibration: "{pref}"')
+                       ', calibration: pref.jsonl')
     card = m["metrics"]["judge_card"]
-    assert card["questions"] == n
+    assert card["questions"] == n and card["file"] == "pref.jsonl"  # as the recipe names it, no machine path
     j = card["judges"]["judge"]
     assert j["good_beats_weak"] == 1.0 and j["unsafe_dropped"] == 1.0 and j["good_kept"] == 1.0
     assert j["parse_rate"] == 1.0 and j["pairs"] == sum(1 for x in pref.open() if '"weak"' in x)

@@ -367,7 +367,7 @@ async def _judge_card(cfg: Config, ctx: StageContext, path: Path) -> dict:
     """Per judge: how often good > weak, how often unsafe is dropped (of the unsafe answers it gave a verdict
     that decides: parsed, or a veto), how often good is kept, parse rate."""
     qs = _calibration_rows(path, cfg.calibration_max)
-    card: dict = {"file": str(path), "questions": len(qs), "judges": {}}
+    card: dict = {"file": cfg.calibration, "questions": len(qs), "judges": {}}  # as the recipe names it: no machine path
     for j in cfg.judges:
         jobs = [(q, lab, _verdict(cfg, ctx, j, {"instruction": q["question"], "output": ans}, False))
                 for q in qs for lab, ans in q["answers"].items()]
