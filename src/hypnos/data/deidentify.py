@@ -67,13 +67,19 @@ _FILL = r"\s*(?:[：:]|为|是|码|号码)?\s*"  # between a label and its value
 _ID_LABEL = r"(?:公民身份号码|身份证号码|身份证号|身份证|证件号码|证件号|身份号码)"
 _RECORD_LABEL = (r"(?:住院号码|住院号|病案号|门诊号|病历号码|病历号|就诊卡号|诊疗卡号|医保卡号|社保卡号|健康卡号|"
                  r"就诊号|登记号|档案号|ID号|卡号|"
+                 # (round 8) a staff number (工号A07715: it names the worker) and the codes of an entitlement
+                 # (门特待遇资格编码DT43…, 个人编码): 编码 alone stays "encoding"
+                 r"员工号|职工号|工号|(?:资格|个人|人员|参保|待遇)编码|"
                  # (round 5) any number a test, a specimen, an image or a visit is filed under (检验号：J240715-0893,
                  # 病理号：P2024-11873, 标本编号, 影像号, 患者ID): a letters/digits/dashes value after it is a record
                  r"(?:检验|化验|病理|标本|样本|影像|放射|检查|报告|申请|条码|条形码|流水|体检|随访|医嘱|处方|急诊|留观|"
                  r"转诊|透析|送检|切片|蜡块|冰冻|细胞学|内镜|胃镜|肠镜|超声|心电图?|CT|MRI?|PET|X线|受试者|筛选|随机|"
                  r"患者|病人|病例|入院|出院|门急诊|床旁|"
                  # (session 4) the *编号 forms of the filing labels above (居民健康档案编号, 病历编号, 住院编号)
-                 r"健康档案|档案|病历|病案|住院|门诊|就诊)单?(?:号码|编号|号|ID|id))")
+                 r"健康档案|档案|病历|病案|住院|门诊|就诊|"
+                 # (round 8) the order of an online consultation or a prescription purchase names its patient
+                 # (问诊订单号WZ2024…); a shop's order number (订单号 alone, 快递订单号) does not
+                 r"(?:问诊|挂号|复诊|咨询|购药|处方|就诊)订)单?(?:号码|编号|号|ID|id))")
 _PHONE_LABEL = r"(?:电话号码|联系电话|电话|座机|固话|手机号码|手机号|手机|联系方式|回电|拨打|打|Tel|TEL|tel)"
 
 # (type, pattern); the named group ``v`` is what gets replaced.
@@ -84,6 +90,9 @@ PATTERNS: list[tuple[str, re.Pattern]] = [
     ("id", re.compile(rf"{_ID_LABEL}(?:\s*[（(][{_CJK}A-Za-z0-9]{{1,6}}[)）])?{_FILL}"
                       r"(?P<v>\d{17}[\dXx]|\d{15}|[A-Za-z]{1,2}\d{7,9})(?![0-9A-Za-z])")),
     ("id", re.compile(r"(?:护照号码|护照号|护照|通行证号码|通行证号)" + _FILL + r"(?P<v>[A-Za-z]{1,2}\d{7,9})(?![0-9A-Za-z])")),
+    # (round 8) an 18-digit value a few words after its label in the same clause (身份证号已核对（4401…X）, 证件号码核对
+    #无误，为…): labelled, so whatever its check digit (copied by hand, it is often wrong)
+    ("id", re.compile(rf"{_ID_LABEL}[^0-9A-Za-z。；;！!？?\n]{{1,10}}?(?P<v>\d{{17}}[\dXx])(?![0-9A-Za-z])")),
     ("id", re.compile(r"(?<![0-9A-Za-z])(?P<v>\d{17}[\dXx])(?![0-9A-Za-z])")),  # checked in _valid_unlabelled_id
     # any run of letters, digits and - _ / # with at least one digit (ZY-2024-01234, GY-BL-20240817-12),
     # and digit groups after single spaces (6228 4801 2233 7791)
@@ -130,7 +139,10 @@ _AGE = re.compile(r"(?<![\d.])(?P<v>(?:9\d|1[0-2]\d)\s*(?:周岁|岁))"
 # Hospitals: the name ends in one of these; it starts after a verb/preposition or punctuation.
 # (session 4) care homes and blood services too: a named 养老院 or 血站 places a person as surely as a hospital
 _HOSP_END = re.compile(r"(?:医院|卫生院|卫生室|卫生所|诊所|保健院|卫生服务中心|卫生服务站|防治中心|医学中心|肿瘤中心|急救中心|门诊部|"
-                       r"养老院|敬老院|护理院|疗养院|福利院|中心血站|血站|血液中心|疾病预防控制中心|疾控中心)")
+                       r"养老院|敬老院|护理院|疗养院|福利院|中心血站|血站|血液中心|疾病预防控制中心|疾控中心|"
+                       # (round 8) care apartments, pharmacy chains with their branch (长寿老年公寓, 老百姓大药房（长沙
+                       # 五一大道店）); not 分院 (本院东院区分院 has no head the walk can check)
+                       r"老年公寓|大药房(?:[（(][^（）()\s，,。]{1,12}店[）)])?)")
 _HOSP_STOP = set("在于到至往去从由是的了与及或、打叫找让请把被给对为我您你他她其该这那此本前后转入住出就爸妈哥姐爷奶婆"
                  "来回赴离经过诊查做看拨电话向当地")
 _HOSP_GENERIC = {"县", "市", "省", "区", "镇", "乡", "村", "大", "小", "该", "哪家", "对方", "上级", "基层", "专科",
@@ -245,6 +257,15 @@ def _hospital_head(head: str) -> int:
     return start if specific and len(name) >= 2 and not re.search("[您你我他她哪啥]", name) else len(head)
 
 
+def _brand_head(head: str) -> bool:
+    """The words before 大药房 are a brand (老百姓, 百姓缘), not a quantifier, pronoun, adverb or place word
+    (一家, 这家, 附近, 门口, 当地)."""
+    from hypnos.data.deid_names import _jieba
+
+    return head not in _HOSP_GENERIC and not any(
+        f[:1] in ("m", "r", "d", "f", "p", "c", "u", "q", "v", "s", "t") or w in _HOSP_GENERIC_WORDS for w, f in _jieba()[1].lcut(head))
+
+
 def _hospitals(text: str) -> list[tuple[int, int]]:
     out = []
     for m in _HOSP_END.finditer(text):
@@ -255,7 +276,10 @@ def _hospitals(text: str) -> list[tuple[int, int]]:
         head = text[s : m.start()]
         if head in _HOSP_GENERIC:
             continue
-        s += _hospital_head(head)
+        cut = _hospital_head(head)
+        if cut == len(head) and m.group().startswith("大药房") and 2 <= len(head) <= 6 and _brand_head(head):
+            cut = 0  # (round 8) a pharmacy chain's brand is an ordinary word (老百姓大药房, 百姓缘大药房)
+        s += cut
         if s < m.start():
             out.append((s, m.end()))
     return out
