@@ -847,3 +847,31 @@ def test_round8_records_ids_and_institutions(text, kind, value):
 ])
 def test_round8_number_and_place_words_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+R8_ROLE_FULL = [
+    # a role that names one person, then a full name whatever its surname (weak, verbal, rare) and whatever word its
+    # first two characters make (方志, 游子), when a boundary or what that person does follows
+    ("主治医师方志刚审阅后同意手术。", ["方志刚"]),
+    ("签字人喻长青，与患者关系：父子。", ["喻长青"]),
+    ("长子尚志军、次女尚志芳均在场。", ["尚志军", "尚志芳"]),
+    ("受试者安国庆筛选期血常规正常。", ["安国庆"]),
+    ("取药人计文斌，代为领取。", ["计文斌"]),
+    ("接报护士凡晓丽记录后通知医生。", ["凡晓丽"]),
+    ("高一(2)班龙俊杰，体育课摔伤左腕。", ["龙俊杰"]),
+]
+
+
+@pytest.mark.parametrize("text,names", R8_ROLE_FULL)
+def test_round8_role_then_full_name(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "上级医师查房后同意出院。", "长子高血压多年。", "受试者血压正常。", "受试者于第14天完成访视。", "签字人须为患者本人。",
+    "购药人需出示身份证。", "长女常年在外地。", "次子安排了住院。", "接诊医生详细询问病史。", "值班医生及时处理。",
+    "受试者应于每天早晨服药。", "三年级2班同学集体体检。", "签字人关系：父子。", "长子方面没有意见。", "主治医师同意转科。",
+    "受试者全部完成随访。", "长子平时工作忙。", "值班护士巡视病房。",
+])
+def test_round8_role_then_ordinary_words_stay(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

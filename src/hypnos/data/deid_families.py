@@ -922,3 +922,79 @@ def round7_names(text: str) -> list[tuple[int, int]]:
         if not _NOT_NICK.search(text, s, e) and text[s:e] not in LABELS and _dict_tag(text[s:e]) in (None, "nr", "nrt", "nz"):
             out.append((s, e))  # (no guard-list check: the poster label says "nickname", 小鱼 is guarded as food)
     return out
+
+
+# ---- round 8 (parts 13-14 seen) ----
+# A role that names one person, then a full name: the role is the anchor and the name need not be on any list of what
+# follows it (上级医师方志远审阅, 签字人喻强，, 长子龙万才、, 受试者尚宏伟筛选期…, 购药人黄河清，, 接报医生计春来评估后). What may follow
+# such a role instead is an ordinary continuation (上级医师查房, 长子高血压, 受试者血压正常): a verb, an adverb, a time word,
+# a dictionary word that is no name or place. Kin and staff words of LABELS, the birth order of children, trial and
+# purchase parties, and any word of up to four characters ending in 医生/医师/护士/药师/技师 (公卫医师, 接报医生).
+_R8_NOT_ANCHOR = frozenset(("患者", "病人", "患儿", "产妇", "家属", "本人", "我叫", "我是", "我和", "我跟", "我与",
+                                       "委托", "科的", "兄弟", "朋友", "同事", "邻居", "同学", "宝宝", "我家宝宝", "爸爸", "妈妈",
+                                       "主任", "副主任", "院长", "医生", "医师", "护士", "大夫", "教授", "助手", "助理", "签名",
+                                       "签字", "姓名", "麻醉", "专员", "客户", "村民", "住户", "孕妇", "组长", "科长"))
+_R8_ROLES = tuple(sorted({w for w in LABELS if len(w) >= 2 and w not in _R8_NOT_ANCHOR}
+                         | {"长子", "次子", "三子", "幼子", "独子", "长女", "次女", "三女", "幼女", "独女", "长孙", "长孙女",
+                            "受试者", "购药人", "取药人", "代购人", "签字人", "报告人", "填报人", "送检人", "接报人", "来访者",
+                            "咨询者", "求助者", "投诉人", "举报人", "就诊人", "患者家属"}, key=len, reverse=True))
+_R8_ANCHOR = re.compile(rf"(?:(?:{'|'.join(_R8_ROLES)})|(?<![{_CJK}])[{_CJK}]{{1,4}}(?:医生|医师|护士|药师|技师)"
+                        # a school class (初二(3)班, 三年级2班): the pupil named after it
+                        r"|(?:初|高|小学)?[一二三四五六七八九]年?级?\s*[（(]\d{1,2}[）)]\s*班|[一二三四五六]年级\d{1,2}班)"
+                        r"(?:\s*[：:]\s*|\s?)")
+# what a person named after a role does next (…审阅签字, …评估后, …筛选期, …已签字, …在旁陪同)
+_R8_DOES = re.compile("审阅|审核|审签|签字|签名|签署|评估|筛选|入组|出组|陪同|陪护|表示|同意|拒绝|确认|记录|负责|到场|在场|代签|"
+                      "办理|接诊|诊查|查看|告知|回复|随访|报告|发现|称|诉|述|说|在旁|已|因|于(?=\\d)|今年|现年|年龄|要求|申请|购买|领取")
+_R8_STOP = set("的了是在和与及或等着过吗呢吧啊也都又就")
+# (what never starts a given name: function words, sex, age and date characters; not STRONG_STOP, which holds the
+# characters of titles: 方志远, 宋士杰)
+_R8_GIVEN_STOP = set("的了是在和与及或等为于因由被把将向对从自到至给让请说诉称要已未不无有没也都又再还就即便男女岁性年月日号")
+_R8_NAME_TAGS = (None, "nr", "nrt", "nrfg", "nz", "ns")
+
+
+def _r8_end_ok(text: str, e: int) -> bool:
+    return e >= len(text) or not "\u4e00" <= text[e] <= "\u9fff" or bool(_R8_DOES.match(text, e))
+
+
+def _r8_full_name(text: str, i: int) -> int:
+    """Length of a full name (surname + one or two given characters) right after a person anchor at ``i``,
+    0 if what follows is an ordinary continuation (a verb, a time word, a dictionary word that is no name)."""
+    sn = surname_at(text, i)
+    if not sn or _guarded(text, i) or text.startswith(_LABEL_ENDS, i):
+        return 0
+    first = _longest_word(text, i)
+    if len(first) >= 2 and _dict_tag(first) not in _R8_NAME_TAGS and not (len(first) == 2 and _dict_tag(first) == "n"):
+        return 0  # 上级医师|查房, 长子|高血压, 受试者|同意 (a noun of two may be a surname + given: 方志|远, 游子|涵)
+    for n in (2, 1):
+        e = i + len(sn) + n
+        v = text[i:e]
+        if e > len(text) or not all("\u4e00" <= c <= "\u9fff" for c in v) or not _r8_end_ok(text, e):
+            continue
+        given = v[len(sn):]
+        if given[:1] in _R8_GIVEN_STOP or given[-1:] in _R8_STOP or v in guard_words():
+            continue
+        if sn in VERBAL_SURNAMES and (len(given) == 1 or not all(c in given_chars() for c in given)):
+            continue  # 受试者|于第30天, 家属|应及时: a verbal surname only with two given-name characters (方志远)
+        if len(given) == 1 and given not in given_chars():
+            continue  # (a surname and one character: 签字人|喻强 yes; 长子|龙头 no)
+        tag = _dict_tag(v)
+        if tag not in _R8_NAME_TAGS or (len(v) == 2 and tag == "nr" and sn in WEAK_SURNAMES):
+            continue  # 长子|高烧, 受试者|安静 (jieba tags 安静 nr: an ordinary word needs a field)
+        if _is_word(text[e - 1 : e + 1]) and not _R8_DOES.match(text, e):
+            continue  # the name's end starts a word (…|龙头疼)
+        return len(v)
+    return 0
+
+
+def _role_full_names(text: str) -> list[tuple[int, int]]:
+    out = []
+    for m in _R8_ANCHOR.finditer(text):
+        n = _r8_full_name(text, m.end())
+        if n:
+            out.append((m.end(), m.end() + n))
+    return out
+
+
+def round8_names(text: str) -> list[tuple[int, int]]:
+    """The round-8 families (see docs/deidentify.md, round 8)."""
+    return _role_full_names(text)

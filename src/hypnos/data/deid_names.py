@@ -707,6 +707,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         roster_names,
         round6_names,
         round7_names,
+        round8_names,
         signature_rows,
     )
 
@@ -715,7 +716,7 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         add(s, e)
     # (round 6) rosters, attendee lists, 林海（主麻）…: each item is claimed as it stands, before a list rule
     # could run from one item into the next label (周一冷锋、|周二柏松)
-    for s, e in sorted(set(roster_names(text) + round6_names(text) + round7_names(text))):
+    for s, e in sorted(set(roster_names(text) + round6_names(text) + round7_names(text) + round8_names(text))):
         if free(s, e):
             spans.append((s, e))
     for m in _LABEL_RE.finditer(text):
