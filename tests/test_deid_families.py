@@ -875,3 +875,27 @@ def test_round8_role_then_full_name(text, names):
 ])
 def test_round8_role_then_ordinary_words_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+R8_ROLE_GIVEN = [
+    # the same roles, then a given name alone, 阿 + a minority name, or an ordinary word before what a person does
+    ("签字人为患者儿媳喜凤，已告知风险。", ["喜凤"]),
+    ("由社工阿米娜，陪同办理出院。", ["阿米娜"]),
+    ("患者外孙女思彤，负责日常照护。", ["思彤"]),
+    ("其外孙女田甜在旁陪同。", ["田甜"]),
+    ("长子国栋、次子国梁均同意手术。", ["国栋", "国梁"]),
+]
+
+
+@pytest.mark.parametrize("text,names", R8_ROLE_GIVEN)
+def test_round8_role_then_given_name(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "儿子明天来。", "女儿今年8岁。", "社工介入后情绪稳定。", "志愿者小组每周探访。", "儿子平时在外地。", "女儿高烧已退。",
+    "儿子高兴地说没事。", "长子常年在外。", "儿媳妇照顾得很好。", "孙女儿很乖。", "其孙女阅读说明书后签字。", "儿子孝顺，常来看望。",
+    "女儿乖巧，成绩好。", "社工热心，态度好。", "长子长女都在外地。", "孙女小学三年级。", "儿子阿谀奉承。",
+])
+def test_round8_role_then_ordinary_words_stay_given(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -937,15 +937,16 @@ _R8_NOT_ANCHOR = frozenset(("患者", "病人", "患儿", "产妇", "家属", "�
 _R8_ROLES = tuple(sorted({w for w in LABELS if len(w) >= 2 and w not in _R8_NOT_ANCHOR}
                          | {"长子", "次子", "三子", "幼子", "独子", "长女", "次女", "三女", "幼女", "独女", "长孙", "长孙女",
                             "受试者", "购药人", "取药人", "代购人", "签字人", "报告人", "填报人", "送检人", "接报人", "来访者",
-                            "咨询者", "求助者", "投诉人", "举报人", "就诊人", "患者家属"}, key=len, reverse=True))
+                            "咨询者", "求助者", "投诉人", "举报人", "就诊人", "患者家属", "其外孙女", "其外孙子", "其曾孙",
+                            "其曾孙女"}, key=len, reverse=True))
 _R8_ANCHOR = re.compile(rf"(?:(?:{'|'.join(_R8_ROLES)})|(?<![{_CJK}])[{_CJK}]{{1,4}}(?:医生|医师|护士|药师|技师)"
                         # a school class (初二(3)班, 三年级2班): the pupil named after it
                         r"|(?:初|高|小学)?[一二三四五六七八九]年?级?\s*[（(]\d{1,2}[）)]\s*班|[一二三四五六]年级\d{1,2}班)"
                         r"(?:\s*[：:]\s*|\s?)")
 # what a person named after a role does next (…审阅签字, …评估后, …筛选期, …已签字, …在旁陪同)
-_R8_DOES = re.compile("审阅|审核|审签|签字|签名|签署|评估|筛选|入组|出组|陪同|陪护|表示|同意|拒绝|确认|记录|负责|到场|在场|代签|"
-                      "办理|接诊|诊查|查看|告知|回复|随访|报告|发现|称|诉|述|说|在旁|已|因|于(?=\\d)|今年|现年|年龄|要求|申请|购买|领取")
-_R8_STOP = set("的了是在和与及或等着过吗呢吧啊也都又就")
+_R8_DOES = re.compile("[均都也亦皆还]?(?:审阅|审核|审签|签字|签名|签署|评估|筛选|入组|出组|陪同|陪护|表示|同意|拒绝|确认|记录|负责|到场|在场|代签|"
+                      "办理|接诊|诊查|查看|告知|回复|随访|报告|发现|称|诉|述|说|在旁|已|因|于(?=\\d)|今年|现年|年龄|要求|申请|购买|领取)")
+_R8_STOP = set("的了是在和与及或等着过吗呢吧啊也都又就均皆亦仍还已曾将正")  # (…国梁均同意: 均 is "all")
 # (what never starts a given name: function words, sex, age and date characters; not STRONG_STOP, which holds the
 # characters of titles: 方志远, 宋士杰)
 _R8_GIVEN_STOP = set("的了是在和与及或等为于因由被把将向对从自到至给让请说诉称要已未不无有没也都又再还就即便男女岁性年月日号")
@@ -995,6 +996,49 @@ def _role_full_names(text: str) -> list[tuple[int, int]]:
     return out
 
 
+# the same roles, then a given name alone (儿媳喜梅，, 社工阿依古丽。, 长子建军、): two given-name characters that jieba
+# has as a name or not at all, or 阿 + two or three characters (names of the minorities, 阿依古丽, and southern 阿X),
+# before a boundary or what a person does; an ordinary word (甘甜, 平安) only before what a person does (孙女甘甜在旁陪同)
+_R8_KIN_ROLES = tuple(w for w in _R8_ROLES if not w.endswith(("医生", "医师", "护士", "药师", "技师")))
+_R8_GIVEN_ANCHOR = re.compile("(?:" + "|".join(_R8_KIN_ROLES) + r")(?:\s*[：:]\s*|[“\"「]|\s?)")
+_R8_AFTER_GIVEN = re.compile(rf"[^{_CJK}]|$")
+
+
+def _r8_given_name(text: str, i: int) -> int:
+    if text.startswith(_LABEL_ENDS, i) or _guarded(text, i):
+        return 0
+    if text[i : i + 1] == "阿":
+        for n in (4, 3):  # (阿依古丽, 阿珍珍): the whole run up to a boundary
+            v = text[i : i + n]
+            if len(v) == n and all("\u4e00" <= c <= "\u9fff" and c not in _R8_GIVEN_STOP for c in v[1:]) \
+                    and _R8_AFTER_GIVEN.match(text, i + n) and _dict_tag(v) in (None, "nr", "nrt", "nrfg") \
+                    and v[-1] not in "林素平酮唑嗪胺醇酯钠酸片胶丸霉星":  # (阿莫西林, 阿奇霉素: drugs, not 阿米娜)
+                return n
+        return 0
+    v = text[i : i + 2]
+    if len(v) < 2 or any(c in _R8_GIVEN_STOP or not "\u4e00" <= c <= "\u9fff" for c in v) or v in LABELS \
+            or v in DAY_WORDS or v in guard_words() or v in _CHAT_ADDRESS:
+        return 0
+    tag, gc = _dict_tag(v), given_chars()
+    if tag in (None, "n", "a", "ns", "nr", "nrt", "nrfg") and surname_at(text, i, weak_ok=False) and _R8_DOES.match(text, i + 2) \
+            and not _is_word(text[i + 1 : i + 3]):
+        return 2  # (孙女甘甜在旁陪同; 儿子平时在外: 平时 is a time word; 女儿高烧: no strong surname)
+    if not all(c in gc for c in v):
+        return 0
+    if tag in (None, "nr", "nrt", "nrfg") and (_R8_AFTER_GIVEN.match(text, i + 2) or _R8_DOES.match(text, i + 2)):
+        return 2  # (not nz: jieba has 孝顺 so)
+    return 0
+
+
+def _role_given_names(text: str) -> list[tuple[int, int]]:
+    out = []
+    for m in _R8_GIVEN_ANCHOR.finditer(text):
+        n = _r8_given_name(text, m.end())
+        if n:
+            out.append((m.end(), m.end() + n))
+    return out
+
+
 def round8_names(text: str) -> list[tuple[int, int]]:
     """The round-8 families (see docs/deidentify.md, round 8)."""
-    return _role_full_names(text)
+    return _role_full_names(text) + _role_given_names(text)
