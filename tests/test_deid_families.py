@@ -899,3 +899,23 @@ def test_round8_role_then_given_name(text, names):
 ])
 def test_round8_role_then_ordinary_words_stay_given(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # a weak surname + title after a staff role ending in a title, or after a word asking for a person that jieba joins
+    # to the surname (麻烦|文: 烦文 is in its dictionary); a strong compound surname after a time word (今天|皇甫: 天皇)
+    ("病历由主治医师管医生补充完善。", ["管"]),
+    ("上级医师时主任同意手术。", ["时"]),
+    ("麻烦文护士帮我换药。", ["文"]),
+    ("今天皇甫医生出诊吗？", ["皇甫"]),
+])
+def test_round8_surname_titles_after_roles_and_asking(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "麻烦医生帮忙看看。", "住院医师和医生一起查房。", "上级医师向医生交代病情。", "主治医师于医生办公室谈话。", "每天医生都来查房。",
+    "上级医师常规查房。", "住院医师应医嘱执行。", "麻烦护士换药。", "今天医生没来。",
+])
+def test_round8_titles_after_roles_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -626,8 +626,9 @@ def round6_names(text: str) -> list[tuple[int, int]]:
             out.append((s, e))  # (嘟嘟妈妈问: jieba calls 嘟嘟 a sound, the parent word says "a child")
     for m in _COMPOUND_TITLE.finditer(text) if _COMPOUND_RE.search(text) else ():
         s = m.start()
-        if s and _CJK_RE.match(text, s - 1) and _is_word(text[s - 1 : s + 1]):
-            continue
+        if s and _CJK_RE.match(text, s - 1) and _is_word(text[s - 1 : s + 1]) \
+                and not (s > 1 and _is_word(text[s - 2 : s]) and _dict_tag(text[s - 2 : s]) in ("t", "m", "d", "p", "v")):
+            continue  # (round 8: 当天|皇甫主任: a time word ends right before the surname, 天皇 is no word there)
         if not _guarded(text, s):
             out.append((s, s + 2))
     return out
@@ -711,16 +712,25 @@ _LINKING = set("和与及同跟曾向于对给把被在从由为让将")
 _ZODIAC = set("鼠牛虎兔龙蛇马羊猴鸡狗猪")  # (龙宝宝, 马宝宝: babies of the year, no family)
 
 
+# (round 8) staff roles of three or more characters ending in a title (住院医师文医生书写, 上级医师常主任): the role names
+# who follows, a title after the surname does not make it a title word
+_R8_TITLED_ROLES = tuple(sorted((w for w in LABELS if len(w) >= 3 and w.endswith(("医师", "医生", "护士", "护师"))), key=len, reverse=True))
+
+
 def _weak_titled(text: str) -> list[tuple[int, int]]:
     out = []
     for m in _WEAK_TITLE_RE.finditer(text):
         s, e = m.start(1), m.end()
-        if text[s] in _CONJ or _guarded(text, s) or (s and _CJK_RE.match(text, s - 1) and _is_word(text[s - 1 : s + 1])) \
+        left = text[:s]
+        # (round 8) a word asking for a person ends right before the surname (麻烦|文医生: jieba has 烦文)
+        ask_word = bool(_ASK_LEFT.search(left)) and len(_ASK_LEFT.search(left).group()) >= 2
+        if text[s] in _CONJ or _guarded(text, s) or (s and _CJK_RE.match(text, s - 1) and _is_word(text[s - 1 : s + 1])
+                                                        and not ask_word and not left.endswith(_R8_TITLED_ROLES)) \
                 or _dict_tag(text[s:e]) not in (None, "nr") or _PLACE_AFTER.match(text, e):
             continue  # (全科医生, 专科护士: a word; 文医生办公室 … a place)
-        left = text[:s]
         colon = bool(_COLON_LEFT.search(left)) and bool(_CLAUSE_STOP.match(text, e))
-        role = left.endswith(_LABEL_ENDS) and left[-1] not in "我你他她" and (not left.endswith(TITLES) or left.endswith(_ROLE_TITLED)) \
+        role = left.endswith(_LABEL_ENDS) and left[-1] not in "我你他她" and (not left.endswith(TITLES) or left.endswith(_ROLE_TITLED)
+                                                                          or left.endswith(_R8_TITLED_ROLES)) \
             and (text[s] not in _LINKING or bool(_CLAUSE_STOP.match(text, e)) or bool(_PREP_SAFE_DOES.match(text, e)))
         does = (s == 0 or text[s - 1] in "，,。；;！!？?\n “\"") and text[s] not in "向对给跟和与同在从为由把被让" \
             and bool(_TITLE_DOES.match(text, e))
