@@ -919,3 +919,22 @@ def test_round8_surname_titles_after_roles_and_asking(text, names):
 ])
 def test_round8_titles_after_roles_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # a labelled list of people (…名单：) whose items are names once two of them plainly are; a guard word (安静) as the
+    # whole value of a person field up to the next label
+    ("随访名单：安静、韦建华、沈丽，请按时复诊。", ["安静", "韦建华", "沈丽"]),
+    ("复诊名单：方正、于海、米兰", ["方正", "于海", "米兰"]),
+    ("值班护士：安静 值班医生：郑宏", ["安静", "郑宏"]),
+])
+def test_round8_name_lists_and_field_values(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "复查名单：血常规、肝功能、肾功能。", "患者：安静。", "护士：安静休息。", "用药名单：甘草、黄芪、当归。", "黑名单：无。",
+    "名单：待定、暂缺。", "护士：安静，不要说话。", "采购名单：口罩、手套、酒精。",
+])
+def test_round8_lists_and_fields_keep_ordinary_words(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -28,9 +28,11 @@ from hypnos.data.deid_address import _SURN_CHARS, _WORD_GIVEN, _pos_tokens
 from hypnos.data.deid_names import (
     _CHAT_ADDRESS,
     _COMMON_GIVEN,
+    _LABEL_RE,
     _NOT_GIVEN_ALONE,
     _NOT_PERSON_AFTER,
     _SENTENCE_END,
+    _SPEAKERS,
     _STRONG_COMPOUND,
     _STRONG_COMPOUND_SET,
     COMPOUND,
@@ -1049,6 +1051,49 @@ def _role_given_names(text: str) -> list[tuple[int, int]]:
     return out
 
 
+# a list of people under a label (复查名单：X、Y、Z, 参加人员：X Y Z): once two of its items are plain names, an item that
+# starts with a surname is a name even when it is an ordinary word the guard list keeps elsewhere (安静, 平安)
+_R8_LIST_LABEL = re.compile(rf"[{_CJK}]{{0,4}}名单\s*[：:]\s*")
+# a person label with its colon, then an ordinary word that fills the field up to the next label or the line's end
+# (交班护士：安静 接班护士：…): the same guard words are names there; not after a speaker (患者：安静。)
+_R8_FIELD_END = re.compile(r"\s+[^\s：:，,。]{1,8}[：:]|\s{2,}|\s*$|\s*\n")
+
+
+def _r8_item_ok(text: str, s: int, e: int) -> bool:
+    v = text[s:e]
+    return bool(surname_at(text, s)) and e - s > len(surname_at(text, s)) and v not in DAY_WORDS and v not in LABELS \
+        and v[0] not in _CONJ and not v.endswith(TITLES) and _dict_tag(v) not in (*_NOT_NAME_TAGS, "t")
+
+
+def _r8_lists_and_fields(text: str) -> list[tuple[int, int]]:
+    out = []
+    for m in (*_R8_LIST_LABEL.finditer(text), *_LIST_LABEL_RE.finditer(text)) if ("：" in text or ":" in text) else ():
+        items, i = [], m.end()
+        while True:
+            v = _LIST_ITEM.match(text, i)
+            if not v or (v.end() < len(text) and _CJK_RE.match(text, v.end())):
+                break
+            items.append(v.span())
+            gap = _LIST_SEP.match(text, v.end())
+            if not gap or not gap.group():
+                break
+            i = gap.end()
+        if sum(_listed_name(text, a, b) for a, b in items) >= 2:
+            out += [(a, b) for a, b in items if _listed_name(text, a, b) or _r8_item_ok(text, a, b)]
+    for m in _LABEL_RE.finditer(text) if ("：" in text or ":" in text) else ():
+        label = m.group().rstrip("：: \t_")
+        if not m.group("colon").strip() or label in _SPEAKERS or m.group("naming"):
+            continue
+        s = m.end()
+        for e in (s + 3, s + 2):
+            if e <= len(text) and _CJK_RE.fullmatch(text, e - 1, e) and all(_CJK_RE.match(c) for c in text[s:e]) \
+                    and _R8_FIELD_END.match(text, e) and _r8_item_ok(text, s, e) \
+                    and _dict_tag(text[s:e]) in (None, "nr", "nrt", "nz", "n", "a", "ns"):
+                out.append((s, e))
+                break
+    return out
+
+
 def round8_names(text: str) -> list[tuple[int, int]]:
     """The round-8 families (see docs/deidentify.md, round 8)."""
-    return _role_full_names(text) + _role_given_names(text)
+    return _role_full_names(text) + _role_given_names(text) + _r8_lists_and_fields(text)
