@@ -938,3 +938,10 @@ def test_round8_name_lists_and_field_values(text, names):
 ])
 def test_round8_lists_and_fields_keep_ordinary_words(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text", [
+    "是否同意输血：☑同意 （由家属勾选）。", "请在相应选项前勾选。", "签约团队：公卫医师、护士各一名。", "本人勾画的部分已确认。",
+])
+def test_round8_form_verbs_and_posts_stay(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)
