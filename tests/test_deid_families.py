@@ -945,3 +945,25 @@ def test_round8_lists_and_fields_keep_ordinary_words(text):
 ])
 def test_round8_form_verbs_and_posts_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # a bare strong surname as a role field's whole value; a pupil or resident before how others call them; a chat speaker
+    # called 阿X; a given name quoted after a person word
+    ("急救调度员：邵，班次：白班", ["邵"]),
+    ("负责人：王，电话另附。", ["王"]),
+    ("五年级豆豆同学上课时晕倒。", ["豆豆"]),
+    ("老人常乐爷爷今天下棋赢了。", ["常乐"]),
+    ("【家属群】阿彬：明天几点探视？", ["阿彬"]),
+    ('患者女儿"晓雯"打来电话询问。', ["晓雯"]),
+])
+def test_round8_address_forms(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "记录员：无，", "检查者：同上。", "老人家爷爷奶奶都在。", '患者家属"满意"。', "三年级同学都来了。", "阿姨：你好。",
+    '患者"阿司匹林"过敏。', "老人孙子同学来了。", "操作者：双人核对，", "审核人：通过。", "五年级同学一起体检。",
+])
+def test_round8_address_forms_keep_ordinary_sentences(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

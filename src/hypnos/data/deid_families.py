@@ -1094,6 +1094,43 @@ def _r8_lists_and_fields(text: str) -> list[tuple[int, int]]:
     return out
 
 
+# a role field's whole value is a bare strong surname (调度员：房，工号…, 记录人：邵；): the colon says "who"
+_R8_SURNAME_FIELD = re.compile(rf"(?:^|(?<=[\s，,；;。（(\d】]))[{_CJK}]{{1,5}}?[人者员师生士]\s*[：:]\s*([{_SURN_CHARS}])(?=[，,；;。\s]|$)")
+# a pupil, a resident or a patient named before how others call them (三年级冉冉同学, 老人常青爷爷, 患者秀兰奶奶)
+_R8_CALLED = re.compile(rf"(?:[一二三四五六]年级|初[一二三]|高[一二三]|老人|患者|学生|幼儿|住户|院民)([{_CJK}]{{2}})"
+                        "(?=同学|小朋友|爷爷|奶奶|阿姨|叔叔|大爷|大妈|婆婆|伯伯)")
+# a chat speaker called 阿X at a line's start or after the group's name (【病区群】阿珍：), and a given name in quotes
+# after a person word (家属“大伟”发来…, 女儿"丹丹"说)
+_R8_A_SPEAKER = re.compile(rf"(?:^|(?<=[\n】\]]))(阿[{_CJK}]{{1,2}})(?=[：:])")
+_R8_QUOTED = re.compile(rf"(?:家属|患者|病人|儿子|女儿|孙子|孙女|老公|老婆|丈夫|妻子|爱人|同事|朋友|邻居)[“\"「]([{_CJK}]{{2}})[”\"」]")
+
+
+def _r8_address_forms(text: str) -> list[tuple[int, int]]:
+    out, gc = [], given_chars()
+    for m in _R8_SURNAME_FIELD.finditer(text) if ("：" in text or ":" in text) else ():
+        s = m.start(1)
+        if text[s] not in WEAK_SURNAMES and not _guarded(text, s):
+            out.append((s, s + 1))
+    for m in _R8_CALLED.finditer(text):
+        s, e = m.span(1)
+        v = text[s:e]
+        tag = _dict_tag(v)
+        if v not in LABELS and not _guarded(text, s) and all(c in gc for c in v) \
+                and (v[0] == v[1] or tag in (None, "nr", "nrt", "nrfg") or (tag == "a" and surname_at(text, s))):
+            # (老人常乐爷爷: an adjective after a surname is a name here; 老人白发爷爷: a noun is not)
+            out.append((s, e))
+    for m in _R8_A_SPEAKER.finditer(text) if "阿" in text else ():
+        s, e = m.span(1)
+        if _dict_tag(text[s:e]) in (None, "nr", "nrt") and text[s:e] not in ("阿姨", "阿婆", "阿公", "阿妈", "阿爸"):
+            out.append((s, e))
+    for m in _R8_QUOTED.finditer(text) if ("“" in text or '"' in text or "「" in text) else ():
+        s, e = m.span(1)
+        v = text[s:e]
+        if all(c in gc for c in v) and _dict_tag(v) in (None, "nr", "nrt", "nrfg") and not _guarded(text, s) and v not in LABELS:
+            out.append((s, e))
+    return out
+
+
 def round8_names(text: str) -> list[tuple[int, int]]:
     """The round-8 families (see docs/deidentify.md, round 8)."""
-    return _role_full_names(text) + _role_given_names(text) + _r8_lists_and_fields(text)
+    return _role_full_names(text) + _role_given_names(text) + _r8_lists_and_fields(text) + _r8_address_forms(text)

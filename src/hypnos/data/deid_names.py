@@ -741,6 +741,8 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             n = _named(text, i, n)
         elif n and fielded and not _field_value_ok(text, i, n, label, m.start()):
             n = 0  # 医生：平时宝宝…, 患者：明天去…, 医生：从描述…: a dialogue turn, no name
+        elif n and fielded and _dict_tag(text[i : i + n]) in _VERB_LIKE and surname_at(text, i, weak_ok=False) == "":
+            n = 0  # (round 8) 审核人：通过: a weak surname heading a verb is the field's verdict, as after 审核：
         if not n and not fielded:
             n = _self_report_name(text, i)
         if n:
@@ -756,6 +758,8 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
             add(m.end(), m.end() + n)
     for m in _ROLE_FIELD_RE.finditer(text):
         n = name_after(text, m.end(), strong=True, anchored=True)
+        if n and _dict_tag(text[m.end() : m.end() + n]) in _VERB_LIKE and surname_at(text, m.end(), weak_ok=False) == "":
+            n = 0  # (round 8) 审核人：通过: a weak surname heading a verb is the field's verdict, as after 审核：
         if n and _field_value_ok(text, m.end(), n, "", m.start()):
             add(m.end(), m.end() + n)
     for m in _BED_RE.finditer(text) if "床" in text else ():  # (session 4) 9床冉启明，…; 23床新入院吴国庆
