@@ -967,3 +967,17 @@ def test_round8_address_forms(text, names):
 ])
 def test_round8_address_forms_keep_ordinary_sentences(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # a strong surname + 主治 (the attending) before what the attending does, after a slash or a bracket
+    ("记录：住院医师（规培）/韩主治审核", ["韩"]),
+    ("由规培医师执笔/孔主治审阅。", ["孔"]),
+])
+def test_round8_attending_by_surname(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["本方主治风寒感冒。", "该药主治失眠多梦。", "黄芪汤主治气虚。", "主治医师查房。", "此丸主治意见不一。"])
+def test_round8_indications_stay(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -1105,8 +1105,17 @@ _R8_A_SPEAKER = re.compile(rf"(?:^|(?<=[\n】\]]))(阿[{_CJK}]{{1,2}})(?=[：:])
 _R8_QUOTED = re.compile(rf"(?:家属|患者|病人|儿子|女儿|孙子|孙女|老公|老婆|丈夫|妻子|爱人|同事|朋友|邻居)[“\"「]([{_CJK}]{{2}})[”\"」]")
 
 
+# a strong surname + 主治 (the attending, 秦主治审核) before what the attending does: 本方主治, 该药主治 are indications
+_R8_ATTENDING = re.compile(rf"([{_SURN_CHARS}])主治(?=审核|审阅|查房|签字|签名|意见|指示|认为|建议|同意|说|看过|看了|交代|医师|医生)")
+
+
 def _r8_address_forms(text: str) -> list[tuple[int, int]]:
     out, gc = [], given_chars()
+    for m in _R8_ATTENDING.finditer(text) if "主治" in text else ():
+        s = m.start(1)
+        if text[s] not in WEAK_SURNAMES and not _guarded(text, s) and not (s and _CJK_RE.match(text, s - 1)
+                                                                           and _is_word(text[s - 1 : s + 1])):
+            out.append((s, s + 1))
     for m in _R8_SURNAME_FIELD.finditer(text) if ("：" in text or ":" in text) else ():
         s = m.start(1)
         if text[s] not in WEAK_SURNAMES and not _guarded(text, s):
