@@ -981,3 +981,16 @@ def test_round8_attending_by_surname(text, names):
 @pytest.mark.parametrize("text", ["本方主治风寒感冒。", "该药主治失眠多梦。", "黄芪汤主治气虚。", "主治医师查房。", "此丸主治意见不一。"])
 def test_round8_indications_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,value", [
+    # a county + town + village chain after 为 (患者为X县Y镇Z村五保户): 为 says "is", like 是
+    ("患者为临泉县杨桥镇王庄村低保户。", "临泉县杨桥镇王庄村"),
+])
+def test_round8_county_chain_after_wei(text, value):
+    assert [text[s.start : s.end] for s in D89.find(text) if s.type == "address"] == [value]
+
+
+@pytest.mark.parametrize("text", ["分为县乡两级。", "以县为单位，乡镇为基础。", "患者为本县城关镇人。"])
+def test_round8_county_words_after_wei_stay(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

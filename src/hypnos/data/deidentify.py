@@ -162,7 +162,7 @@ _ADDR_FREE = re.compile(rf"(?![居住在到于从去来回往])(?:(?:{PROVINCES}
 # (round 6) a county (or a county-level city: 宣威市), a town and a village with no province or city before them
 # (从会泽县娜姑镇白雾村过来):
 # the county name starts after a verb or preposition of place or a separator, and is no pronoun (我们县乡镇…)
-_ADDR_COUNTY = re.compile(rf"(?:(?<=[从在自到住回去来于往家是，,。：:；;\s（(省市州])|^)(?!我|你|他|咱|本|该|全|各|这|那|哪|每|外|邻|周边|附近|[自在到从于往回去来住是为的])"
+_ADDR_COUNTY = re.compile(rf"(?:(?<=[从在自到住回去来于往家是为，,。：:；;\s（(省市州])|^)(?!我|你|他|咱|本|该|全|各|这|那|哪|每|外|邻|周边|附近|[自在到从于往回去来住是为的])"
                           rf"[{_CJK}]{{2,3}}[县旗市](?!城(?!关)|里|医|人|委|政|级|长|乡镇|民|区)[{_CJK}]{{2,4}}?[镇乡](?!镇|卫|医|政|干|村民)"
                           rf"(?:[{_CJK}]{{1,4}}?(?:村|屯|组|社区))?")
 _CITY_UNIT = re.compile("[市州盟]")  # cheap pre-check: the free-standing address pattern needs one
