@@ -994,3 +994,23 @@ def test_round8_county_chain_after_wei(text, value):
 @pytest.mark.parametrize("text", ["分为县乡两级。", "以县为单位，乡镇为基础。", "患者为本县城关镇人。"])
 def test_round8_county_words_after_wei_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # after a person role and its colon, a three-character value filling the field is a name whatever its surname
+    # (撖, 闪, 茆, 羌 are on no list): no dictionary word, given-name characters after the first
+    ("接诊医生：撖宇航，邮箱见下。", ["撖宇航"]),
+    ("主刀医师：闪志明", ["闪志明"]),
+    ("值班护士：茆丽娟，", ["茆丽娟"]),
+    ("责任护士：羌秀英， 联系电话见护士站。", ["羌秀英"]),
+])
+def test_round8_unlisted_surname_in_role_field(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "主治医师：同上，", "记录者：见附页，", "审核人：已审核，", "值班医生：请假中", "值班护士：待定，", "经治医师：详见前，",
+    "责任护士：无此人，", "签字人：患者本人", "值班医生：暂缺。", "主刀医师：外院的", "主管医生：请联系", "接诊医生：未签名，",
+])
+def test_round8_role_field_values_that_are_no_names_stay(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -999,10 +999,28 @@ def _r8_full_name(text: str, i: int) -> int:
     return 0
 
 
+def _r8_unlisted_name(text: str, i: int) -> int:
+    """After a person role and its colon, three characters that fill the field (a boundary right after) are a name
+    even when the first is on no surname list (接诊医生：凡宇航，), when they make no dictionary word, their first two
+    none either, and the last two are given-name characters (记录者：同上，, 审核人：已审核， stay)."""
+    v = text[i : i + 3]
+    if len(v) < 3 or not all("\u4e00" <= c <= "\u9fff" and c not in _R8_GIVEN_STOP for c in v) \
+            or not (i + 3 == len(text) or not "\u4e00" <= text[i + 3] <= "\u9fff") or _guarded(text, i) \
+            or text.startswith(_LABEL_ENDS, i) or surname_at(text, i):
+        return 0
+    gc = given_chars()
+    if _dict_tag(v) is not None or _dict_tag(v[:2]) is not None or _dict_tag(v[1:]) not in (None, "nr", "nz") \
+            or not all(c in gc for c in v[1:]) or len(_longest_word(text, i)) > 1:
+        return 0
+    return 3
+
+
 def _role_full_names(text: str) -> list[tuple[int, int]]:
     out = []
     for m in _R8_ANCHOR.finditer(text):
         n = _r8_full_name(text, m.end())
+        if not n and m.group().rstrip()[-1:] in "：:":
+            n = _r8_unlisted_name(text, m.end())
         if n:
             out.append((m.end(), m.end() + n))
     return out
