@@ -1014,3 +1014,18 @@ def test_round8_unlisted_surname_in_role_field(text, names):
 ])
 def test_round8_role_field_values_that_are_no_names_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # 小 + a given-name character opening a quotation, then a question after someone (jieba calls 小兵, 小军 nouns)
+    ("老人反复问“小兵什么时候来接我”。", ["小兵"]),
+    ('她总念叨"小军还没回来"。', ["小军"]),
+])
+def test_round8_quoted_xiao_names(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["“小孩什么时候能打疫苗？”", "“小便什么时候能正常？”", "“小心什么时候都不为过。”", "“小米什么时候能吃？”",
+                                  "“小腿还没消肿。”", "“小狗呢？”", "“小猫还没回来。”"])
+def test_round8_quoted_xiao_words_stay(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

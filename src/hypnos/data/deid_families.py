@@ -1127,8 +1127,20 @@ _R8_QUOTED = re.compile(rf"(?:家属|患者|病人|儿子|女儿|孙子|孙女|�
 _R8_ATTENDING = re.compile(rf"([{_SURN_CHARS}])主治(?=审核|审阅|查房|签字|签名|意见|指示|认为|建议|同意|说|看过|看了|交代|医师|医生)")
 
 
+# 小 + a given-name character opening a quotation, then a question after someone (“小军什么时候来看我”, “小伟还没回来”)
+_R8_QUOTED_XIAO = re.compile(rf"(?<=[“\"「])(小[{_CJK}])(?=什么时候|啥时候|怎么还|还没|还不|回来|来了没|来看|在哪|呢)")
+_R8_NOT_XIAO = frozenset(("小孩", "小儿", "小便", "小时", "小心", "小姐", "小伙", "小区", "小学", "小组", "小腿", "小肠", "小脑",
+                          "小米", "小麦", "小事", "小病", "小手", "小脚", "小朋", "小弟", "小妹", "小哥", "小两", "小狗", "小猫",
+                          "小鱼", "小鸟", "小猪", "小牛", "小羊", "小兔", "小鬼", "小丑", "小偷", "小将", "小虫"))
+
+
 def _r8_address_forms(text: str) -> list[tuple[int, int]]:
     out, gc = [], given_chars()
+    for m in _R8_QUOTED_XIAO.finditer(text) if "小" in text else ():
+        s, e = m.span(1)
+        v = text[s:e]
+        if v[1] in gc and v not in _R8_NOT_XIAO and not _guarded(text, s) and _dict_tag(v) in (None, "nr", "nrt", "n", "nz"):
+            out.append((s, e))
     for m in _R8_ATTENDING.finditer(text) if "主治" in text else ():
         s = m.start(1)
         if text[s] not in WEAK_SURNAMES and not _guarded(text, s) and not (s and _CJK_RE.match(text, s - 1)
