@@ -269,7 +269,8 @@ def _yi_and_quoted_names(text: str) -> list[tuple[int, int]]:
     for m in _QUOTED_CALL.finditer(text) if ("“" in text or '"' in text or "「" in text) else ():
         cand = m.group(1)
         if all(c in gc for c in cand) and _dict_tag(cand) in (None, "nr", "nrt", "nrfg", "nz", "ns") \
-                and cand not in LABELS and not _guarded(text, m.start(1)):  # (“钥匙呢: a noun; “宝宝呢: jieba's nr)
+                and cand not in LABELS and cand not in _R8_NOT_XIAO and not _guarded(text, m.start(1)):
+            # (“钥匙呢: a noun; “宝宝呢: jieba's nr; round 8: “小狗呢, jieba's nr too)
             out.append(m.span(1))
     return out
 
