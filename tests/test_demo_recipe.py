@@ -5,6 +5,7 @@ so no training example is truncated."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,11 +51,11 @@ def test_eval_heldout_section_report_and_terminal_table(tmp_path, tiny_model_dir
     """Held-out sets scored by every local model (plus extra models), pairs with CIs, in report and terminal."""
     from hypnos.eval.report import heldout_rows, summary_table
 
-    online = ROOT / "examples" / "heldout" / "online_qa.jsonl"
+    shutil.copy(ROOT / "examples" / "heldout" / "online_qa.jsonl", tmp_path / "online.jsonl")
     recipe = _recipe(tmp_path, [
         {"name": "eval", "kind": "eval", "models": {"a": str(tiny_model_dir)}, "tasks": ["anesthesia_mcq"],
          "limit": 4, "contamination": False,
-         "heldout": {"sets": {"online": str(online)}, "extra_models": {"b": str(tiny_model_dir)},
+         "heldout": {"sets": {"online": "online.jsonl"}, "extra_models": {"b": str(tiny_model_dir)},
                      "pairs": [["a", "b"]], "max_texts": 6, "max_chars": 60}},
         {"name": "report", "kind": "report", "eval": "@eval"}])
     r = load_recipe(recipe, output_dir=tmp_path / "runs")
@@ -62,6 +63,7 @@ def test_eval_heldout_section_report_and_terminal_table(tmp_path, tiny_model_dir
     res = json.loads((r.stage_dir("eval") / "results.json").read_text(encoding="utf-8"))
     h = res["heldout"]["online"]
     assert set(h["models"]) == {"a", "b"} and h["models"]["a"]["texts"] == 6
+    assert h["settings"]["files"] == ["online.jsonl"]  # as the recipe names it, no machine path
     # the same model twice: identical bits, difference exactly 0 and a CI of [0, 0] (no "beats")
     assert h["models"]["a"]["bits_per_char"] == h["models"]["b"]["bits_per_char"]
     (p,) = h["pairs"]

@@ -188,6 +188,7 @@ def _run_heldout(spec: HeldoutSpec, models: dict[str, str], ctx: StageContext) -
             log.info("[eval] held-out bits/char on %s (%s)", name, path)
             res = heldout.evaluate(refs, [ctx.resolve(p) for p in _files(path)], spec.mode, spec.max_texts, spec.max_chars,
                                    [tuple(p) for p in spec.pairs], ctx.seed, spec.precision)
+            res["settings"]["files"] = _files(path)  # as the recipe names them: no machine path in the report
             heldout.write_result(res, dest)
         out[name] = json.loads(dest.read_text(encoding="utf-8"))
         out[name].pop("per_text", None)  # stays in heldout/<set>.json; results.json keeps the summaries
