@@ -979,8 +979,13 @@ def _r8_full_name(text: str, i: int) -> int:
     first = _longest_word(text, i)
     if len(first) >= 2 and _dict_tag(first) not in _R8_NAME_TAGS and not (len(first) == 2 and _dict_tag(first) == "n"):
         return 0  # 上级医师|查房, 长子|高血压, 受试者|同意 (a noun of two may be a surname + given: 方志|远, 游子|涵)
+    # 我妈|云南人: a weak surname heading a place or a proper noun takes only given-name characters after it (安国庆 yes;
+    # 黄河清 has a strong surname)
+    strict = sn in WEAK_SURNAMES and len(first) >= 2 and _dict_tag(first) not in (None, "nr", "nrt", "nrfg", "n")
     for n in (2, 1):
         e = i + len(sn) + n
+        if strict and not all(c in given_chars() for c in text[i + len(sn) : e]):
+            continue
         v = text[i:e]
         if e > len(text) or not all("\u4e00" <= c <= "\u9fff" for c in v) or not _r8_end_ok(text, e):
             continue

@@ -716,9 +716,11 @@ def find_names(text: str, taken: list[tuple[int, int]] | None = None) -> list[tu
         add(s, e)
     # (round 6) rosters, attendee lists, 林海（主麻）…: each item is claimed as it stands, before a list rule
     # could run from one item into the next label (周一冷锋、|周二柏松)
-    for s, e in sorted(set(roster_names(text) + round6_names(text) + round7_names(text) + round8_names(text))):
+    for s, e in sorted(set(roster_names(text) + round6_names(text) + round7_names(text))):
         if free(s, e):
             spans.append((s, e))
+    for s, e in sorted(set(round8_names(text))):
+        add(s, e)  # (round 8) through add: a list after the name goes on (麻醉医师：敖雪峰/鄂丽)
     for m in _LABEL_RE.finditer(text):
         i = m.end()
         label = text[m.start() : m.start("naming") if m.group("naming") else m.start("colon")]
