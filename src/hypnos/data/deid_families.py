@@ -997,8 +997,8 @@ def _r8_full_name(text: str, i: int) -> int:
         if len(given) == 1 and given not in given_chars():
             continue  # (a surname and one character: 签字人|喻强 yes; 长子|龙头 no)
         tag = _dict_tag(v)
-        if tag not in _R8_NAME_TAGS or (len(v) == 2 and tag == "nr" and sn in WEAK_SURNAMES):
-            continue  # 长子|高烧, 受试者|安静 (jieba tags 安静 nr: an ordinary word needs a field)
+        if tag not in _R8_NAME_TAGS or (len(v) == 2 and tag == "nr" and sn in WEAK_SURNAMES) or (len(v) == 2 and tag in ("ns", "nz")):
+            continue  # 长子|高烧, 受试者|安静 (jieba tags 安静 nr: an ordinary word needs a field); 我老公|东西 (ns)
         if _is_word(text[e - 1 : e + 1]) and not _R8_DOES.match(text, e):
             continue  # the name's end starts a word (…|龙头疼)
         return len(v)
