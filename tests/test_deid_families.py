@@ -1029,3 +1029,20 @@ def test_round8_quoted_xiao_names(text, names):
                                   "“小腿还没消肿。”", "“小狗呢？”", "“小猫还没回来。”"])
 def test_round8_quoted_xiao_words_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # family duties shared out by given name in two clauses or more: a given name, a time of day, coming or going
+    ("秀兰今天陪夜，志刚明天白天来接班。", ["秀兰", "志刚"]),
+    ("凤英今天去缴费，建华晚上来陪床。", ["凤英", "建华"]),
+])
+def test_round8_family_duties_by_given_name(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", [
+    "海燕明天来，", "血压明天复查，血糖下午再测。", "我们明天去，他们下午来。", "儿子明天来，女儿下午来。", "大家明天来，孩子下午来。",
+    "妈妈明天来，爸爸下午来。", "老师明天来，同学下午来。", "家属明天来，病人下午去。", "早饭明天送，午饭中午送。",
+])
+def test_round8_duty_clauses_without_names_stay(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -1176,6 +1176,24 @@ def _r8_address_forms(text: str) -> list[tuple[int, int]]:
     return out
 
 
+# family duties shared out by given name, two clauses or more (建军明天早上去排号，丽娟中午送饭): a given name at a
+# clause's start, a time of day, then coming, going, bringing or taking over; one clause alone is no rota
+_R8_DUTY = re.compile(rf"(?:^|(?<=[，,。；;！!？?\n\s]))([{_CJK}]{{2}})(?=(?:今天|明天|后天|今晚|明早|上午|中午|下午|晚上|早上|夜里|白天)"
+                      "[^，,。；;\n]{0,4}?(?:去|来|送|陪|守|值|换|接|排|看|过来|回来))")
+
+
+def _r8_duty_names(text: str) -> list[tuple[int, int]]:
+    gc, found = given_chars(), []
+    for m in _R8_DUTY.finditer(text):
+        s, e = m.span(1)
+        v = text[s:e]
+        if all(c in gc and c not in _R8_GIVEN_STOP for c in v) and v not in DAY_WORDS and v not in LABELS \
+                and _dict_tag(v) in (None, "nr", "nrt", "nrfg", "n", "nz") and not _guarded(text, s) and v not in _R8_NOT_XIAO:
+            found.append((s, e))
+    return found if len(found) >= 2 else []
+
+
 def round8_names(text: str) -> list[tuple[int, int]]:
     """The round-8 families (see docs/deidentify.md, round 8)."""
-    return _role_full_names(text) + _role_given_names(text) + _r8_lists_and_fields(text) + _r8_address_forms(text)
+    out = _role_full_names(text) + _role_given_names(text) + _r8_lists_and_fields(text) + _r8_address_forms(text)
+    return out + (_r8_duty_names(text) if any(w in text for w in ("天", "午", "晚", "早", "夜")) else [])
