@@ -1003,6 +1003,7 @@ def test_round8_county_words_after_wei_stay(text):
     ("主刀医师：闪志明", ["闪志明"]),
     ("值班护士：茆丽娟，", ["茆丽娟"]),
     ("责任护士：羌秀英， 联系电话见护士站。", ["羌秀英"]),
+    ("取件人：撖宇航，电话另附。", ["撖宇航"]),  # (any field named after who fills it: 取件人 is on no list)
 ])
 def test_round8_unlisted_surname_in_role_field(text, names):
     assert _names(text) == names
@@ -1011,6 +1012,7 @@ def test_round8_unlisted_surname_in_role_field(text, names):
 @pytest.mark.parametrize("text", [
     "主治医师：同上，", "记录者：见附页，", "审核人：已审核，", "值班医生：请假中", "值班护士：待定，", "经治医师：详见前，",
     "责任护士：无此人，", "签字人：患者本人", "值班医生：暂缺。", "主刀医师：外院的", "主管医生：请联系", "接诊医生：未签名，",
+    "取件人：快递员，", "联系人：本人", "审核者：同上", "负责人：待定", "送检人：护工，", "陪诊员：暂无，",
 ])
 def test_round8_role_field_values_that_are_no_names_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)

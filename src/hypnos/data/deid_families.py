@@ -953,6 +953,8 @@ _R8_ROLES = tuple(sorted({w for w in LABELS if len(w) >= 2 and w not in _R8_NOT_
                             "咨询者", "求助者", "投诉人", "举报人", "就诊人", "患者家属", "其外孙女", "其外孙子", "其曾孙",
                             "其曾孙女"}, key=len, reverse=True))
 _R8_ANCHOR = re.compile(rf"(?:(?:{'|'.join(_R8_ROLES)})|(?<![{_CJK}])[{_CJK}]{{1,4}}(?:医生|医师|护士|药师|技师)"
+                        # any field named after who fills it, with its colon (购药人：, 接报员：, 陪诊者：)
+                        rf"|(?<![{_CJK}])[{_CJK}]{{1,4}}[人者员](?=\s*[：:])"
                         # a school class (初二(3)班, 三年级2班): the pupil named after it
                         r"|(?:初|高|小学)?[一二三四五六七八九]年?级?\s*[（(]\d{1,2}[）)]\s*班|[一二三四五六]年级\d{1,2}班)"
                         r"(?:\s*[：:]\s*|\s?)")
