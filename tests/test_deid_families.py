@@ -1048,3 +1048,18 @@ def test_round8_family_duties_by_given_name(text, names):
 ])
 def test_round8_duty_clauses_without_names_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # the same without a colon: a role, then a name on no surname list that fills its clause
+    ("签字人撖宇航，与患者关系：父子。", ["撖宇航"]),
+    ("受试者茆丽娟，筛选失败。", ["茆丽娟"]),
+])
+def test_round8_unlisted_surname_after_role(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["长子患糖尿病。", "签字人系患者本人。", "受试者均签署知情同意书，", "购药人须实名，", "长子在外地，",
+                                  "受试者需空腹，", "签字人应为患者本人。", "长子刚出差，"])
+def test_round8_role_then_clause_stays(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

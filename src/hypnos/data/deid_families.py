@@ -1027,7 +1027,7 @@ def _role_full_names(text: str) -> list[tuple[int, int]]:
     out = []
     for m in _R8_ANCHOR.finditer(text):
         n = _r8_full_name(text, m.end())
-        if not n and m.group().rstrip()[-1:] in "：:":
+        if not n:  # (any anchor: the value must fill its clause, see _r8_unlisted_name)
             n = _r8_unlisted_name(text, m.end())
         if n:
             out.append((m.end(), m.end() + n))
