@@ -1063,3 +1063,18 @@ def test_round8_unlisted_surname_after_role(text, names):
                                   "受试者需空腹，", "签字人应为患者本人。", "长子刚出差，"])
 def test_round8_role_then_clause_stays(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # the patient or a party, a word of a strong surname, then what one does with the consent
+    ("患者万山已知晓手术风险，本人签字。", ["万山"]),
+    ("受试者高山已签字确认。", ["高山"]),
+])
+def test_round8_consenting_word_names(text, names):
+    assert _names(text) == names
+
+
+@pytest.mark.parametrize("text", ["患者家属已知晓。", "患者全家已知晓。", "患者父母已同意。", "患者本人已签字。", "患者及家属已知情同意。",
+                                  "患者病情已知晓。", "患者单位已同意。", "患者黄疸已消退。", "患者对此已了解。", "患者一方已签字。"])
+def test_round8_consent_words_stay(text):
+    assert D89.scrub(text)[0] == text, D89.find(text)

@@ -1195,7 +1195,24 @@ def _r8_duty_names(text: str) -> list[tuple[int, int]]:
     return found if len(found) >= 2 else []
 
 
+# the patient or a party, then a word of a strong surname, then what one does with the consent (患者万里已知晓手术方案, 受试者
+# 高山已签字): jieba calls 万里 a numeral, 高山 a noun; kin and party words (父母, 家属, 子女) are who consents instead
+_R8_CONSENTS = re.compile(rf"(?:患者|病人|受试者|产妇|孕妇|伤者)([{_CJK}]{{2}})(?=已经?(?:知晓|知情|知悉|签字|签名|同意|理解|了解)|本人签字)")
+
+
+def _r8_consenting(text: str) -> list[tuple[int, int]]:
+    out = []
+    for m in _R8_CONSENTS.finditer(text) if "已" in text or "本人" in text else ():
+        s, e = m.span(1)
+        v = text[s:e]
+        if surname_at(text, s, weak_ok=False) and not _guarded(text, s) and v not in LABELS and v not in DAY_WORDS \
+                and not any(c in "父母子女儿孙夫妻兄弟姐妹亲属家方双及与和" for c in v) and _dict_tag(v) not in ("d", "p", "c", "r", "v", "vn", "t"):
+            out.append((s, e))
+    return out
+
+
 def round8_names(text: str) -> list[tuple[int, int]]:
     """The round-8 families (see docs/deidentify.md, round 8)."""
     out = _role_full_names(text) + _role_given_names(text) + _r8_lists_and_fields(text) + _r8_address_forms(text)
+    out += _r8_consenting(text)
     return out + (_r8_duty_names(text) if any(w in text for w in ("天", "午", "晚", "早", "夜")) else [])
