@@ -28,7 +28,6 @@ from hypnos.data.deid_address import _SURN_CHARS, _WORD_GIVEN, _pos_tokens
 from hypnos.data.deid_names import (
     _CHAT_ADDRESS,
     _COMMON_GIVEN,
-    _LABEL_RE,
     _NOT_GIVEN_ALONE,
     _NOT_PERSON_AFTER,
     _SENTENCE_END,
@@ -952,12 +951,35 @@ _R8_ROLES = tuple(sorted({w for w in LABELS if len(w) >= 2 and w not in _R8_NOT_
                             "受试者", "购药人", "取药人", "代购人", "签字人", "报告人", "填报人", "送检人", "接报人", "来访者",
                             "咨询者", "求助者", "投诉人", "举报人", "就诊人", "患者家属", "其外孙女", "其外孙子", "其曾孙",
                             "其曾孙女"}, key=len, reverse=True))
-_R8_ANCHOR = re.compile(rf"(?:(?:{'|'.join(_R8_ROLES)})|(?<![{_CJK}])[{_CJK}]{{1,4}}(?:医生|医师|护士|药师|技师)"
-                        # any field named after who fills it, with its colon (购药人：, 接报员：, 陪诊者：)
-                        rf"|(?<![{_CJK}])[{_CJK}]{{1,4}}[人者员](?=\s*[：:])"
-                        # a school class (初二(3)班, 三年级2班): the pupil named after it
-                        r"|(?:初|高|小学)?[一二三四五六七八九]年?级?\s*[（(]\d{1,2}[）)]\s*班|[一二三四五六]年级\d{1,2}班)"
-                        r"(?:\s*[：:]\s*|\s?)")
+# (four patterns, not one alternation: Python's regex engine scans a single alternation that opens with a class at
+# every position several times slower than its parts one by one)
+_R8_AFTER_ANCHOR = r"(?:\s*[：:]\s*|\s?)"
+_R8_ROLE_RE = re.compile("(?P<role>" + "|".join(_R8_ROLES) + r")(?:\s*[：:]\s*|[“\"「]|\s?)")
+_R8_ANCHORS = (None,
+               re.compile(rf"(?<![{_CJK}])[{_CJK}]{{1,4}}(?:医生|医师|护士|药师|技师)" + _R8_AFTER_ANCHOR),
+               # any field named after who fills it, with its colon (购药人：, 接报员：, 陪诊者：)
+               re.compile(rf"(?<![{_CJK}])[{_CJK}]{{1,4}}[人者员](?=\s*[：:])" + _R8_AFTER_ANCHOR),
+               # a school class (初二(3)班, 三年级2班): the pupil named after it
+               re.compile(r"(?:(?:初|高|小学)?[一二三四五六七八九]年?级?\s*[（(]\d{1,2}[）)]\s*班|[一二三四五六]年级\d{1,2}班)"
+                          + _R8_AFTER_ANCHOR))
+
+
+_R8_STAFF_TITLES = ("医生", "医师", "护士", "药师", "技师")
+
+
+def _r8_anchor_ends(text: str, roles: list[tuple[str, int]]) -> list[int]:
+    """Where a role anchor of the round-8 rules ends (its colon or space included), each once, in order; ``roles``:
+    the (role, end) matches of ``_R8_ROLE_RE``, found once for all the round-8 rules."""
+    ends = {e for _, e in roles}
+    for k, pat in enumerate(_R8_ANCHORS):
+        if k == 0 or k == 3 and "班" not in text or k == 1 and not any(w in text for w in _R8_STAFF_TITLES):
+            continue
+        if k == 2 and "：" not in text and ":" not in text:
+            continue
+        ends.update(m.end() for m in pat.finditer(text))
+    return sorted(ends)
+
+
 # what a person named after a role does next (…审阅签字, …评估后, …筛选期, …已签字, …在旁陪同)
 _R8_DOES = re.compile("[均都也亦皆还]?(?:审阅|审核|审签|签字|签名|签署|评估|筛选|入组|出组|陪同|陪护|表示|同意|拒绝|确认|记录|负责|到场|在场|代签|"
                       "办理|接诊|诊查|查看|告知|回复|随访|报告|发现|称|诉|述|说|在旁|已|因|于(?=\\d)|今年|现年|年龄|要求|申请|购买|领取)")
@@ -976,8 +998,9 @@ def _r8_full_name(text: str, i: int) -> int:
     """Length of a full name (surname + one or two given characters) right after a person anchor at ``i``,
     0 if what follows is an ordinary continuation (a verb, a time word, a dictionary word that is no name)."""
     sn = surname_at(text, i)
-    if not sn or _guarded(text, i) or text.startswith(_LABEL_ENDS, i):
-        return 0
+    if not sn or not (_r8_end_ok(text, i + len(sn) + 2) or _r8_end_ok(text, i + len(sn) + 1)) \
+            or _guarded(text, i) or text.startswith(_LABEL_ENDS, i):
+        return 0  # (the end first: the cheapest check, and most anchors are followed by running text)
     first = _longest_word(text, i)
     if len(first) >= 2 and _dict_tag(first) not in _R8_NAME_TAGS and not (len(first) == 2 and _dict_tag(first) == "n"):
         return 0  # 上级医师|查房, 长子|高血压, 受试者|同意 (a noun of two may be a surname + given: 方志|远, 游子|涵)
@@ -1012,7 +1035,7 @@ def _r8_unlisted_name(text: str, i: int) -> int:
     even when the first is on no surname list (接诊医生：凡宇航，), when they make no dictionary word, their first two
     none either, and the last two are given-name characters (记录者：同上，, 审核人：已审核， stay)."""
     v = text[i : i + 3]
-    if len(v) < 3 or not all("\u4e00" <= c <= "\u9fff" and c not in _R8_GIVEN_STOP for c in v) \
+    if len(v) < 3 or (i + 3 < len(text) and "\u4e00" <= text[i + 3] <= "\u9fff") or not all("\u4e00" <= c <= "\u9fff" and c not in _R8_GIVEN_STOP for c in v) \
             or not (i + 3 == len(text) or not "\u4e00" <= text[i + 3] <= "\u9fff") or _guarded(text, i) \
             or text.startswith(_LABEL_ENDS, i) or surname_at(text, i):
         return 0
@@ -1023,14 +1046,14 @@ def _r8_unlisted_name(text: str, i: int) -> int:
     return 3
 
 
-def _role_full_names(text: str) -> list[tuple[int, int]]:
+def _role_full_names(text: str, roles: list[tuple[str, int]]) -> list[tuple[int, int]]:
     out = []
-    for m in _R8_ANCHOR.finditer(text):
-        n = _r8_full_name(text, m.end())
-        if not n:  # (any anchor: the value must fill its clause, see _r8_unlisted_name)
-            n = _r8_unlisted_name(text, m.end())
+    for i in _r8_anchor_ends(text, roles):
+        if i + 2 > len(text) or not "\u4e00" <= text[i] <= "\u9fff" or not "\u4e00" <= text[i + 1] <= "\u9fff":
+            continue  # (a cheap check first: most anchors are followed by no name at all)
+        n = _r8_full_name(text, i) or _r8_unlisted_name(text, i)  # (the latter: the value must fill its clause)
         if n:
-            out.append((m.end(), m.end() + n))
+            out.append((i, i + n))
     return out
 
 
@@ -1038,12 +1061,12 @@ def _role_full_names(text: str) -> list[tuple[int, int]]:
 # has as a name or not at all, or 阿 + two or three characters (names of the minorities, 阿依古丽, and southern 阿X),
 # before a boundary or what a person does; an ordinary word (甘甜, 平安) only before what a person does (孙女甘甜在旁陪同)
 _R8_KIN_ROLES = tuple(w for w in _R8_ROLES if not w.endswith(("医生", "医师", "护士", "药师", "技师")))
-_R8_GIVEN_ANCHOR = re.compile("(?:" + "|".join(_R8_KIN_ROLES) + r")(?:\s*[：:]\s*|[“\"「]|\s?)")
+_R8_KIN_ROLE_SET = frozenset(_R8_KIN_ROLES)
 _R8_AFTER_GIVEN = re.compile(rf"[^{_CJK}]|$")
 
 
 def _r8_given_name(text: str, i: int) -> int:
-    if text.startswith(_LABEL_ENDS, i) or _guarded(text, i):
+    if i >= len(text) or not "\u4e00" <= text[i] <= "\u9fff" or text.startswith(_LABEL_ENDS, i) or _guarded(text, i):
         return 0
     if text[i : i + 1] == "阿":
         for n in (4, 3):  # (阿依古丽, 阿珍珍): the whole run up to a boundary
@@ -1068,12 +1091,14 @@ def _r8_given_name(text: str, i: int) -> int:
     return 0
 
 
-def _role_given_names(text: str) -> list[tuple[int, int]]:
+def _role_given_names(text: str, roles: list[tuple[str, int]]) -> list[tuple[int, int]]:
     out = []
-    for m in _R8_GIVEN_ANCHOR.finditer(text):
-        n = _r8_given_name(text, m.end())
+    gc = given_chars()
+    for role, e in roles:
+        n = _r8_given_name(text, e) if role in _R8_KIN_ROLE_SET and (text[e : e + 1] in gc or text[e : e + 1] == "阿"
+                                                                      or surname_at(text, e, weak_ok=False)) else 0
         if n:
-            out.append((m.end(), m.end() + n))
+            out.append((e, e + n))
     return out
 
 
@@ -1091,9 +1116,14 @@ def _r8_item_ok(text: str, s: int, e: int) -> bool:
         and v[0] not in _CONJ and not v.endswith(TITLES) and _dict_tag(v) not in (*_NOT_NAME_TAGS, "t")
 
 
+_LABEL_SET = frozenset(w for w in LABELS if len(w) >= 2)
+_R8_COLON = re.compile("[：:]")
+
+
 def _r8_lists_and_fields(text: str) -> list[tuple[int, int]]:
     out = []
-    for m in (*_R8_LIST_LABEL.finditer(text), *_LIST_LABEL_RE.finditer(text)) if ("：" in text or ":" in text) else ():
+    colon = "：" in text or ":" in text
+    for m in (*(_R8_LIST_LABEL.finditer(text) if "名单" in text else ()), *_LIST_LABEL_RE.finditer(text)) if colon else ():
         items, i = [], m.end()
         while True:
             v = _LIST_ITEM.match(text, i)
@@ -1106,11 +1136,18 @@ def _r8_lists_and_fields(text: str) -> list[tuple[int, int]]:
             i = gap.end()
         if sum(_listed_name(text, a, b) for a, b in items) >= 2:
             out += [(a, b) for a, b in items if _listed_name(text, a, b) or _r8_item_ok(text, a, b)]
-    for m in _LABEL_RE.finditer(text) if ("：" in text or ":" in text) else ():
-        label = m.group().rstrip("：: \t_")
-        if not m.group("colon").strip() or label in _SPEAKERS or m.group("naming"):
+    for c in (m.start() for m in _R8_COLON.finditer(text)) if ("：" in text or ":" in text) else ():
+        # (the label right before the colon, found from the colon: a scan of every position with _LABEL_RE costs more)
+        label = ""
+        for k in range(7, 1, -1):
+            if text[c - k : c] in _LABEL_SET:
+                label = text[c - k : c]
+                break
+        if not label or label in _SPEAKERS:
             continue
-        s = m.end()
+        s = c + 1
+        while s < len(text) and text[s] in " \t_　":
+            s += 1
         for e in (s + 3, s + 2):
             if e <= len(text) and _CJK_RE.fullmatch(text, e - 1, e) and all(_CJK_RE.match(c) for c in text[s:e]) \
                     and _R8_FIELD_END.match(text, e) and _r8_item_ok(text, s, e) \
@@ -1144,7 +1181,7 @@ _R8_NOT_XIAO = frozenset(("小孩", "小儿", "小便", "小时", "小心", "小
 
 def _r8_address_forms(text: str) -> list[tuple[int, int]]:
     out, gc = [], given_chars()
-    for m in _R8_QUOTED_XIAO.finditer(text) if "小" in text else ():
+    for m in _R8_QUOTED_XIAO.finditer(text) if "小" in text and ("“" in text or '"' in text or "「" in text) else ():
         s, e = m.span(1)
         v = text[s:e]
         if v[1] in gc and v not in _R8_NOT_XIAO and not _guarded(text, s) and _dict_tag(v) in (None, "nr", "nrt", "n", "nz"):
@@ -1154,11 +1191,16 @@ def _r8_address_forms(text: str) -> list[tuple[int, int]]:
         if text[s] not in WEAK_SURNAMES and not _guarded(text, s) and not (s and _CJK_RE.match(text, s - 1)
                                                                            and _is_word(text[s - 1 : s + 1])):
             out.append((s, s + 1))
-    for m in _R8_SURNAME_FIELD.finditer(text) if ("：" in text or ":" in text) else ():
-        s = m.start(1)
-        if text[s] not in WEAK_SURNAMES and not _guarded(text, s):
-            out.append((s, s + 1))
-    for m in _R8_CALLED.finditer(text):
+    for c in (m.start() for m in _R8_COLON.finditer(text)) if ("：" in text or ":" in text) else ():
+        # (from the colon: a role ending in 人/者/员/师/生/士 right before it, then the field's value)
+        for start in range(max(0, c - 6), c - 1) if 0 < c and text[c - 1] in "人者员师生士" else ():
+            m = _R8_SURNAME_FIELD.match(text, start)
+            if m:
+                s = m.start(1)
+                if text[s] not in WEAK_SURNAMES and not _guarded(text, s):
+                    out.append((s, s + 1))
+                break
+    for m in _R8_CALLED.finditer(text) if any(w in text for w in ("同学", "小朋友", "爷爷", "奶奶", "阿姨", "叔叔", "大爷", "大妈", "婆婆", "伯伯")) else ():
         s, e = m.span(1)
         v = text[s:e]
         tag = _dict_tag(v)
@@ -1213,6 +1255,7 @@ def _r8_consenting(text: str) -> list[tuple[int, int]]:
 
 def round8_names(text: str) -> list[tuple[int, int]]:
     """The round-8 families (see docs/deidentify.md, round 8)."""
-    out = _role_full_names(text) + _role_given_names(text) + _r8_lists_and_fields(text) + _r8_address_forms(text)
+    roles = [(m.group("role"), m.end()) for m in _R8_ROLE_RE.finditer(text)]
+    out = _role_full_names(text, roles) + _role_given_names(text, roles) + _r8_lists_and_fields(text) + _r8_address_forms(text)
     out += _r8_consenting(text)
     return out + (_r8_duty_names(text) if any(w in text for w in ("天", "午", "晚", "早", "夜")) else [])
