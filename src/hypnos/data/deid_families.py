@@ -49,6 +49,7 @@ from hypnos.data.deid_names import (
     given_chars,
     guard_words,
     surname_at,
+    trie_pattern,
 )
 
 _CJK = "\u4e00-\u9fff"
@@ -954,7 +955,7 @@ _R8_ROLES = tuple(sorted({w for w in LABELS if len(w) >= 2 and w not in _R8_NOT_
 # (four patterns, not one alternation: Python's regex engine scans a single alternation that opens with a class at
 # every position several times slower than its parts one by one)
 _R8_AFTER_ANCHOR = r"(?:\s*[：:]\s*|\s?)"
-_R8_ROLE_RE = re.compile("(?P<role>" + "|".join(_R8_ROLES) + r")(?:\s*[：:]\s*|[“\"「]|\s?)")
+_R8_ROLE_RE = re.compile("(?P<role>" + trie_pattern(_R8_ROLES) + r")(?:\s*[：:]\s*|[“\"「]|\s?)")
 _R8_ANCHORS = (None,
                re.compile(rf"(?<![{_CJK}])[{_CJK}]{{1,4}}(?:医生|医师|护士|药师|技师)" + _R8_AFTER_ANCHOR),
                # any field named after who fills it, with its colon (购药人：, 接报员：, 陪诊者：)
