@@ -288,11 +288,10 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     write_jsonl(ctx.out_dir / "failed.jsonl", failed)
     write_jsonl(ctx.out_dir / "rejected.jsonl", rejected)
     # the schema's per-field character bounds, sized to max_tokens: a reader sees how long items could be
-    bounds = {k: field_bounds(k, cfg.items_per_request, cfg.max_tokens, cfg.tokens_per_char)
-              for k in cfg.kinds} if cfg.structured else {}
-    metrics = {"prompt_version": cfg.prompt_version,
-               "field_max_chars": {k: {f: hi for f, (_, hi) in b.items()} for k, b in bounds.items()} or None,
-        "per_generator": {
+    field_max_chars = {k: {f: hi for f, (_, hi) in
+                           field_bounds(k, cfg.items_per_request, cfg.max_tokens, cfg.tokens_per_char).items()}
+                       for k in cfg.kinds} if cfg.structured else None
+    metrics = {"prompt_version": cfg.prompt_version, "field_max_chars": field_max_chars, "per_generator": {
         g["generator"]: {"model": g["model"], "requests": g["requests"], "items": len(g["items"]),
                          "failed_requests": len(g["failed"]), "near_duplicates_rejected": len(g["rejected"]),
                          "structured_requests": g["structured"], "truncated_answers": g["truncated"],
