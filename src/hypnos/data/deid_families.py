@@ -62,7 +62,7 @@ _ADDRESS_AFTER = ("护士长", "主任", "医生", "医师", "大夫", "教授",
                   "爷爷", "婆婆", "伯伯", "阿婆", "老太", "老爷子", "主管", "组长", "科长", "老板", "经理", "姐", "哥", "嫂",
                   # (round 7) a neighbour's or a colleague's elder form, one character (王姨, 李叔, 张婶)
                   "姨", "叔", "婶")
-_ADDRESS_RE = re.compile(rf"(?<=[{_SURN_CHARS}{''.join(sorted(WEAK_SURNAMES - VERBAL_SURNAMES - COMPOUND))}])(?:" + "|".join(sorted(_ADDRESS_AFTER, key=len, reverse=True)) + ")")
+_ADDRESS_RE = re.compile(rf"(?<=[{_SURN_CHARS}{''.join(sorted(WEAK_SURNAMES - VERBAL_SURNAMES - COMPOUND))}])" + trie_pattern(_ADDRESS_AFTER))
 
 
 # what follows a title when it names a place, not a person (医生办公室, 护士站, 主任室)
@@ -159,7 +159,7 @@ _SIGN_ROLES = ("处方医师", "开方医师", "医师", "药师", "审核者", 
                # the operation team, listed the same way (主刀X，一助X; 巡回护士X，器械护士X)
                "主刀", "一助", "二助", "三助", "主麻", "副麻", "巡回护士", "器械护士", "洗手护士", "麻醉医师", "巡回", "器械",
                "医生", "护士", "护师", "技师")
-_SIGN_RE = re.compile("(?:" + "|".join(sorted(_SIGN_ROLES, key=len, reverse=True)) + r")(?:\s*[：:])?[\s_　]*")
+_SIGN_RE = re.compile(trie_pattern(_SIGN_ROLES) + r"(?:\s*[：:])?[\s_　]*")
 _SIGN_VALUE = re.compile(rf"[{_CJK}]{{2,4}}")
 _CONJ = set("和与及或跟同")
 _ROW_GAP = re.compile(r"[\s，,；;、/|　]*")
@@ -848,8 +848,8 @@ _STAFF_XIAO = re.compile("小([" + "".join(sorted(WEAK_SURNAMES - COMPOUND - set
 
 # a role outside wards, then a word jieba knows as a name (常青, 方正, 白雪), then a time word or 已/因 and what follows
 # (护工常青今天请假, 负责人方正已签字): the role and the clause say "person"
-_ROLE_WORD_NAME = re.compile("(?:" + "|".join(sorted((w for w in LABELS if len(w) >= 2 and w[-1] in "人者员工医"), key=len, reverse=True))
-                             + rf")([{_CJK}]{{2}})(?=今天|昨天|今日|昨日|已经|已|因|也|刚才|上午|下午|晚上)")
+_ROLE_WORD_NAME = re.compile(trie_pattern(w for w in LABELS if len(w) >= 2 and w[-1] in "人者员工医")
+                             + rf"([{_CJK}]{{2}})(?=今天|昨天|今日|昨日|已经|已|因|也|刚才|上午|下午|晚上)")
 
 
 def _role_word_names(text: str) -> list[tuple[int, int]]:
@@ -867,7 +867,7 @@ def _role_word_names(text: str) -> list[tuple[int, int]]:
 _KIN_OWN = ("我老公", "我老婆", "我爱人", "我媳妇", "我丈夫", "我妻子", "我爸", "我妈", "我爸爸", "我妈妈", "我婆婆", "我公公",
             "我岳父", "我岳母", "我哥", "我姐", "我弟", "我妹", "我儿子", "我女儿", "我外婆", "我外公", "我奶奶", "我爷爷",
             "我舅舅", "我姑姑", "我叔叔", "我姨妈", "我老伴", "她老公", "他老婆", "她丈夫", "他妻子")
-_KIN_WORD_NAME = re.compile("(?:" + "|".join(sorted(_KIN_OWN, key=len, reverse=True)) + rf")([{_CJK}]{{2}})"
+_KIN_WORD_NAME = re.compile(trie_pattern(_KIN_OWN) + rf"([{_CJK}]{{2}})"
                             "(?=最近|去年|今年|前年|上个月|上周|一直|也|又|在外地|今天|昨天|已经|刚才|前几天|这几天|从小|总是|总)")
 
 
