@@ -1078,3 +1078,16 @@ def test_round8_consenting_word_names(text, names):
                                   "患者病情已知晓。", "患者单位已同意。", "患者黄疸已消退。", "患者对此已了解。", "患者一方已签字。"])
 def test_round8_consent_words_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)
+
+
+@pytest.mark.parametrize("text,names", [
+    # where the round-8 names end: not into what the person does (代签, 诉), not from inside a kin word (其孙|子), a full name
+    # before 主治医师 stays whole, a title after a surname is no given name
+    ("由蔺红霞主治医师查房。", ["蔺红霞"]),
+    ("来电者为其孙子曲浩，称老人摔倒。", ["曲浩"]),
+    ("委托人董晓代签同意书。", ["董晓"]),
+    ("受试者欧阳明诉头晕。", ["欧阳明"]),
+    ("值班医师申医生已到场。", ["申"]),
+])
+def test_round8_name_ends(text, names):
+    assert _names(text) == names

@@ -984,6 +984,7 @@ def _r8_anchor_ends(text: str, roles: list[tuple[str, int]]) -> list[int]:
 # what a person named after a role does next (…审阅签字, …评估后, …筛选期, …已签字, …在旁陪同)
 _R8_DOES = re.compile("[均都也亦皆还]?(?:审阅|审核|审签|签字|签名|签署|评估|筛选|入组|出组|陪同|陪护|表示|同意|拒绝|确认|记录|负责|到场|在场|代签|"
                       "办理|接诊|诊查|查看|告知|回复|随访|报告|发现|称|诉|述|说|在旁|已|因|于(?=\\d)|今年|现年|年龄|要求|申请|购买|领取)")
+_TITLE_START = re.compile(trie_pattern(TITLES))
 _R8_STOP = set("的了是在和与及或等着过吗呢吧啊也都又就均皆亦仍还已曾将正")  # (…国梁均同意: 均 is "all")
 # (what never starts a given name: function words, sex, age and date characters; not STRONG_STOP, which holds the
 # characters of titles: 方志远, 宋士杰)
@@ -1000,8 +1001,8 @@ def _r8_full_name(text: str, i: int) -> int:
     0 if what follows is an ordinary continuation (a verb, a time word, a dictionary word that is no name)."""
     sn = surname_at(text, i)
     if not sn or not (_r8_end_ok(text, i + len(sn) + 2) or _r8_end_ok(text, i + len(sn) + 1)) \
-            or _guarded(text, i) or text.startswith(_LABEL_ENDS, i):
-        return 0  # (the end first: the cheapest check, and most anchors are followed by running text)
+            or _guarded(text, i) or text.startswith(_LABEL_ENDS, i) or _TITLE_START.match(text, i + len(sn)):
+        return 0  # (the end first: the cheapest; 医生|申医生: a title, no given name)
     first = _longest_word(text, i)
     if len(first) >= 2 and _dict_tag(first) not in _R8_NAME_TAGS and not (len(first) == 2 and _dict_tag(first) == "n"):
         return 0  # 上级医师|查房, 长子|高血压, 受试者|同意 (a noun of two may be a surname + given: 方志|远, 游子|涵)
@@ -1016,6 +1017,8 @@ def _r8_full_name(text: str, i: int) -> int:
         if e > len(text) or not all("\u4e00" <= c <= "\u9fff" for c in v) or not _r8_end_ok(text, e):
             continue
         given = v[len(sn):]
+        if len(given) == 2 and (_R8_DOES.match(text, e - 1) or text[e - 1] == "代"):
+            continue  # (司马红|诉, 董磊|代签: the second character starts what the person does)
         if given[:1] in _R8_GIVEN_STOP or given[-1:] in _R8_STOP or v in guard_words():
             continue
         if sn in VERBAL_SURNAMES and (len(given) == 1 or not all(c in given_chars() for c in given)):
@@ -1052,6 +1055,8 @@ def _role_full_names(text: str, roles: list[tuple[str, int]]) -> list[tuple[int,
     for i in _r8_anchor_ends(text, roles):
         if i + 2 > len(text) or not "\u4e00" <= text[i] <= "\u9fff" or not "\u4e00" <= text[i + 1] <= "\u9fff":
             continue  # (a cheap check first: most anchors are followed by no name at all)
+        if text[i] in "子女" and text[i - 1] in "孙侄儿甥":
+            continue  # (其孙|子鲁浩: the kin word goes on)
         n = _r8_full_name(text, i) or _r8_unlisted_name(text, i)  # (the latter: the value must fill its clause)
         if n:
             out.append((i, i + n))
@@ -1189,8 +1194,8 @@ def _r8_address_forms(text: str) -> list[tuple[int, int]]:
             out.append((s, e))
     for m in _R8_ATTENDING.finditer(text) if "主治" in text else ():
         s = m.start(1)
-        if text[s] not in WEAK_SURNAMES and not _guarded(text, s) and not (s and _CJK_RE.match(text, s - 1)
-                                                                           and _is_word(text[s - 1 : s + 1])):
+        if text[s] not in WEAK_SURNAMES and not _guarded(text, s) and not (s and _CJK_RE.match(text, s - 1)):
+            # (after a slash, a bracket or a clause's start: 訾红|梅主治医师 is a full name before the title)
             out.append((s, s + 1))
     for c in (m.start() for m in _R8_COLON.finditer(text)) if ("：" in text or ":" in text) else ():
         # (from the colon: a role ending in 人/者/员/师/生/士 right before it, then the field's value)
