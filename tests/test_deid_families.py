@@ -1044,7 +1044,7 @@ def test_round8_family_duties_by_given_name(text, names):
 
 @pytest.mark.parametrize("text", [
     "海燕明天来，", "血压明天复查，血糖下午再测。", "我们明天去，他们下午来。", "儿子明天来，女儿下午来。", "大家明天来，孩子下午来。",
-    "妈妈明天来，爸爸下午来。", "老师明天来，同学下午来。", "家属明天来，病人下午去。", "早饭明天送，午饭中午送。",
+    "妈妈明天来，爸爸下午来。", "老师明天来，同学下午来。", "护士明天来，医生下午来。", "药师今天休，护士晚上到。", "家属明天来，病人下午去。", "早饭明天送，午饭中午送。",
 ])
 def test_round8_duty_clauses_without_names_stay(text):
     assert D89.scrub(text)[0] == text, D89.find(text)

@@ -200,8 +200,9 @@ def signature_rows(text: str) -> list[tuple[int, int]]:
     for s, e in pairs:
         sn = surname_at(text, s)
         value = text[s:e]
-        if _guarded(text, s) or value in guard_words() or value in DAY_WORDS or value[0] in _CONJ:
-            continue  # (专业医生|和心理|医生: a coordination, no row)
+        if _guarded(text, s) or value in guard_words() or value in DAY_WORDS or value[0] in _CONJ \
+                or value[:2] in DAY_WORDS or value[:2] in ("上午", "中午", "下午", "晚上", "早上", "今晚", "夜里"):
+            continue  # (专业医生|和心理|医生: a coordination, no row; round 8: 护士明天来，医生下午来: a day, no name; 冷月 stays one)
         tag = _dict_tag(value)
         if not sn:
             # a given name alone (核对：春华): two given-name characters that jieba has as a name or not at all
