@@ -26,7 +26,7 @@ TYPES = ("name", "hospital", "id", "phone", "record", "address", "dob", "email",
 SET_DIR = Path(__file__).resolve().parents[3] / "tests" / "deid"
 """Where the set lives in a source checkout (the CLI's default)."""
 PARTS = ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7", "heldout8",
-         "heldout9", "heldout10", "heldout11", "heldout12", "heldout13", "heldout14")
+         "heldout9", "heldout10", "heldout11", "heldout12", "heldout13", "heldout14", "heldout15", "heldout16")
 
 _MARK = re.compile(r"\{(?P<type>[a-z]+):(?P<text>[^{}]+)\}")
 
