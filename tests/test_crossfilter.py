@@ -226,7 +226,7 @@ def test_two_real_servers_generate_and_judge_each_other(tmp_path, tiny_model_dir
               b: {{model: tiny-b, base_url: "{url_b}"}}
             stages:
               - {{name: generate, seeds: seeds.jsonl, generators: [a, b], target_per_generator: 2,
-                  items_per_request: 2, max_rounds: 1, max_tokens: 24, structured: false}}
+                  items_per_request: 2, max_rounds: 1, max_tokens: 24}}
               - {{name: crossfilter, input: items.jsonl, judges: [a, b], scoring: logprobs, max_tokens: 12}}
               - {{name: selfjudge, kind: crossfilter, input: items.jsonl, judges: [a], allow_self_judging: true,
                   max_tokens: 12}}

@@ -362,20 +362,32 @@ def test_schema_bounds_fit_max_tokens_with_both_tokenizer_families(family, reque
     text = "".join(q + a for q, a in SEEDS)
     tpc = len(tok(text, add_special_tokens=False)["input_ids"]) / len(text)
     for kind in ("knowledge", "mcq"):
-        for n, max_tokens in ((1, 200), (2, 640), (5, 2048)):
+        for n, max_tokens in ((1, 320), (2, 640), (5, 2048)):
             bounds = field_bounds(kind, n, max_tokens, tpc * 1.1)  # 10% margin: fields differ from the mean text
             answer = _worst_case_answer(kind, n, bounds, text)
             used = len(tok(answer, add_special_tokens=False)["input_ids"])
             assert used <= max_tokens, (family, kind, n, max_tokens, used, bounds)
             assert used >= 0.6 * max_tokens, (family, kind, n, used)  # sized to the budget, not far below it
-    assert field_bounds("knowledge", 2)["output"] == (2, 800)  # no budget given: the fixed bounds
+    assert field_bounds("knowledge", 2, 640)["output"] == (2, 800)  # not sized without tokens_per_char
 
 
 def test_a_budget_too_small_for_the_items_fails_before_any_request():
-    with pytest.raises(ValueError, match=r"max_tokens 200 leaves \d+ characters for each knowledge item's output"):
+    with pytest.raises(ValueError, match=r"max_tokens 200 leaves 18 characters for each knowledge item \(output <= 10"):
         Config(seeds="s.jsonl", generators=["a"], items_per_request=3, max_tokens=200, tokens_per_char=2.0)
-    Config(seeds="s.jsonl", generators=["a"], items_per_request=1, max_tokens=200, tokens_per_char=2.0)
+    with pytest.raises(ValueError, match=r"max_tokens 16 leaves 0 characters"):  # a negative budget, said as 0
+        Config(seeds="s.jsonl", generators=["a"], items_per_request=1, max_tokens=16, tokens_per_char=2.0)
+    Config(seeds="s.jsonl", generators=["a"], items_per_request=1, max_tokens=240, tokens_per_char=2.0)
     Config(seeds="s.jsonl", generators=["a"], items_per_request=3, max_tokens=200, structured=False)  # no schema
+    Config(seeds="s.jsonl", generators=["a"], items_per_request=3, max_tokens=200)  # fixed bounds: not sized
+
+
+def test_sized_bounds_by_hand_and_a_question_floor():
+    from hypnos.data.parsing import field_bounds
+
+    # (640 - 16 - 2 x 24) / (2 x 2.0) = 144 characters per item of the 1,400 the fixed bounds allow
+    assert field_bounds("case", 2, 640, 2.0) == {"instruction": (4, 20), "input": (0, 41), "output": (2, 82)}
+    with pytest.raises(ValueError, match=r"instruction <= 11"):  # output 45 passes, the question floor (12) fails
+        field_bounds("knowledge", 1, 200, 2.0)
 
 
 def test_smollm2_teacher_yields_items_within_its_budget(tmp_path, smollm2_dir, serve_model):
@@ -388,11 +400,37 @@ def test_smollm2_teacher_yields_items_within_its_budget(tmp_path, smollm2_dir, s
               a: {{model: smollm2-135m-instruct, base_url: "{url}", structured_outputs: json_schema}}
             stages:
               - {{name: generate, seeds: seeds.jsonl, generators: [a], target_per_generator: 1, items_per_request: 1,
-                  max_rounds: 1, max_tokens: 160, tokens_per_char: 2.0, kinds: [knowledge]}}
+                  max_rounds: 1, max_tokens: 240, tokens_per_char: 2.0, kinds: [knowledge]}}
             """), encoding="utf-8")
         [m] = run_recipe(load_recipe(tmp_path / "t.yaml", output_dir=tmp_path / "runs"))
     g = m["metrics"]["per_generator"]["a"]
     assert g["truncated_answers"] == 0 and m["usage"]["a"]["truncated"] == 0, g
     assert m["usage"]["a"]["http_requests"] == 1, m["usage"]  # fitted the first time: no retry with more room
     assert m["counts"]["generated"] == 1, m["counts"]
-    assert m["metrics"]["field_max_chars"]["knowledge"] == {"instruction": 8, "input": 17, "output": 34}
+    assert m["metrics"]["field_max_chars"]["knowledge"] == {"instruction": 14, "input": 28, "output": 57}
+    assert 0 <= g["items_at_length_cap"] <= g["items"]
+
+
+def test_sized_answers_that_reach_a_bound_are_counted(tmp_path):
+    """An answer filling its field to the schema's maxLength may have been cut by the bound: counted."""
+    def at_bound(body):
+        props = body["response_format"]["json_schema"]["schema"]["properties"]["items"]["items"]["properties"]
+        k = body.get("seed", 0)
+        full = {"instruction": _words(k, "q", n=props["instruction"]["maxLength"] - 1) + "？", "input": "",
+                "output": _words(k, "a", n=props["output"]["maxLength"])}
+        short = {"instruction": _words(k, "q2", n=10) + "？", "input": "", "output": _words(k, "a2", n=10)}
+        return json.dumps({"items": [full, short]}, ensure_ascii=False)
+
+    with FaultyServer(responder=at_bound) as server:
+        _setup(tmp_path, server.base_url)
+        (tmp_path / "t.yaml").write_text(textwrap.dedent(f"""\
+            name: t
+            endpoints:
+              a: {{model: m, base_url: "{server.base_url}", structured_outputs: json_schema}}
+            stages:
+              - {{name: generate, seeds: seeds.jsonl, generators: [a], target_per_generator: 2, items_per_request: 2,
+                  max_rounds: 1, max_tokens: 640, tokens_per_char: 2.0, kinds: [knowledge]}}
+            """), encoding="utf-8")
+        [m] = run_recipe(load_recipe(tmp_path / "t.yaml", output_dir=tmp_path / "runs"))
+    g = m["metrics"]["per_generator"]["a"]
+    assert g["items"] == 2 and g["items_at_length_cap"] == 1, g

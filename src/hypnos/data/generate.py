@@ -96,15 +96,17 @@ class Config(StageConfig):
     """Sampling temperature: high, for diversity."""
     max_tokens: int = Field(1536, ge=16)
     """Answer length limit per request (the client asks again with twice as much when an answer is cut off)."""
-    tokens_per_char: float = Field(1.0, gt=0, le=8)
-    """Tokens the teacher spends per Chinese character; the schema's string bounds are sized with it so that
-    ``items_per_request`` items fit in ``max_tokens`` (SmolLM2's byte-level BPE: ~2; GPT-4o-class: ~1)."""
+    tokens_per_char: float | None = Field(None, gt=0, le=8)
+    """Size the schema's string bounds so that ``items_per_request`` items fit in ``max_tokens`` at this many
+    tokens per Chinese character (the demo's SmolLM2: 2.0). For a small model under a grammar, which writes a
+    string until its bound; null keeps the fixed bounds (200/400/800 characters), for teachers that stop by
+    themselves. Sized answers that reach a bound are counted (``items_at_length_cap``)."""
     max_rounds: int = Field(8, ge=1)
     """Stop asking a generator after this many rounds even if it is short of its target."""
 
     @model_validator(mode="after")
     def _items_fit_the_budget(self) -> Config:
-        for kind in self.kinds if self.structured else ():  # fail before any request, not on cut answers
+        for kind in self.kinds if self.structured and self.tokens_per_char else ():  # fail before any request
             field_bounds(kind, self.items_per_request, self.max_tokens, self.tokens_per_char)
         return self
 
@@ -173,6 +175,10 @@ def build_request(cfg: Config, seeds: list[QA], gen: str, rnd: int, i: int, base
     return req
 
 
+def _bounds(cfg: Config, kind: str) -> dict:
+    return field_bounds(kind, cfg.items_per_request, cfg.max_tokens, cfg.tokens_per_char)
+
+
 def _record(it: dict, rec_id: str, gen: str, category: str, meta: dict) -> dict:
     """A parsed item as a QA or MCQ record dict."""
     if it.get("kind") == "mcq" and "options" in it:
@@ -196,7 +202,7 @@ async def _generate_one(cfg: Config, ctx: StageContext, gen: str, seeds: list[QA
     items: list[dict] = []
     failed: list[dict] = []
     rejected: list[dict] = []
-    counts = {"requests": 0, "structured": 0, "truncated": 0, "parsed_items": 0, "schema_valid": 0}
+    counts = {"requests": 0, "structured": 0, "truncated": 0, "parsed_items": 0, "schema_valid": 0, "at_cap": 0}
     for rnd in range(cfg.max_rounds):
         missing = cfg.target_per_generator - len(items)
         if missing <= 0:
@@ -234,6 +240,10 @@ async def _generate_one(cfg: Config, ctx: StageContext, gen: str, seeds: list[QA
                 if parsed and not _closed(parsed[-1], res.text or ""):
                     parsed = parsed[:-1]
             counts["parsed_items"] += len(parsed)
+            if res.structured and cfg.tokens_per_char:  # a sized bound may have cut an answer short: say how often
+                caps = _bounds(cfg, req["_meta"]["kind"])
+                counts["at_cap"] += sum(any(isinstance(it.get(f), str) and hi and len(it[f]) >= hi
+                                            for f, (_, hi) in caps.items()) for it in parsed)
             counts["schema_valid"] += bool(parsed) and all(_matches_kind(it, req["_meta"]["kind"]) for it in parsed)
             for j, it in enumerate(parsed):
                 if len(items) >= cfg.target_per_generator:
@@ -288,14 +298,13 @@ def run(cfg: Config, ctx: StageContext) -> StageResult:
     write_jsonl(ctx.out_dir / "failed.jsonl", failed)
     write_jsonl(ctx.out_dir / "rejected.jsonl", rejected)
     # the schema's per-field character bounds, sized to max_tokens: a reader sees how long items could be
-    field_max_chars = {k: {f: hi for f, (_, hi) in
-                           field_bounds(k, cfg.items_per_request, cfg.max_tokens, cfg.tokens_per_char).items()}
-                       for k in cfg.kinds} if cfg.structured else None
+    sent = cfg.tokens_per_char and any(g["structured"] for g in per_gen)  # a client may drop the schema on a 400
+    field_max_chars = {k: {f: hi for f, (_, hi) in _bounds(cfg, k).items()} for k in cfg.kinds} if sent else None
     metrics = {"prompt_version": cfg.prompt_version, "field_max_chars": field_max_chars, "per_generator": {
         g["generator"]: {"model": g["model"], "requests": g["requests"], "items": len(g["items"]),
                          "failed_requests": len(g["failed"]), "near_duplicates_rejected": len(g["rejected"]),
                          "structured_requests": g["structured"], "truncated_answers": g["truncated"],
-                         "parsed_items": g["parsed_items"],
+                         "parsed_items": g["parsed_items"], "items_at_length_cap": g["at_cap"],
                          "schema_valid_rate": round(g["schema_valid"] / g["requests"], 4) if g["requests"] else None,
                          "short_of_target": max(0, cfg.target_per_generator - len(g["items"]))}
         for g in per_gen}}

@@ -259,39 +259,43 @@ _MCQ_FIELDS = {"question": (4, 200), **{k: (1, 80) for k in _LETTERS}, "explanat
 _ITEM_OVERHEAD = {"qa": 24, "mcq": 48}
 _ANSWER_OVERHEAD = 16  # {"items": [ ... ]}
 _MIN_OUTPUT_CHARS = 24
+_MIN_QUESTION_CHARS = 12
 
 
-def field_bounds(kind: str, n: int, max_tokens: int | None = None, tokens_per_char: float = 1.0) -> dict:
-    """Per-field (min, max) characters of ``n`` items of ``kind`` that fit in ``max_tokens`` answer tokens.
+def field_bounds(kind: str, n: int, max_tokens: int | None = None, tokens_per_char: float | None = None) -> dict:
+    """Per-field (min, max) characters of ``n`` items of ``kind``; sized to ``max_tokens`` when
+    ``tokens_per_char`` is given, else the fixed bounds.
 
     A grammar-constrained small model writes a string until its ``maxLength``; bounds that add up to more than
     the answer budget get the answer cut mid-item and nothing parses (the demo's 135M teacher: 1 of 1 answers
-    cut, 0 items). So the fixed bounds shrink in proportion until ``n`` items fit, assuming ``tokens_per_char``
-    tokens per character (SmolLM2's byte-level BPE spends ~2 on clinical Chinese; GPT-4o-class tokenizers ~1).
+    cut, 0 items). Sized, the fixed bounds shrink in proportion until ``n`` items fit at ``tokens_per_char``
+    tokens per character (SmolLM2's byte-level BPE spends ~2 on clinical Chinese).
 
     Raises:
-        ValueError: the budget leaves an item's answer/explanation under 24 characters.
+        ValueError: the budget leaves an item's answer/explanation under 24 characters or its question under 12.
     """
     shape = "mcq" if kind == "mcq" else "qa"
-    fields = _MCQ_FIELDS if shape == "mcq" else _QA_FIELDS
-    if max_tokens is None:
-        return dict(fields)
+    fields = dict(_MCQ_FIELDS if shape == "mcq" else _QA_FIELDS)
+    if max_tokens is None or tokens_per_char is None:
+        return fields
     chars = (max_tokens - _ANSWER_OVERHEAD - n * _ITEM_OVERHEAD[shape]) / (n * tokens_per_char)
-    scale = min(1.0, chars / sum(hi for _, hi in fields.values()))
+    scale = max(0.0, min(1.0, chars / sum(hi for _, hi in fields.values())))
     out = {k: (lo, max(lo, int(hi * scale))) for k, (lo, hi) in fields.items()}
-    main = "explanation" if shape == "mcq" else "output"
-    if out[main][1] < _MIN_OUTPUT_CHARS:
+    main, question = ("explanation", "question") if shape == "mcq" else ("output", "instruction")
+    if out[main][1] < _MIN_OUTPUT_CHARS or out[question][1] < _MIN_QUESTION_CHARS:
         raise ValueError(
-            f"max_tokens {max_tokens} leaves {out[main][1]} characters for each {kind} item's {main} when "
-            f"{n} items are asked for at {tokens_per_char} tokens/character: raise max_tokens or lower items_per_request")
+            f"max_tokens {max_tokens} leaves {max(0, int(chars))} characters for each {kind} item ({main} <= "
+            f"{out[main][1]}, {question} <= {out[question][1]}) when {n} items are asked for at {tokens_per_char} "
+            "tokens/character: raise max_tokens or lower items_per_request")
     return out
 
 
-def generation_schema(kind: str, n: int, max_tokens: int | None = None, tokens_per_char: float = 1.0) -> dict:
+def generation_schema(kind: str, n: int, max_tokens: int | None = None, tokens_per_char: float | None = None) -> dict:
     """JSON schema of a generation answer: ``{"items": [n items of the kind]}`` (OpenAI structured outputs).
 
     The top level is an object because OpenAI's ``json_schema`` wants one; ``_json_candidates`` reads
-    the list inside it. With ``max_tokens`` the string bounds are sized so that ``n`` items fit (``field_bounds``).
+    the list inside it. With ``tokens_per_char`` the string bounds are sized so that ``n`` items fit in ``max_tokens``
+    (``field_bounds``).
     """
     b = field_bounds(kind, n, max_tokens, tokens_per_char)
     if kind == "mcq":

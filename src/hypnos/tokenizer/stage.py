@@ -69,7 +69,8 @@ class Config(StageConfig):
 
     def check(self, ctx: StageContext) -> list[str]:
         """Corpus and held-out files exist (or name earlier stages)."""
-        problems = [p for c in self.corpus + (self.warmup.corpus or []) for p in ctx.check_ref(c, "corpus")]
+        problems = [p for c in self.corpus for p in ctx.check_ref(c, "corpus")]
+        problems += [p for c in self.warmup.corpus or [] for p in ctx.check_ref(c, "warmup.corpus")]
         return problems + ctx.check_ref(self.heldout, "heldout")
 
 

@@ -44,7 +44,7 @@ class WarmupConfig(BaseModel):
     """Blocks per step."""
     seq_len: int = Field(128, ge=16)
     """Tokens per block (corpus texts joined with EOS and cut into blocks)."""
-    corpus: list[str] | None = None
+    corpus: list[str] | None = Field(None, min_length=1)
     """Files the warm-up trains on (null: the stage's ``corpus``, which the new pieces were learned from). Text
     for the vocabulary need not be text to train on: a recipe with a general SFT stage keeps that stage's data
     out of the warm-up, so that general -> specific and specific-only differ by the general data."""
