@@ -563,17 +563,23 @@ def roster_names(text: str) -> list[tuple[int, int]]:
     if row and (_ROSTER_WORD.search(text) or any(_dict_tag(text[s:e]) in _PLAIN_NAME_TAGS for s, e in row)):
         out += row
     for m in _LIST_LABEL_RE.finditer(text) if ("：" in text or ":" in text) else ():
-        i = m.end()
-        while True:
-            v = _LIST_ITEM.match(text, i)
-            if not v or (v.end() < len(text) and _CJK_RE.match(text, v.end())) or not _listed_name(text, *v.span()):
-                break
-            out.append(v.span())
-            gap = _LIST_SEP.match(text, v.end())
-            if not gap or not gap.group():
-                break
-            i = gap.end()
+        out += _list_items(text, m.end(), _listed_name)
     return out
+
+
+def _list_items(text: str, i: int, ok=None) -> list[tuple[int, int]]:
+    """Spans of the separated short items of a list starting at ``i`` (a list label's end); it stops at an item
+    that runs on into more Han text, or one ``ok(text, start, end)`` refuses."""
+    items = []
+    while True:
+        v = _LIST_ITEM.match(text, i)
+        if not v or (v.end() < len(text) and _CJK_RE.match(text, v.end())) or (ok and not ok(text, *v.span())):
+            return items
+        items.append(v.span())
+        gap = _LIST_SEP.match(text, v.end())
+        if not gap or not gap.group():
+            return items
+        i = gap.end()
 
 
 def round6_names(text: str) -> list[tuple[int, int]]:
@@ -1131,16 +1137,7 @@ def _r8_lists_and_fields(text: str) -> list[tuple[int, int]]:
     out = []
     colon = "：" in text or ":" in text
     for m in (*(_R8_LIST_LABEL.finditer(text) if "名单" in text else ()), *_LIST_LABEL_RE.finditer(text)) if colon else ():
-        items, i = [], m.end()
-        while True:
-            v = _LIST_ITEM.match(text, i)
-            if not v or (v.end() < len(text) and _CJK_RE.match(text, v.end())):
-                break
-            items.append(v.span())
-            gap = _LIST_SEP.match(text, v.end())
-            if not gap or not gap.group():
-                break
-            i = gap.end()
+        items = _list_items(text, m.end())
         if sum(_listed_name(text, a, b) for a, b in items) >= 2:
             out += [(a, b) for a, b in items if _listed_name(text, a, b) or _r8_item_ok(text, a, b)]
     for c in (m.start() for m in _R8_COLON.finditer(text)) if ("：" in text or ":" in text) else ():
