@@ -97,6 +97,20 @@ def _setup(tmp_path: Path, url: str, target: int = 12) -> Path:
     return p
 
 
+def _run_generate(tmp_path: Path, url: str, stage: str, model: str = "m", endpoint: str = "") -> dict:
+    """One generate stage of generator ``a`` against ``url`` (recipe ``t``); ``stage``/``endpoint``: extra flow fields."""
+    _setup(tmp_path, url)
+    (tmp_path / "t.yaml").write_text(textwrap.dedent(f"""\
+        name: t
+        endpoints:
+          a: {{model: {model}, base_url: "{url}"{endpoint}}}
+        stages:
+          - {{name: generate, seeds: seeds.jsonl, generators: [a], {stage}}}
+        """), encoding="utf-8")
+    [m] = run_recipe(load_recipe(tmp_path / "t.yaml", output_dir=tmp_path / "runs"))
+    return m
+
+
 def _jsonl(p: Path) -> list[dict]:
     return [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines()]
 
@@ -279,16 +293,8 @@ def test_truncated_generation_is_counted_and_not_cached(tmp_path):
         return json.dumps({"items": items}, ensure_ascii=False)
 
     with FaultyServer(Faults(enforce_max_tokens=True), responder=long_answer) as server:
-        _setup(tmp_path, server.base_url)
-        (tmp_path / "t.yaml").write_text(textwrap.dedent(f"""\
-            name: t
-            endpoints:
-              a: {{model: m, base_url: "{server.base_url}"}}
-            stages:
-              - {{name: generate, seeds: seeds.jsonl, generators: [a], target_per_generator: 2, items_per_request: 3,
-                  max_rounds: 1, max_tokens: 400}}
-            """), encoding="utf-8")
-        [m] = run_recipe(load_recipe(tmp_path / "t.yaml", output_dir=tmp_path / "runs"))
+        m = _run_generate(tmp_path, server.base_url,
+                          "target_per_generator: 2, items_per_request: 3, max_rounds: 1, max_tokens: 400")
         assert [b["max_tokens"] for b in server.bodies] == [400, 800]  # asked again with more room
     g = m["metrics"]["per_generator"]["a"]
     assert g["truncated_answers"] == 1 and m["usage"]["a"]["truncated"] == 1
@@ -393,16 +399,9 @@ def test_sized_bounds_by_hand_and_a_question_floor():
 def test_smollm2_teacher_yields_items_within_its_budget(tmp_path, smollm2_dir, serve_model):
     """The demo's teacher through `hypnos serve` with structured outputs: items parse and nothing is cut."""
     with serve_model(smollm2_dir, name="smollm2-135m-instruct") as url:
-        _setup(tmp_path, url)
-        (tmp_path / "t.yaml").write_text(textwrap.dedent(f"""\
-            name: t
-            endpoints:
-              a: {{model: smollm2-135m-instruct, base_url: "{url}", structured_outputs: json_schema}}
-            stages:
-              - {{name: generate, seeds: seeds.jsonl, generators: [a], target_per_generator: 1, items_per_request: 1,
-                  max_rounds: 1, max_tokens: 240, tokens_per_char: 2.0, kinds: [knowledge]}}
-            """), encoding="utf-8")
-        [m] = run_recipe(load_recipe(tmp_path / "t.yaml", output_dir=tmp_path / "runs"))
+        m = _run_generate(tmp_path, url, "target_per_generator: 1, items_per_request: 1, max_rounds: 1, "
+                          "max_tokens: 240, tokens_per_char: 2.0, kinds: [knowledge]",
+                          model="smollm2-135m-instruct", endpoint=", structured_outputs: json_schema")
     g = m["metrics"]["per_generator"]["a"]
     assert g["truncated_answers"] == 0 and m["usage"]["a"]["truncated"] == 0, g
     assert m["usage"]["a"]["http_requests"] == 1, m["usage"]  # fitted the first time: no retry with more room
@@ -422,15 +421,8 @@ def test_sized_answers_that_reach_a_bound_are_counted(tmp_path):
         return json.dumps({"items": [full, short]}, ensure_ascii=False)
 
     with FaultyServer(responder=at_bound) as server:
-        _setup(tmp_path, server.base_url)
-        (tmp_path / "t.yaml").write_text(textwrap.dedent(f"""\
-            name: t
-            endpoints:
-              a: {{model: m, base_url: "{server.base_url}", structured_outputs: json_schema}}
-            stages:
-              - {{name: generate, seeds: seeds.jsonl, generators: [a], target_per_generator: 2, items_per_request: 2,
-                  max_rounds: 1, max_tokens: 640, tokens_per_char: 2.0, kinds: [knowledge]}}
-            """), encoding="utf-8")
-        [m] = run_recipe(load_recipe(tmp_path / "t.yaml", output_dir=tmp_path / "runs"))
+        m = _run_generate(tmp_path, server.base_url, "target_per_generator: 2, items_per_request: 2, max_rounds: 1, "
+                          "max_tokens: 640, tokens_per_char: 2.0, kinds: [knowledge]",
+                          endpoint=", structured_outputs: json_schema")
     g = m["metrics"]["per_generator"]["a"]
     assert g["items"] == 2 and g["items_at_length_cap"] == 1, g
